@@ -1,0 +1,238 @@
+"""BM25 over overlapping passages in global token coordinates (bm25s, numpy backend).
+
+Passages are windows of ``passage_tokens`` tokens every ``stride`` tokens inside each document; the
+caller supplies one text per passage (the detokenized window). Tokenization: bm25s' regex
+(``\\b\\w\\w+\\b``, lowercase), its English stopword list and a small suffix-stripping "S-stemmer"
+(plural forms only: ``-ies -> -y``, ``-es -> -e``, ``-s`` dropped; no extra dependency).
+
+On disk (one folder, written to a temp folder and renamed into place)::
+
+    <folder>/  bm25s files (data/indices/indptr .csc.index.npy, vocab.index.json, params.index.json)
+               BM25_PASSAGES  int64 [P, 3] doc_id, start, end
+               BM25_TEXTS     passage texts (parquet, zstd), so add() can rebuild without the caller
+               BM25_META      format version, passage count, tokenizer settings
+
+bm25s has no incremental add: :meth:`BM25Index.add` rebuilds from the stored texts plus the new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import bm25s
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s3attn.constants import BM25_FORMAT_VERSION, BM25_META, BM25_PASSAGES, BM25_TEXTS
+from s3attn.errors import S3Error
+from s3attn.paths import atomic_write_json, publish_dir
+from s3attn.retrieval.spans import SOURCE_BM25, Span
+
+STOPWORDS = "en"
+STEMMER_NAME = "s-stemmer"
+
+
+class Passage(NamedTuple):
+    doc_id: int
+    start: int  # global token position, inclusive
+    end: int  # exclusive
+
+
+class Hit(NamedTuple):
+    passage: Passage
+    score: float
+    terms: list[str]  # query words (lowercased, as written) whose stem occurs in the passage
+
+
+def make_passages(
+    doc_ranges: list[tuple[int, int, int]], passage_tokens: int = 128, stride: int = 64
+) -> list[Passage]:
+    """Overlapping windows inside each ``(doc_id, start, end)``; every document token is covered.
+
+    Windows start at ``start, start + stride, ...``; the last one is aligned to end exactly at ``end``.
+    A document shorter than ``passage_tokens`` is one passage. Empty documents give none.
+    """
+    if passage_tokens < 1 or stride < 1 or stride > passage_tokens:
+        raise S3Error(
+            f"make_passages: need 1 <= stride ({stride}) <= passage_tokens ({passage_tokens}) "
+            "so that windows cover every token"
+        )
+    out: list[Passage] = []
+    for doc_id, start, end in doc_ranges:
+        doc_id, start, end = int(doc_id), int(start), int(end)
+        if end <= start:
+            continue
+        last_start = max(start, end - passage_tokens)
+        starts = list(range(start, last_start + 1, stride))
+        if starts[-1] != last_start:
+            starts.append(last_start)
+        out.extend(Passage(doc_id, s, min(s + passage_tokens, end)) for s in starts)
+    return out
+
+
+def _stem(word: str) -> str:
+    """Harman's S-stemmer (plural suffixes only), words of 4+ characters."""
+    if len(word) < 4:
+        return word
+    if word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if word.endswith("s") and not word.endswith(("us", "ss")):
+        return word[:-1]
+    return word
+
+
+def _stem_words(words: list[str]) -> list[str]:  # bm25s calls the stemmer with the whole vocabulary
+    return [_stem(w) for w in words]
+
+
+def _query_words(query: str) -> list[str]:
+    """Lowercased query words without stopwords, duplicates removed (order kept)."""
+    words = bm25s.tokenize(query, stopwords=STOPWORDS, return_ids=False, show_progress=False)[0]
+    return list(dict.fromkeys(w for w in words if w))
+
+
+class BM25Index:
+    """BM25 over :class:`Passage` windows. Build with :meth:`build`, query with :meth:`search`."""
+
+    def __init__(self, passages_P3: np.ndarray, texts: list[str], retriever: bm25s.BM25 | None) -> None:
+        self.passages_P3 = np.asarray(passages_P3, dtype=np.int64).reshape(-1, 3)
+        self.texts = texts
+        self.retriever = retriever  # None when no passage has an indexable word
+
+    def __len__(self) -> int:
+        return int(self.passages_P3.shape[0])
+
+    def passage(self, i: int) -> Passage:
+        d, s, e = self.passages_P3[i].tolist()
+        return Passage(d, s, e)
+
+    # ---- build ----------------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls, passages: list[Passage], texts: list[str], *, k1: float = 1.5, b: float = 0.75
+    ) -> BM25Index:
+        """Index ``texts[i]`` as the text of ``passages[i]`` (Lucene BM25, English stopwords, S-stemmer)."""
+        if len(passages) != len(texts):
+            raise S3Error(
+                f"BM25Index.build: {len(passages)} passages but {len(texts)} texts; pass one text each"
+            )
+        arr = np.asarray([tuple(p) for p in passages], dtype=np.int64).reshape(-1, 3)
+        texts = [str(t) for t in texts]
+        if not texts:
+            return cls(arr, texts, None)
+        tokens = bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=_stem_words, show_progress=False)
+        if not tokens.vocab:  # only stopwords / no words at all: nothing can match
+            return cls(arr, texts, None)
+        retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+        retriever.index(tokens, show_progress=False)
+        return cls(arr, texts, retriever)
+
+    def add(self, passages: list[Passage], texts: list[str]) -> BM25Index:
+        """A new index over the old passages plus these (a full rebuild from the stored texts)."""
+        old = [self.passage(i) for i in range(len(self))]
+        params = {"k1": self.retriever.k1, "b": self.retriever.b} if self.retriever is not None else {}
+        return BM25Index.build(old + list(passages), self.texts + list(texts), **params)
+
+    # ---- query ----------------------------------------------------------------------------------------
+    def search(self, query: str, top_k: int) -> list[Hit]:
+        """Best ``top_k`` passages with a positive score, best first (ties: lower passage index).
+
+        A query that is empty, only stopwords, or shares no term with the index returns ``[]``.
+        """
+        if self.retriever is None or top_k <= 0:
+            return []
+        vocab = self.retriever.vocab_dict
+        by_stem: dict[str, list[str]] = {}
+        for w in _query_words(query):
+            stem = _stem(w)
+            if stem in vocab:
+                by_stem.setdefault(stem, []).append(w)
+        if not by_stem:
+            return []
+        scores_P = np.asarray(self.retriever.get_scores(list(by_stem)), dtype=np.float64)
+        pos = np.flatnonzero(scores_P > 0)
+        top = pos[np.argsort(-scores_P[pos], kind="stable")[:top_k]]
+        indptr = self.retriever.scores["indptr"]
+        indices = self.retriever.scores["indices"]
+        terms: list[list[str]] = [[] for _ in range(top.size)]
+        for stem, words in by_stem.items():  # loop over the few query terms, vectorised over hits
+            c = vocab[stem]
+            has = np.isin(top, indices[indptr[c] : indptr[c + 1]])
+            for j in np.flatnonzero(has).tolist():
+                terms[j].extend(words)
+        return [Hit(self.passage(int(i)), float(scores_P[i]), t) for i, t in zip(top.tolist(), terms)]
+
+    # ---- disk -----------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """Write the whole index into a temp folder next to ``folder``, then rename it into place."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:
+            if self.retriever is not None:
+                self.retriever.save(str(tmp), show_progress=False)
+            np.save(tmp / BM25_PASSAGES, self.passages_P3)
+            pq.write_table(
+                pa.table({"text": pa.array(self.texts, pa.string())}), tmp / BM25_TEXTS, compression="zstd"
+            )
+            meta = {
+                "format_version": BM25_FORMAT_VERSION,
+                "num_passages": len(self),
+                "stopwords": STOPWORDS,
+                "stemmer": STEMMER_NAME,
+                "method": "lucene",
+                "empty": self.retriever is None,
+            }
+            atomic_write_json(tmp / BM25_META, meta)
+            publish_dir(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, folder: str | Path) -> BM25Index:
+        folder = Path(folder)
+        meta_path = folder / BM25_META
+        if not meta_path.is_file():
+            raise S3Error(f"{folder}: not a BM25 index (no {BM25_META}); build the index again")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise S3Error(f"{meta_path}: unreadable ({err}); build the index again") from None
+        if meta.get("format_version") != BM25_FORMAT_VERSION:
+            raise S3Error(
+                f"{meta_path}: format_version {meta.get('format_version')} is not {BM25_FORMAT_VERSION}; "
+                "rebuild the index with this version of s3-attention"
+            )
+        for name in (BM25_PASSAGES, BM25_TEXTS):
+            if not (folder / name).is_file():
+                raise S3Error(f"{folder}: {name} is missing; build the index again")
+        passages = np.load(folder / BM25_PASSAGES, allow_pickle=False)
+        texts = pq.read_table(folder / BM25_TEXTS).column("text").to_pylist()
+        if passages.shape != (meta["num_passages"], 3) or len(texts) != meta["num_passages"]:
+            raise S3Error(f"{folder}: passages/texts do not match {BM25_META}; build the index again")
+        retriever = None
+        if not meta.get("empty"):
+            retriever = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False, verbosity=0)
+        return cls(passages, texts, retriever)
+
+
+def to_spans(results: list[Hit]) -> list[Span]:
+    """Search hits as ``source="bm25"`` spans, ``why={"terms": [...], "bm25": score, "doc_id": id}``."""
+    return [
+        Span(
+            h.passage.start,
+            h.passage.end,
+            h.score,
+            SOURCE_BM25,
+            {"terms": list(h.terms), "bm25": h.score, "doc_id": h.passage.doc_id},
+        )
+        for h in results
+    ]

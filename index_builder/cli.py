@@ -1,0 +1,121 @@
+"""``s3-index``: build, inspect, verify, merge and query a posting-list index.
+
+s3-index build corpus/ [--out INDEX] [--sae RELEASE] [--layers 6,12] [--chunk 2048] [--resume]
+s3-index info INDEX
+s3-index verify INDEX
+s3-index merge INDEX
+s3-index ask INDEX "question" [--mode s3|bm25|hybrid|full] [--budget 2048] [--show-spans] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from s3attn.cliutil import build_parser, make_config
+from s3attn.errors import S3Error, cli_entry
+from s3attn.index_builder.config import BuildConfig
+
+PROG = "s3-index"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build = sub.add_parser(
+        "build", help="index a corpus folder (streaming prefill -> Zarr posting lists + BM25)"
+    )
+    build.add_argument(
+        "corpus", help="folder (read recursively) of .txt/.md/.jsonl/.parquet, or one such file"
+    )
+    build_parser(BuildConfig, build)
+    for name, text in (
+        ("info", "documents, tokens, postings, bytes per posting, segments"),
+        ("verify", "check offsets, positions, k postings per token, token counts, checksums"),
+        ("merge", "tiered merge of small segments"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("index", help="index folder")
+        if name == "merge":
+            p.add_argument(
+                "--tier", type=int, default=8, help="segments per tier before a merge (default: 8)"
+            )
+            p.add_argument("--all", action="store_true", help="merge everything into one segment")
+        if name in ("info",):
+            p.add_argument("--json", action="store_true", help="print JSON")
+    from s3attn.retrieval.cli import add_ask_parser
+
+    add_ask_parser(sub)
+    return parser
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from s3attn.index_builder.pipeline import build_index
+
+    cfg = make_config(BuildConfig, args, "index")
+    out = build_index(args.corpus, cfg)
+    print(f"{PROG}: index at {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from s3attn.index_builder.store import IndexStore
+
+    with IndexStore.open(args.index) as store:
+        info = store.info()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    for key, value in info.items():
+        if isinstance(value, float):
+            value = f"{value:.3f}"
+        elif isinstance(value, list | dict):
+            value = json.dumps(value)
+        print(f"{key:>22}: {value}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from s3attn.index_builder.store import IndexStore
+
+    with IndexStore.open(args.index) as store:
+        problems = store.verify()
+        n = len(store.segments)
+    if problems:
+        for p in problems:
+            print(f"{PROG}: verify: {p}", file=sys.stderr)
+        raise S3Error(
+            f"{args.index}: {len(problems)} problem(s) found; rebuild the index or the named segments"
+        )
+    print(f"{args.index}: ok ({n} segments)")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from s3attn.index_builder.store import IndexStore
+
+    with IndexStore.open(args.index, write=True) as store:
+        before = len(store.segments)
+        merged = store.merge(args.tier, into_one=args.all)
+        after = len(store.segments)
+    print(f"{args.index}: merged {merged} segments ({before} -> {after})")
+    return 0
+
+
+@cli_entry(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "ask":
+        from s3attn.retrieval.cli import cmd_ask
+
+        return cmd_ask(args)
+    return {"build": cmd_build, "info": cmd_info, "verify": cmd_verify, "merge": cmd_merge}[args.command](
+        args
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

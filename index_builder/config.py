@@ -1,0 +1,39 @@
+"""BuildConfig: every option of ``s3-index build``; the field docstrings are its ``--help``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class BuildConfig:
+    out: str = "indexes/default"
+    """Index folder to create or add to."""
+    sae: str | None = None
+    """SAE release folder; default: the published SmolLM2 release in checkpoints/."""
+    model: str | None = None
+    """Model to prefill with; default: the release's model ('smollm2-135m' for the published release)."""
+    layers: list[int] | None = None
+    """Layers to index (a subset of the release's); default: all of the release's layers."""
+    chunk: int = 2048
+    """Scan chunk: tokens prefilled per forward pass (no KV cache is kept across chunks)."""
+    overlap: int = 64
+    """Tokens of left context carried into each chunk (their codes are not stored again)."""
+    segment_tokens: int = 262144
+    """Tokens gathered in RAM before an immutable segment is written."""
+    passage_tokens: int = 128
+    """BM25 passage length in tokens."""
+    passage_stride: int = 64
+    """BM25 passage stride in tokens."""
+    text_field: str = "text"
+    """Field / column holding the text in .jsonl, .parquet and saved datasets."""
+    skip_bad_files: bool = False
+    """Skip files that are not UTF-8 (with a warning) instead of stopping with an error."""
+    resume: bool = False
+    """Finish an interrupted build: drop a half-indexed last document and go on."""
+    devices: int = 1
+    """Devices/processes for the prefill (documents are dealt to ranks)."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu."""
+    progress: bool = True
+    """Show a progress bar in tokens."""

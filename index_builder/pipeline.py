@@ -1,0 +1,153 @@
+"""``s3-index build``: resolve release and model, open the index, prefill new documents, rebuild BM25."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from s3attn.constants import BM25_DIR, DEFAULT_MODEL, DEFAULT_RELEASE, SMOLLM2_MODEL_ID
+from s3attn.corpus import Corpus, Document
+from s3attn.errors import S3Error
+from s3attn.index_builder.config import BuildConfig
+from s3attn.paths import atomic_write_json
+
+BM25_STATE = "bm25.json"  # which manifest generation the BM25 index was built for
+
+
+def default_release() -> Path:
+    """The published SmolLM2 release shipped in ``checkpoints/``."""
+    path = Path(str(resources.files("s3attn.checkpoints").joinpath(DEFAULT_RELEASE)))
+    if not (path / "config.json").is_file():
+        raise S3Error(f"no published release at {path}; pass --sae RELEASE_DIR (train one with s3-train-sae)")
+    return path
+
+
+def model_name_for(model_id: str) -> str:
+    """The name ``load_model`` takes for a release's model id."""
+    if model_id == SMOLLM2_MODEL_ID:
+        return DEFAULT_MODEL
+    if Path(model_id).is_dir():
+        return model_id
+    raise S3Error(f"the SAE release was trained for model '{model_id}'; pass --model with its local folder")
+
+
+def resolve_release(sae: str | None, layers: list[int] | None):
+    """(release path, release config, layers to use)."""
+    from s3attn.saes.checkpoint import read_release_config
+
+    release = Path(sae) if sae else default_release()
+    if not release.is_dir():
+        raise S3Error(f"--sae {release}: no such folder; give an SAE release folder")
+    rel_cfg = read_release_config(release)
+    available = [int(x) for x in rel_cfg["layers"]]
+    chosen = sorted(set(layers)) if layers else available
+    missing = [x for x in chosen if x not in available]
+    if missing:
+        raise S3Error(f"--layers {missing}: not in the SAE release {release} (it has layers {available})")
+    return release, rel_cfg, chosen
+
+
+def load_stack(release: Path, rel_cfg: dict, layers: list[int], model: str | None):
+    """Model, tokenizer, SAEs per layer, geometry: checked to belong together."""
+    from s3attn.saes.checkpoint import check_compatible, load_many
+    from s3attn.saes.models import load_model
+    from s3attn.saes.taps import attention_geometry
+
+    loaded = load_model(model or model_name_for(rel_cfg["model_id"]))
+    geom = attention_geometry(loaded.model)
+    check_compatible(
+        release, model_id=loaded.model_id, head_dim=geom.head_dim, num_layers=geom.num_layers, layers=layers
+    )
+    saes = load_many(release, layers=layers)
+    return loaded, saes, geom
+
+
+def doc_ranges(store) -> list[tuple[int, int, int]]:
+    """(doc_id, start, end) per document, pieces of one document joined."""
+    out: list[list[int]] = []
+    for rec in store.documents():
+        if out and out[-1][0] == rec.doc_id and out[-1][2] == rec.token_start:
+            out[-1][2] = rec.token_start + rec.num_tokens
+        else:
+            out.append([rec.doc_id, rec.token_start, rec.token_start + rec.num_tokens])
+    return [tuple(x) for x in out]  # type: ignore[misc]
+
+
+def rebuild_bm25(store, tokenizer, *, passage_tokens: int, stride: int) -> None:
+    from s3attn.index_builder.bm25 import BM25Index, make_passages
+
+    ranges = doc_ranges(store)
+    passages = make_passages(ranges, passage_tokens=passage_tokens, stride=stride)
+    texts = tokenizer.batch_decode([store.tokens(p.start, p.end).tolist() for p in passages])
+    BM25Index.build(passages, texts).save(store.path / BM25_DIR)
+    atomic_write_json(store.path / BM25_STATE, {"generation": store.generation, "passages": len(passages)})
+
+
+def bm25_is_current(store) -> bool:
+    try:
+        state = json.loads((store.path / BM25_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("generation") == store.generation and (store.path / BM25_DIR).is_dir()
+
+
+def build_index(corpus_path: str, cfg: BuildConfig) -> Path:
+    from s3attn.index_builder.build import run_prefill
+    from s3attn.index_builder.store import IndexStore
+
+    if cfg.chunk < 1 or cfg.overlap < 0 or cfg.overlap >= cfg.chunk * 4:
+        raise S3Error(f"--chunk {cfg.chunk} / --overlap {cfg.overlap}: need chunk >= 1 and 0 <= overlap")
+    corpus = Corpus(corpus_path, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="corpus")
+    files = corpus.files()
+    if not files:
+        raise S3Error(f"corpus {corpus_path}: no .txt/.md/.jsonl/.parquet files found; put documents in it")
+    release, rel_cfg, layers = resolve_release(cfg.sae, cfg.layers)
+    loaded, saes, geom = load_stack(release, rel_cfg, layers, cfg.model)
+    first = next(iter(saes.values()))
+    attrs = {
+        "model_id": loaded.model_id,
+        "sae_release": str(rel_cfg.get("name", release.name)),
+        "layers": layers,
+        "num_kv_heads": geom.num_kv_heads,
+        "k": first.cfg.k,
+        "num_latents": first.cfg.num_latents,
+        "head_dim": geom.head_dim,
+        "chunk": cfg.chunk,
+        "overlap": cfg.overlap,
+        "sae_release_path": str(release.resolve()),
+        "model": cfg.model or model_name_for(rel_cfg["model_id"]),
+    }
+    out = Path(cfg.out)
+    print(f"s3-index: building into {out}", file=sys.stderr)
+    with IndexStore.create(out, attrs) as store:
+        if store.has_open_tail():
+            if not cfg.resume:
+                raise S3Error(f"{out}: an earlier build was interrupted; run the same command with --resume")
+            store.drop_open_tail()
+        docs: list[Document] = [d for d in corpus if not store.has_document(d.path, d.content_hash)]
+        skipped = 0
+        if docs:
+            run_prefill(
+                loaded.model,
+                saes,
+                loaded.tokenizer,
+                docs,
+                store,
+                chunk=cfg.chunk,
+                overlap=cfg.overlap,
+                segment_tokens=cfg.segment_tokens,
+                accelerator=cfg.accelerator,
+                devices=cfg.devices,
+                progress=cfg.progress,
+            )
+        else:
+            skipped = 1
+        if not bm25_is_current(store):
+            rebuild_bm25(
+                store, loaded.tokenizer, passage_tokens=cfg.passage_tokens, stride=cfg.passage_stride
+            )
+        if skipped:
+            print("s3-index: every document is already indexed; nothing to add", file=sys.stderr)
+    return out

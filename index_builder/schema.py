@@ -1,0 +1,236 @@
+"""On-disk schema of the posting-list index: record types, dtypes, codecs, array paths, quantization.
+
+Layout (see ``index_builder/SCHEMA.md`` for the full description)::
+
+    INDEX/
+      manifest.json                    live segments, written last by atomic rename
+      index.lock                       fcntl lock of the one writer
+      index.zarr/                      Zarr v3 group, attrs: kind, format_version, model_id, sae_release, ...
+        segments/<name>/               group attrs: token_start, num_tokens, docs, checksums
+          tokens                       uint32[T]
+          L<layer>/h<kv>/              group attrs: act_scale
+            offsets                    uint64[F+1]  CSR offsets per feature
+            pos_gaps                   uint32[N]    gaps of segment-relative positions, first of each list absolute
+            act_u8                     uint8[N]     act = expm1(q / 255 * log1p(act_scale))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from zarr.codecs import BloscCodec
+
+from s3attn.constants import (
+    INDEX_ACT_ARRAY,
+    INDEX_FORMAT_VERSION,
+    INDEX_GAPS_ARRAY,
+    INDEX_KIND,
+    INDEX_MANIFEST,
+    INDEX_OFFSETS_ARRAY,
+    INDEX_TOKENS_ARRAY,
+    SEGMENT_NAME_PREFIX,
+    SEGMENT_TMP_PREFIX,
+    SEGMENTS_DIR,
+)
+from s3attn.errors import S3Error
+
+# ---- dtypes and chunking ---------------------------------------------------------------------------------
+TOKEN_DTYPE = np.dtype("uint32")
+OFFSET_DTYPE = np.dtype("uint64")
+GAP_DTYPE = np.dtype("uint32")
+ACT_DTYPE = np.dtype("uint8")
+POSTING_CHUNK = 65536  # entries per chunk of pos_gaps / act_u8 (fastest batched reads, see notes)
+TOKEN_CHUNK = 65536
+ACT_LEVELS = 255  # q in [0, 255]
+CHECKSUM_ALGO = "crc32"
+
+# Root attributes a caller must give to ``IndexStore.create``; the first four must match to reuse an index.
+REQUIRED_ATTRS = ("model_id", "sae_release", "layers", "num_kv_heads", "k", "num_latents", "head_dim")
+IDENTITY_ATTRS = ("model_id", "sae_release", "layers", "k")
+
+
+class DocRecord(NamedTuple):
+    doc_id: int
+    path: str
+    content_hash: str
+    token_start: int  # global position of the document's first token
+    num_tokens: int
+
+
+def doc_json(d: DocRecord) -> dict:
+    """A document record as plain JSON types (callers may pass numpy integers)."""
+    return {
+        "doc_id": int(d.doc_id),
+        "path": str(d.path),
+        "content_hash": str(d.content_hash),
+        "token_start": int(d.token_start),
+        "num_tokens": int(d.num_tokens),
+    }
+
+
+class SegmentData(NamedTuple):
+    token_ids: np.ndarray  # uint32 [T]
+    docs: list[DocRecord]  # token_start GLOBAL
+    token_start: int  # global position of the segment's first token
+    codes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]  # (layer, kv) -> (indices_TK, acts_TK)
+
+
+class Postings(NamedTuple):
+    positions: np.ndarray  # int64 [N] GLOBAL token positions
+    feature_slot: np.ndarray  # int32 [N] index into the requested features array
+    acts: np.ndarray  # float32 [N] dequantized activations
+
+
+# ---- codecs ----------------------------------------------------------------------------------------------
+def compressors(kind: str) -> list[BloscCodec]:
+    """Standard Zarr v3 codecs per array kind: Blosc zstd with bitshuffle for integers, plain zstd for u8."""
+    if kind == INDEX_ACT_ARRAY:
+        # bitshuffle makes log-quantized bytes larger (0.90 vs 0.84 bytes/posting measured)
+        return [BloscCodec(cname="zstd", clevel=5, shuffle="noshuffle")]
+    if kind in (INDEX_GAPS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_TOKENS_ARRAY):
+        return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+    raise ValueError(f"unknown array kind {kind!r}")
+
+
+# ---- manifest --------------------------------------------------------------------------------------------
+def empty_manifest() -> dict:
+    return {"kind": INDEX_KIND, "format_version": INDEX_FORMAT_VERSION, "generation": 0, "segments": []}
+
+
+def read_manifest(index_dir: Path) -> dict:
+    """``INDEX/manifest.json``, checked; S3Error naming the file when it is corrupt or too new."""
+    path = Path(index_dir) / INDEX_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        ok = manifest.get("kind") == INDEX_KIND and isinstance(manifest.get("segments"), list)
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise S3Error(f"{path}: corrupt or not an s3attn manifest; rebuild the index")
+    if manifest.get("format_version", 0) > INDEX_FORMAT_VERSION:
+        raise S3Error(f"{path}: index format {manifest['format_version']} is newer than this s3attn; upgrade")
+    return manifest
+
+
+# ---- paths -----------------------------------------------------------------------------------------------
+def segment_name(number: int) -> str:
+    return f"{SEGMENT_NAME_PREFIX}{number:06d}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(SEGMENT_TMP_PREFIX)
+
+
+def segment_path(name: str) -> str:
+    """Zarr path of a segment group inside ``index.zarr``."""
+    return f"{SEGMENTS_DIR}/{name}"
+
+
+def head_group(layer: int, kv_head: int) -> str:
+    """Path of a (layer, kv head) group relative to its segment."""
+    return f"L{int(layer)}/h{int(kv_head)}"
+
+
+def head_array(layer: int, kv_head: int, kind: str) -> str:
+    """Path of ``offsets`` / ``pos_gaps`` / ``act_u8`` relative to its segment."""
+    return f"{head_group(layer, kv_head)}/{kind}"
+
+
+def disk_usage(index_dir: Path) -> tuple[int, dict[str, int]]:
+    """Bytes of every file under ``index_dir``: total, and by array kind (chunk files) or ``metadata``."""
+    total, by_kind = 0, {}
+    kinds = (INDEX_TOKENS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_GAPS_ARRAY, INDEX_ACT_ARRAY)
+    for dirpath, _dirs, files in os.walk(index_dir):
+        parts = Path(dirpath).relative_to(index_dir).parts
+        kind = next((k for k in kinds if k in parts), "metadata")
+        for f in files:
+            size = (Path(dirpath) / f).stat().st_size
+            total += size
+            key = "metadata" if f == "zarr.json" else kind
+            by_kind[key] = by_kind.get(key, 0) + size
+    return total, by_kind
+
+
+# ---- checksums -------------------------------------------------------------------------------------------
+def array_checksum(arr: np.ndarray) -> str:
+    """crc32 of the raw little-endian C-order bytes of an array, as 8 hex digits."""
+    a = np.ascontiguousarray(arr)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return f"{zlib.crc32(memoryview(a).cast('B')) & 0xFFFFFFFF:08x}"
+
+
+def segment_checksum(checksums: dict[str, str], token_start: int, num_tokens: int) -> str:
+    """One checksum for the manifest entry: crc32 over the canonical JSON of the per-array checksums."""
+    blob = json.dumps(
+        {"checksums": checksums, "token_start": token_start, "num_tokens": num_tokens}, sort_keys=True
+    )
+    return f"{zlib.crc32(blob.encode()) & 0xFFFFFFFF:08x}"
+
+
+# ---- activation quantization -----------------------------------------------------------------------------
+def act_scale_of(acts: np.ndarray) -> float:
+    """The scale stored with a posting array: its max activation rounded UP to a power of two (1.0 when all
+    acts are <= 0). Segments whose scales agree share one grid, so merging them copies ``q`` unchanged."""
+    m = float(np.max(acts)) if acts.size else 0.0
+    if not (m > 0 and np.isfinite(m)):
+        return 1.0
+    return float(2.0 ** np.ceil(np.log2(max(m, 2.0**-20))))
+
+
+def quantize_acts(acts: np.ndarray, scale: float) -> np.ndarray:
+    """Log quantization: q = round(log1p(act) / log1p(scale) * 255), acts clipped to [0, scale]."""
+    a = np.clip(np.asarray(acts, dtype=np.float64), 0.0, scale)
+    q = np.rint(np.log1p(a) * (ACT_LEVELS / np.log1p(scale)))
+    return np.clip(q, 0, ACT_LEVELS).astype(ACT_DTYPE)
+
+
+def dequantize_acts(q: np.ndarray, scale: float) -> np.ndarray:
+    """Inverse of ``quantize_acts``: act = expm1(q / 255 * log1p(scale)), float32 (a 256-entry table)."""
+    table = np.expm1(np.arange(ACT_LEVELS + 1) * (np.log1p(scale) / ACT_LEVELS)).astype(np.float32)
+    return table[np.asarray(q, dtype=ACT_DTYPE)]
+
+
+def act_error_bound(acts: np.ndarray, scale: float) -> np.ndarray:
+    """Largest possible |dequantize(quantize(a)) - a| for acts in [0, scale] (half a step in log space)."""
+    half = np.log1p(scale) / ACT_LEVELS / 2
+    return (1.0 + np.asarray(acts, dtype=np.float64)) * np.expm1(half) + 1e-6 * (1.0 + scale)
+
+
+# ---- vectorised helpers ----------------------------------------------------------------------------------
+def concat_ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lens)])`` without a Python loop (int64)."""
+    lens = np.asarray(lens, dtype=np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    before = np.cumsum(lens) - lens
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lens) + np.arange(total, dtype=np.int64)
+
+
+def decode_gaps(gaps: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Positions from concatenated gap lists (first entry of each list absolute), int64."""
+    cs = np.cumsum(gaps, dtype=np.int64)
+    lens = np.asarray(lens, dtype=np.int64)
+    nz = lens > 0
+    first = (np.cumsum(lens) - lens)[nz]
+    base = cs[first] - gaps[first].astype(np.int64)  # running sum before each list
+    return cs - np.repeat(base, lens[nz])
+
+
+def encode_gaps(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Gaps of sorted-per-list positions; the first entry of each non-empty list stays absolute."""
+    pos = np.asarray(positions, dtype=np.int64)
+    gaps = np.empty(pos.shape, dtype=np.int64)
+    if pos.size:
+        gaps[0] = pos[0]
+        np.subtract(pos[1:], pos[:-1], out=gaps[1:])
+        starts = np.asarray(offsets[:-1], dtype=np.int64)
+        starts = starts[starts < pos.size]
+        gaps[starts] = pos[starts]
+    return gaps.astype(GAP_DTYPE)

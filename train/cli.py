@@ -1,0 +1,197 @@
+"""``s3-train-sae``: harvest K/Q head vectors and train one Top-k SAE per layer, then write a release.
+
+s3-train-sae --layer 16 --k 32
+s3-train-sae --layers 8,16 --tokens 2000000 --out checkpoints/smollm2-135m-k32
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from s3attn.cliutil import build_parser, make_config
+from s3attn.errors import S3Error, cli_entry
+from s3attn.train.config import TrainConfig
+
+PROG = "s3-train-sae"
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    build_parser(TrainConfig, parser, aliases={"layers": ["--layer"]})
+    args = parser.parse_args(argv)
+    return make_config(TrainConfig, args, "train")
+
+
+def validate(cfg: TrainConfig, model, head_dim: int) -> None:
+    from s3attn.saes.taps import check_layers
+
+    cfg.layers = check_layers(model, cfg.layers)
+    latents = cfg.latents or cfg.expansion * head_dim
+    if cfg.k <= 0 or cfg.k > latents:
+        raise S3Error(
+            f"--k {cfg.k}: must be between 1 and the number of latents ({latents}); lower --k or raise --latents"
+        )
+    if not 0 <= cfg.q_fraction < 1:
+        raise S3Error(f"--q-fraction {cfg.q_fraction}: must be in [0, 1)")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise S3Error(f"--dtype {cfg.dtype}: choose float32 or bfloat16")
+    if cfg.tokens < cfg.context_length:
+        raise S3Error(f"--tokens {cfg.tokens}: below one context ({cfg.context_length} tokens)")
+
+
+def check_out(out: Path) -> None:
+    from s3attn.constants import RELEASE_CONFIG
+    from s3attn.paths import check_writable_dir
+
+    if out.exists() and not out.is_dir():
+        raise S3Error(f"--out {out}: is a file; give a folder for the release")
+    if out.is_dir() and any(out.iterdir()) and not (out / RELEASE_CONFIG).is_file():
+        raise S3Error(f"--out {out}: holds files that are not an SAE release; choose an empty or new folder")
+    check_writable_dir(out.parent if out.parent != Path("") else Path("."), "--out")
+
+
+def weights_digest(module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.saes.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training end to end; return the release folder."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from s3attn.corpus import Corpus
+    from s3attn.saes.checkpoint import SaeMeta, write_release
+    from s3attn.saes.models import load_model
+    from s3attn.saes.taps import attention_geometry
+    from s3attn.train.cache import ActivationCache
+    from s3attn.train.callbacks import PeriodicCheckpoint
+    from s3attn.train.data import CorpusDataModule
+    from s3attn.train.module import SaeTrainer
+
+    out = Path(cfg.out)
+    run_dir = Path(cfg.resolved_run_dir)
+    check_out(out)
+    corpus = Corpus(cfg.corpus, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="--corpus")
+    loaded = load_model(cfg.model)
+    geom = attention_geometry(loaded.model)
+    validate(cfg, loaded.model, geom.head_dim)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "train_state.ckpt"
+    if cfg.resume and not state_path.is_file():
+        raise S3Error(f"--resume: no training state at {state_path}; run without --resume first")
+    L.seed_everything(cfg.seed, verbose=False)
+    world = cfg.devices * cfg.num_nodes
+    contexts_per_rank = max(1, cfg.tokens // cfg.context_length // world)
+    dm = CorpusDataModule(
+        corpus,
+        loaded.tokenizer,
+        context_length=cfg.context_length,
+        batch_size=cfg.lm_batch,
+        contexts_per_rank=contexts_per_rank,
+        holdout_every=cfg.holdout_every,
+        holdout_contexts=cfg.holdout_contexts,
+        seed=cfg.seed,
+    )
+    dm.docs()  # fail early on an empty or unreadable corpus
+    cache = ActivationCache.for_run(cfg, loaded.model_id, world) if cfg.cache_activations else None
+    module = SaeTrainer(cfg, loaded.model, geom.head_dim, cache_writer=cache)
+    if cache is not None and cache.complete:
+        dm = cache.datamodule(dm)  # skip the LM: stream cached head vectors
+    strategy = "ddp" if world > 1 else "auto"
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        max_epochs=1,
+        logger=TensorBoardLogger(str(run_dir), name="tb"),
+        enable_checkpointing=False,
+        callbacks=[PeriodicCheckpoint(state_path, cfg.checkpoint_every)]
+        + ([TQDMProgressBar(refresh_rate=1)] if cfg.progress else []),
+        enable_progress_bar=cfg.progress,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(state_path) if cfg.resume else None)
+    if cache is not None:
+        cache.finish()
+    trainer.save_checkpoint(str(state_path) + ".tmp")
+    if trainer.global_rank == 0:
+        os.replace(str(state_path) + ".tmp", state_path)
+    digest = weights_digest(module)
+    digests = [digest]
+    if trainer.world_size > 1:
+        import torch.distributed as dist
+
+        digests = [None] * trainer.world_size
+        dist.all_gather_object(digests, digest)
+    if trainer.global_rank != 0:
+        return out
+    (run_dir / "ranks.json").write_text(json.dumps({"weights_sha256": digests}, indent=2))
+    holdout = dm.holdout_contexts_tensor() if hasattr(dm, "holdout_contexts_tensor") else None
+    module.to(torch.device("cpu"))
+    module.lm.to(torch.device("cpu"))
+    metrics = module.evaluate(holdout) if holdout is not None else {}
+    tokens_seen = int(module.lm_steps) * cfg.lm_batch * cfg.context_length * world
+    saes = {layer: module.saes[str(layer)] for layer in cfg.layers}
+    metas = {
+        layer: SaeMeta(
+            model_id=loaded.model_id,
+            layer=layer,
+            sites=["k", "q"] if cfg.q_fraction > 0 else ["k"],
+            head_dim=geom.head_dim,
+            training_tokens=tokens_seen,
+            fvu=metrics.get(layer, {}).get("fvu"),
+            dead_fraction=metrics.get(layer, {}).get("dead_fraction"),
+        )
+        for layer in cfg.layers
+    }
+    info = {
+        "model_id": loaded.model_id,
+        "dataset": cfg.dataset_name,
+        "dataset_license": cfg.dataset_license,
+        "context_length": cfg.context_length,
+        "layers": list(cfg.layers),
+        "q_fraction": cfg.q_fraction,
+        "training_tokens": tokens_seen,
+        "training_vectors_per_layer": int(module.vectors_seen),
+        "holdout": {str(k): v for k, v in metrics.items()},
+    }
+    path = write_release(out, saes, metas, info)
+    print(f"{PROG}: wrote release {path}", file=sys.stderr)
+    for layer, m in metrics.items():
+        print(
+            f"  layer {layer}: held-out FVU {m['fvu']:.4f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.2%}",
+            file=sys.stderr,
+        )
+    return path
+
+
+@cli_entry(PROG)
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
