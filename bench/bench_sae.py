@@ -2,12 +2,18 @@
 
 One training step = what each trainer does per batch: unit-norm the decoder, forward, FVU (+ AuxK when
 --dead-frac > 0) backward, mark fired latents, drop the decoder-gradient component parallel to the decoder
-rows, Adam step, zero_grad. Both models start from the same weights and see the same batches; steps of the
-two are interleaved so that load from other processes hits both alike; the median step time is reported.
+rows, Adam step, zero_grad. Both models start from the same weights, use the same Adam settings and see
+the same batches; their steps are interleaved so that load from other processes hits both alike.
 
-    python bench/bench_sae.py [--latents 4096 8192] [--steps 20] [--batch 4096] [--d-in 64] [--k 32]
+Two measures per size:
 
-Writes bench/out/sae.json.
+- ``wall``: wall-clock with torch's default threads (what a user sees; noisy on a shared machine);
+- ``cpu1``: CPU time of the step with one torch thread, which other processes' load barely moves: the
+  fairest figure for the work each implementation does.
+
+    python bench/bench_sae.py [--latents 4096 8192] [--steps 16] [--batch 4096] [--modes wall cpu1]
+
+Prints vectors/s and the ratio ours/sparsify (median step time) and writes bench/out/sae.json.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,7 +43,7 @@ def _import_sparsify():
     return SparseCoder, SparseCoderConfig
 
 
-def make_step(model, opt, fwd_kwargs: dict, auxk_alpha: float, did_fire: torch.Tensor):
+def make_step(model, opt, fwd_kwargs: dict, auxk_alpha: float, did_fire: torch.Tensor) -> Callable:
     def step(x: torch.Tensor) -> float:
         model.set_decoder_norm_to_unit_norm()
         out = model(x, **fwd_kwargs)
@@ -49,6 +56,16 @@ def make_step(model, opt, fwd_kwargs: dict, auxk_alpha: float, did_fire: torch.T
         return float(out.fvu.detach())
 
     return step
+
+
+def _timed(mode: str, steps: int, pairs: list[tuple[Callable, list]], batches: list[torch.Tensor]) -> None:
+    clock = time.perf_counter if mode == "wall" else time.thread_time
+    for i in range(steps):
+        x = batches[i % len(batches)]
+        for fn, sink in pairs if i % 2 == 0 else pairs[::-1]:
+            t0 = clock()
+            fn(x)
+            sink.append(clock() - t0)
 
 
 def bench_one(num_latents: int, args, SparseCoder, SparseCoderConfig) -> dict:
@@ -72,55 +89,61 @@ def bench_one(num_latents: int, args, SparseCoder, SparseCoderConfig) -> dict:
     step_t = make_step(theirs, opt_t, kw_t, 1 / 32, torch.zeros_like(dead))
     step_o = make_step(ours, opt_o, kw_o, 1.0, torch.zeros_like(dead))
 
-    first_t, first_o = step_t(batches[0]), step_o(batches[0])
-    for i in range(1, args.warmup):
-        step_t(batches[i % 4])
-        step_o(batches[i % 4])
-    times_t, times_o = [], []
-    for i in range(args.steps):
-        x = batches[i % 4]
-        pair = [(step_t, times_t), (step_o, times_o)]
-        for fn, sink in pair if i % 2 == 0 else pair[::-1]:
-            t0 = time.perf_counter()
-            fn(x)
-            sink.append(time.perf_counter() - t0)
-    med_t, med_o = statistics.median(times_t), statistics.median(times_o)
-    return {
-        "num_latents": num_latents,
-        "sparsify_vec_per_s": args.batch / med_t,
-        "ours_vec_per_s": args.batch / med_o,
-        "ratio_ours_over_sparsify": med_t / med_o,
-        "sparsify_step_ms_median": 1e3 * med_t,
-        "ours_step_ms_median": 1e3 * med_o,
-        "sparsify_step_ms_min": 1e3 * min(times_t),
-        "ours_step_ms_min": 1e3 * min(times_o),
-        "first_step_fvu": {"sparsify": first_t, "ours": first_o},
-    }
+    result: dict = {"num_latents": num_latents}
+    result["first_step_fvu"] = {"sparsify": step_t(batches[0]), "ours": step_o(batches[0])}
+    default_threads = torch.get_num_threads()
+    for mode in args.modes:
+        torch.set_num_threads(1 if mode == "cpu1" else default_threads)
+        try:
+            _timed(mode, args.warmup, [(step_t, []), (step_o, [])], batches)
+            times_t: list[float] = []
+            times_o: list[float] = []
+            _timed(mode, args.steps, [(step_t, times_t), (step_o, times_o)], batches)
+        finally:
+            torch.set_num_threads(default_threads)
+        med_t, med_o = statistics.median(times_t), statistics.median(times_o)
+        result[mode] = {
+            "threads": 1 if mode == "cpu1" else default_threads,
+            "sparsify_vec_per_s": args.batch / med_t,
+            "ours_vec_per_s": args.batch / med_o,
+            "ratio_ours_over_sparsify": med_t / med_o,
+            "sparsify_step_ms": {"median": 1e3 * med_t, "min": 1e3 * min(times_t)},
+            "ours_step_ms": {"median": 1e3 * med_o, "min": 1e3 * min(times_o)},
+        }
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--latents", type=int, nargs="+", default=[4096, 8192])
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per model and size")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=16, help="timed steps per model, size and mode")
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--d-in", type=int, default=64)
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--modes", nargs="+", choices=["wall", "cpu1"], default=["wall", "cpu1"])
     ap.add_argument("--dead-frac", type=float, default=0.0, help="mark this fraction dead to time AuxK too")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     SparseCoder, SparseCoderConfig = _import_sparsify()
 
+    load_before = os.getloadavg()[0]
     results = []
     for num_latents in args.latents:
         r = bench_one(num_latents, args, SparseCoder, SparseCoderConfig)
         results.append(r)
+        fvu = r["first_step_fvu"]
         print(
-            f"d_in={args.d_in} latents={num_latents} k={args.k} batch={args.batch}: "
-            f"sparsify {r['sparsify_vec_per_s']:,.0f} vec/s, ours {r['ours_vec_per_s']:,.0f} vec/s, "
-            f"ours/sparsify {r['ratio_ours_over_sparsify']:.2f}x "
-            f"(first-step FVU {r['first_step_fvu']['sparsify']:.5f} vs {r['first_step_fvu']['ours']:.5f})"
+            f"d_in={args.d_in} latents={num_latents} k={args.k} batch={args.batch} "
+            f"(first-step FVU sparsify {fvu['sparsify']:.5f}, ours {fvu['ours']:.5f})"
         )
+        for mode in args.modes:
+            m = r[mode]
+            print(
+                f"  {mode:4s} ({m['threads']} thread{'s' if m['threads'] > 1 else ''}): "
+                f"sparsify {m['sparsify_vec_per_s']:9,.0f} vec/s  ours {m['ours_vec_per_s']:9,.0f} vec/s  "
+                f"ours/sparsify {m['ratio_ours_over_sparsify']:.2f}x"
+            )
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {
@@ -128,13 +151,13 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "processor": platform.processor() or platform.machine(),
-            "loadavg_1m": os.getloadavg()[0],
+            "loadavg_1m_before_after": [load_before, os.getloadavg()[0]],
         },
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"load average (1 min) before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}; wrote {args.out}")
 
 
 if __name__ == "__main__":

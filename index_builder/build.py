@@ -20,12 +20,24 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from s3attn.corpus import Document
+from s3attn.errors import S3Error
 from s3attn.index_builder.prefill import ChunkCodes, encode_chunk, iter_doc_chunks
 from s3attn.index_builder.schema import DocRecord, SegmentData
 
 
 def tokenize_blocks(doc: Document, tokenizer) -> Iterator[list[int]]:
-    for block in doc.blocks():
+    """Token ids of a document, one list per ~1 MiB text block (a file is never read whole)."""
+    blocks = doc.blocks()
+    while True:
+        try:
+            block = next(blocks, None)
+        except OSError as err:  # the file vanished or became unreadable after the corpus was listed
+            raise S3Error(
+                f"{doc.file}: cannot be read ({err.strerror or err}); fix it or move it out of the corpus, "
+                "then rerun with --resume"
+            ) from None
+        if block is None:
+            return
         yield tokenizer(block, add_special_tokens=False)["input_ids"]
 
 
@@ -86,7 +98,8 @@ class SegmentAccumulator:
         self.records: list[DocRecord] = []
         self.n = 0  # tokens held
         self.closed_n = 0  # of which belong to closed documents
-        self.doc_id = store.num_docs
+        # the next document id (a document written in pieces has several records with one id)
+        self.doc_id = max((d.doc_id for d in store.documents()), default=-1) + 1
         self.piece_start: int | None = None  # global start of the open document's current piece
 
     def add(self, cc: ChunkCodes, last: bool) -> None:

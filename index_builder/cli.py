@@ -66,6 +66,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     with IndexStore.open(args.index) as store:
         info = store.info()
+        # store.info counts document records; a document written in pieces has several with one doc_id
+        info["documents"] = len({d.doc_id for d in store.documents()})
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0

@@ -19,8 +19,10 @@ class BuildConfig:
     """Scan chunk: tokens prefilled per forward pass (no KV cache is kept across chunks)."""
     overlap: int = 64
     """Tokens of left context carried into each chunk (their codes are not stored again)."""
-    segment_tokens: int = 262144
-    """Tokens gathered in RAM before an immutable segment is written."""
+    segment_tokens: int = 65536
+    """Tokens gathered in RAM before an immutable segment is written (bounds the build's memory)."""
+    merge_tier: int = 8
+    """After the build, merge runs of this many similar-sized segments (tiered, Lucene-style); 0 = never."""
     passage_tokens: int = 128
     """BM25 passage length in tokens."""
     passage_stride: int = 64

@@ -13,7 +13,7 @@ from s3attn.errors import S3Error
 from s3attn.index_builder.config import BuildConfig
 from s3attn.paths import atomic_write_json
 
-BM25_STATE = "bm25.json"  # which manifest generation the BM25 index was built for
+BM25_STATE = "bm25.json"  # how many index tokens the BM25 index covers (stale when that changes)
 
 
 def default_release() -> Path:
@@ -82,7 +82,7 @@ def rebuild_bm25(store, tokenizer, *, passage_tokens: int, stride: int) -> None:
     passages = make_passages(ranges, passage_tokens=passage_tokens, stride=stride)
     texts = tokenizer.batch_decode([store.tokens(p.start, p.end).tolist() for p in passages])
     BM25Index.build(passages, texts).save(store.path / BM25_DIR)
-    atomic_write_json(store.path / BM25_STATE, {"generation": store.generation, "passages": len(passages)})
+    atomic_write_json(store.path / BM25_STATE, {"tokens": store.num_tokens, "passages": len(passages)})
 
 
 def bm25_is_current(store) -> bool:
@@ -90,21 +90,33 @@ def bm25_is_current(store) -> bool:
         state = json.loads((store.path / BM25_STATE).read_text())
     except (OSError, ValueError):
         return False
-    return state.get("generation") == store.generation and (store.path / BM25_DIR).is_dir()
+    return state.get("tokens") == store.num_tokens and (store.path / BM25_DIR).is_dir()
 
 
-def build_index(corpus_path: str, cfg: BuildConfig) -> Path:
-    from s3attn.index_builder.build import run_prefill
-    from s3attn.index_builder.store import IndexStore
-
+def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
+    """Index ``corpus_path`` into ``cfg.out``; ``stack`` = an already loaded ``load_stack`` result to reuse
+    (its model and SAEs must be the ones ``cfg`` names), else the stack is loaded here."""
     if cfg.chunk < 1 or cfg.overlap < 0 or cfg.overlap >= cfg.chunk * 4:
         raise S3Error(f"--chunk {cfg.chunk} / --overlap {cfg.overlap}: need chunk >= 1 and 0 <= overlap")
     corpus = Corpus(corpus_path, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="corpus")
-    files = corpus.files()
-    if not files:
-        raise S3Error(f"corpus {corpus_path}: no .txt/.md/.jsonl/.parquet files found; put documents in it")
+    try:  # list (and UTF-8 check) every document before anything is loaded or written
+        files = corpus.files()
+        if not files:
+            raise S3Error(
+                f"corpus {corpus_path}: no .txt/.md/.jsonl/.parquet files found; put documents in it"
+            )
+        all_docs = list(corpus)
+    except OSError as err:  # a broken link, a file without read permission, ...
+        raise S3Error(
+            f"{err.filename or corpus_path}: cannot be read ({err.strerror or err}); "
+            "fix it or move it out of the corpus"
+        ) from None
     release, rel_cfg, layers = resolve_release(cfg.sae, cfg.layers)
-    loaded, saes, geom = load_stack(release, rel_cfg, layers, cfg.model)
+    if stack is None:
+        stack = load_stack(release, rel_cfg, layers, cfg.model)
+    loaded, saes, geom = stack
+    if sorted(saes) != layers:
+        raise S3Error(f"the loaded SAEs have layers {sorted(saes)}, the build asks for {layers}; load those")
     first = next(iter(saes.values()))
     attrs = {
         "model_id": loaded.model_id,
@@ -121,12 +133,27 @@ def build_index(corpus_path: str, cfg: BuildConfig) -> Path:
     }
     out = Path(cfg.out)
     print(f"s3-index: building into {out}", file=sys.stderr)
+    try:
+        _write_index(out, attrs, all_docs, cfg, loaded, saes)
+    except OSError as err:  # disk full, permissions, ...: every published segment is still sound
+        raise S3Error(
+            f"failed writing {out}: {err.strerror or err}; free space or fix permissions, "
+            "then rerun with --resume"
+        ) from None
+    return out
+
+
+def _write_index(out: Path, attrs: dict, all_docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
+    """Open or create the index at ``out``, index the documents it lacks, merge, refresh BM25."""
+    from s3attn.index_builder.build import run_prefill
+    from s3attn.index_builder.store import IndexStore
+
     with IndexStore.create(out, attrs) as store:
         if store.has_open_tail():
             if not cfg.resume:
                 raise S3Error(f"{out}: an earlier build was interrupted; run the same command with --resume")
             store.drop_open_tail()
-        docs: list[Document] = [d for d in corpus if not store.has_document(d.path, d.content_hash)]
+        docs: list[Document] = [d for d in all_docs if not store.has_document(d.path, d.content_hash)]
         skipped = 0
         if docs:
             run_prefill(
@@ -144,10 +171,11 @@ def build_index(corpus_path: str, cfg: BuildConfig) -> Path:
             )
         else:
             skipped = 1
+        if cfg.merge_tier > 1:
+            store.merge(cfg.merge_tier)
         if not bm25_is_current(store):
             rebuild_bm25(
                 store, loaded.tokenizer, passage_tokens=cfg.passage_tokens, stride=cfg.passage_stride
             )
         if skipped:
             print("s3-index: every document is already indexed; nothing to add", file=sys.stderr)
-    return out

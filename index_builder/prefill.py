@@ -50,17 +50,21 @@ def iter_doc_chunks(
 ) -> Iterator[Chunk]:
     """Chunks of a document whose tokens arrive in pieces (bounded memory for huge documents)."""
     buf: list[int] = []
-    consumed = 0  # document position of buf[0]
+    head = 0  # buf[:head] is already chunked (dropped once per piece, so no quadratic copying)
+    consumed = 0  # document position of buf[head]
     context: list[int] = []
     for piece in token_stream:
+        del buf[:head]
+        head = 0
         buf.extend(piece)
-        while len(buf) >= chunk:
-            new, buf = buf[:chunk], buf[chunk:]
+        while len(buf) - head >= chunk:
+            new = buf[head : head + chunk]
+            head += chunk
             yield Chunk(doc_idx, consumed, len(context), np.asarray(context + new, dtype=np.int64))
             context = new[-overlap:] if overlap > 0 else []
             consumed += chunk
-    if buf:
-        yield Chunk(doc_idx, consumed, len(context), np.asarray(context + buf, dtype=np.int64))
+    if len(buf) > head:
+        yield Chunk(doc_idx, consumed, len(context), np.asarray(context + buf[head:], dtype=np.int64))
 
 
 @torch.no_grad()
@@ -76,8 +80,12 @@ def encode_chunk(model, saes: dict[int, torch.nn.Module], chunk: Chunk) -> Chunk
         keys_THD = taps.keys[layer][0, chunk.n_context :]
         n_tok, n_heads, _ = keys_THD.shape
         enc = sae.encode(rearrange(keys_THD, "t h d -> (t h) d").to(sae.dtype))
-        idx_THK = rearrange(enc.top_indices, "(t h) k -> t h k", t=n_tok).to(torch.int32).cpu().numpy()
-        act_THK = rearrange(enc.top_acts, "(t h) k -> t h k", t=n_tok).float().cpu().numpy()
+        # compact in RAM until the segment is written: uint16 ids (F <= 65536), float16 activations
+        id_dtype = torch.int32 if sae.cfg.num_latents > 65536 else torch.int16
+        idx_THK = rearrange(enc.top_indices, "(t h) k -> t h k", t=n_tok).to(id_dtype).cpu().numpy()
+        if id_dtype == torch.int16:
+            idx_THK = idx_THK.view(np.uint16)
+        act_THK = rearrange(enc.top_acts, "(t h) k -> t h k", t=n_tok).to(torch.float16).cpu().numpy()
         for head in range(n_heads):
             codes[(layer, head)] = (
                 np.ascontiguousarray(idx_THK[:, head]),

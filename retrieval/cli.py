@@ -29,6 +29,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise S3Error(f"--mode {args.mode}: choose one of {', '.join(MODES)}")
     if args.budget < 1:
         raise S3Error(f"--budget {args.budget}: must be at least 1 token")
+    if not args.question.strip():
+        raise S3Error("the question is empty; ask something")
     retriever = Retriever(args.index)
     if args.no_generate:
         spans = retriever.retrieve(args.question, args.mode, args.budget, explain=args.show_spans)

@@ -127,6 +127,8 @@ class Retriever:
         content = (
             f"{context}\n\n{ANSWER_INSTRUCTION}\nQuestion: {question}" if context else f"Question: {question}"
         )
+        if getattr(self.tokenizer, "chat_template", None) is None:  # base models: a plain prompt
+            return f"{content}\nAnswer:"
         msgs = [{"role": "user", "content": content}]
         return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 

@@ -61,6 +61,9 @@ def read_config_file(path: str | Path, option: str = "--config") -> dict[str, An
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise S3Error(f"{option} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise S3Error(f"{option} {path}: cannot be read ({reason}); give a UTF-8 YAML file") from None
     except yaml.YAMLError as err:
         raise S3Error(f"{option} {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:
@@ -81,6 +84,8 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 def _parse_value(tp: Any, raw: Any, name: str) -> Any:
     base, optional = _base_type(tp)
+    if raw is None and not optional:
+        raise S3Error(f"--{name.replace('_', '-')}: needs a value (got null)")
     if raw is None or (optional and isinstance(raw, str) and raw.lower() in ("none", "null", "")):
         return None
     origin = typing.get_origin(base)
@@ -126,7 +131,7 @@ def build_parser(
         )
         help_text = docs.get(f.name, "")
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{help_text} (default: {shown})"
+        help_text = f"{help_text} (default: {shown})".replace("%", "%%")  # argparse %-formats help
         if base is bool:
             parser.add_argument(
                 *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text

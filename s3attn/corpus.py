@@ -75,22 +75,25 @@ def _read_file_text(file: Path, block_chars: int) -> Iterator[str]:
         yield decoder.decode(b"", final=True)
 
 
-def _hash_and_check_utf8(file: Path) -> str | None:
-    """sha256 of the bytes; None with a reason raised as UnicodeDecodeError if not UTF-8."""
+def _hash_and_check_utf8(file: Path) -> str:
+    """sha256 of the bytes; raises UnicodeDecodeError (``start`` = byte offset in the file) if not UTF-8."""
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     offset = 0
     with open(file, "rb") as fh:
-        while chunk := fh.read(_READ_BYTES):
+        while True:
+            chunk = fh.read(_READ_BYTES)
+            base = offset - len(decoder.getstate()[0])  # file offset of the decoder's input (pending + chunk)
             try:
-                decoder.decode(chunk)
+                decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as err:
                 raise UnicodeDecodeError(
-                    err.encoding, err.object, offset + err.start, offset + err.end, err.reason
+                    err.encoding, err.object, base + err.start, base + err.end, err.reason
                 ) from None
+            if not chunk:
+                break
             digest.update(chunk)
             offset += len(chunk)
-        decoder.decode(b"", final=True)
     return digest.hexdigest()
 
 
@@ -129,6 +132,10 @@ class Corpus:
     def files(self) -> list[Path]:
         """Files that will be read, sorted; warns about the ones skipped."""
         if self.root.is_file():
+            if self.root.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES:
+                raise S3Error(f"{self.option} {self.root}: not a .txt/.md/.jsonl/.parquet file or a folder")
+            if self.root.suffix.lower() not in PARQUET_SUFFIXES and _looks_binary(self.root):
+                raise S3Error(f"{self.option} {self.root}: a binary file, not text")
             return [self.root]
         if _is_saved_dataset(self.root):
             return [self.root]
@@ -136,8 +143,8 @@ class Corpus:
         for path in sorted(self.root.rglob("*")):
             rel = path.relative_to(self.root)
             if _is_hidden(rel):
-                if path.is_file() and not any(p.startswith(".") for p in rel.parts[:-1]):
-                    warn(f"skipping hidden file {path}")
+                if not _is_hidden(rel.parent):  # warn once, for the outermost hidden file or folder
+                    warn(f"skipping hidden {'folder' if path.is_dir() else 'file'} {path}")
                 continue
             if path.is_dir():
                 if _is_saved_dataset(path):
@@ -248,7 +255,13 @@ class Corpus:
     def _dataset_docs(self, folder: Path, rel: str) -> Iterator[Document]:
         import datasets
 
-        ds = datasets.load_from_disk(str(folder))
+        try:
+            ds = datasets.load_from_disk(str(folder))
+        except Exception as err:  # noqa: BLE001 - datasets raises several types for a damaged folder
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise S3Error(
+                f"{folder}: not a loadable saved dataset ({first}); re-save it or remove it"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
         if self.text_field not in ds.column_names:

@@ -96,7 +96,9 @@ def _local_model_id(folder: Path) -> str:
 
 def _from_folder(folder: Path, *, dtype: torch.dtype, attn_implementation: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a cached load takes < 1 s; keep stderr for what matters
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(

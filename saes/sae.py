@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from s3attn.errors import S3Error
 
-# Pre-activation elements per encoder block on CPU (2**20 fp32 = 4 MiB: 256 rows at 4096 latents).
-_CPU_BLOCK_ELEMS = 1 << 20
+# Pre-activation elements per encoder block on CPU (2**22 fp32 = 16 MiB: 1024 rows at 4096 latents).
+_CPU_BLOCK_ELEMS = 1 << 22
 # Top-k search pyramid (CPU): group size, at most this many levels, top level at least this many x k wide.
 _GROUP = 4
 _PYRAMID_LEVELS = 2

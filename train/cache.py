@@ -3,7 +3,9 @@
 Layout: ``<cache>/rank<r>/L<layer>`` float32 [N, head_dim], rows in harvest order (before shuffling),
 ``rows_per_step`` rows per LM step. Group attrs record what produced it (model, corpus, layers, context
 length, K/Q mix, seed, world size, budget) and ``complete``; a cache is reused only when all of these
-match and it is complete, and written only by a fresh (not resumed) run.
+match and it is complete, and written only by a fresh (not resumed) run. Rank 0 creates the group before
+the other ranks start; each rank writes its own ``rank<r>`` subgroup; rank 0 adds the held-out vectors
+(``holdout/L<layer>``) and marks it complete after every rank has flushed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, IterableDataset
 
+from s3attn.errors import S3Error
+from s3attn.paths import check_writable_dir
+
 CHUNK_ROWS = 65536
 
 
@@ -24,6 +29,7 @@ class ActivationCache:
     def __init__(self, root: Path, key: dict, rank: int):
         self.root, self.key, self.rank = Path(root), key, rank
         self.complete = False
+        self.writing = False
         self.group: zarr.Group | None = None
         self.pending: dict[int, list[np.ndarray]] = {}
         self.written: dict[int, int] = {}
@@ -37,7 +43,7 @@ class ActivationCache:
                 and attrs.get("tokens", 0) >= key["tokens"]
             ):
                 self.complete, self.group, self.rows_per_step = True, group, attrs["rows_per_step"]
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        except (OSError, KeyError, ValueError, zarr.errors.BaseZarrError):  # no (readable) cache there
             pass
 
     @classmethod
@@ -47,6 +53,7 @@ class ActivationCache:
         key = {
             "model_id": model_id,
             "corpus": str(Path(cfg.corpus).resolve()),
+            "text_field": cfg.text_field,
             "layers": list(cfg.layers),
             "context_length": cfg.context_length,
             "q_fraction": cfg.q_fraction,
@@ -56,19 +63,37 @@ class ActivationCache:
             "lm_batch": cfg.lm_batch,
             "tokens": cfg.tokens,
         }
-        cache = cls(Path(cfg.cache_activations), key, int(os.environ.get("LOCAL_RANK", 0)))
+        # Global rank before the trainer exists (Lightning's DDP launcher sets these for the ranks it starts).
+        rank = int(os.environ.get("NODE_RANK", 0)) * cfg.devices + int(os.environ.get("LOCAL_RANK", 0))
+        cache = cls(Path(cfg.cache_activations), key, rank)
         cache.writing = not cache.complete and not cfg.resume
+        if cache.writing and rank == 0:
+            cache._create(world)  # before trainer.fit starts the other ranks
         return cache
+
+    def _create(self, world: int) -> None:
+        if self.root.exists() and (
+            not self.root.is_dir() or (any(self.root.iterdir()) and not (self.root / "zarr.json").is_file())
+        ):
+            raise S3Error(
+                f"--cache-activations {self.root}: holds files that are not an activation cache; "
+                f"choose an empty or new folder"
+            )
+        check_writable_dir(self.root.parent, "--cache-activations")
+        group = zarr.open_group(str(self.root), mode="w")
+        group.attrs.update({**self.key, "complete": False})
+        for r in range(world):  # each rank writes only inside its own subgroup
+            group.create_group(f"rank{r}")
 
     # ---- writing (during a harvesting run) ------------------------------------------------------------
     def append(self, vecs: dict[int, torch.Tensor]) -> None:
-        if self.complete or not getattr(self, "writing", False):
+        if self.complete or not self.writing:
             return
         if self.group is None:
-            self.group = zarr.open_group(str(self.root), mode="w")
-            self.group.attrs.update({**self.key, "complete": False})
+            self.group = zarr.open_group(str(self.root / f"rank{self.rank}"), mode="r+")
         for layer, x in vecs.items():
-            self.rows_per_step = x.shape[0]
+            if self.rows_per_step is None:  # a full LM batch; only the last one may be shorter
+                self.rows_per_step = x.shape[0]
             self.pending.setdefault(layer, []).append(x.detach().float().cpu().numpy())
             if sum(a.shape[0] for a in self.pending[layer]) >= CHUNK_ROWS:
                 self._flush(layer)
@@ -77,7 +102,7 @@ class ActivationCache:
         rows = np.concatenate(self.pending.pop(layer, []) or [np.zeros((0, 1), np.float32)])
         if rows.shape[0] == 0:
             return
-        name = f"rank{self.rank}/L{layer}"
+        name = f"L{layer}"
         start = self.written.get(layer, 0)
         if start == 0:
             arr = self.group.create_array(
@@ -89,15 +114,37 @@ class ActivationCache:
         arr[start:] = rows
         self.written[layer] = start + rows.shape[0]
 
-    def finish(self) -> None:
-        if self.complete or self.group is None or not getattr(self, "writing", False):
+    def flush(self) -> None:
+        """Write this rank's pending rows (every rank, after training)."""
+        if self.complete or self.group is None or not self.writing:
             return
         for layer in list(self.pending):
             self._flush(layer)
-        self.group.attrs.update({"complete": True, "rows_per_step": self.rows_per_step})
+
+    def finish(self, holdout: dict[int, torch.Tensor], holdout_contexts: int) -> None:
+        """Rank 0, after every rank flushed: store the held-out vectors and mark the cache complete."""
+        if self.complete or not self.writing:
+            return
+        root = zarr.open_group(str(self.root), mode="r+")
+        for layer, x in holdout.items():
+            root.create_array(f"holdout/L{layer}", data=x.float().cpu().numpy(), overwrite=True)
+        root.attrs.update(
+            {"complete": True, "rows_per_step": self.rows_per_step, "holdout_contexts": holdout_contexts}
+        )
         self.complete = True
 
     # ---- reading (a run that skips the LM) -----------------------------------------------------------
+    def holdout_vectors(self, holdout_contexts: int) -> dict[int, torch.Tensor] | None:
+        """The cached held-out vectors, or None when they were made from another number of contexts."""
+        if (
+            not self.complete
+            or self.group is None
+            or self.group.attrs.get("holdout_contexts") != holdout_contexts
+        ):
+            return None
+        arrays = {int(name[1:]): arr for name, arr in self.group["holdout"].arrays()}
+        return {layer: torch.from_numpy(arrays[layer][:]) for layer in sorted(arrays)}
+
     def datamodule(self, base) -> L.LightningDataModule:
         return _CachedDataModule(self, base)
 

@@ -20,6 +20,6 @@ class PeriodicCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if int(pl_module.lm_steps) % self.every == 0:
             tmp = str(self.path) + ".tmp"
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full resumable state
             if trainer.global_rank == 0:
                 os.replace(tmp, self.path)

@@ -33,7 +33,10 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
 def validate(cfg: TrainConfig, model, head_dim: int) -> None:
     from s3attn.saes.taps import check_layers
 
-    cfg.layers = check_layers(model, cfg.layers)
+    try:
+        cfg.layers = check_layers(model, cfg.layers)
+    except S3Error as err:
+        raise S3Error(f"--layers {','.join(map(str, cfg.layers))}: {err}") from None
     latents = cfg.latents or cfg.expansion * head_dim
     if cfg.k <= 0 or cfg.k > latents:
         raise S3Error(
@@ -68,12 +71,20 @@ def weights_digest(module) -> str:
 
 def train(cfg: TrainConfig) -> Path:
     """Run training end to end; return the release folder."""
+    from s3attn.corpus import Corpus
+    from s3attn.paths import check_writable_dir
+
+    out = Path(cfg.out)
+    run_dir = Path(cfg.resolved_run_dir)
+    check_out(out)
+    corpus = Corpus(cfg.corpus, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="--corpus")
+    docs = list(corpus)  # fail early on an empty or unreadable corpus, before the slow imports
+
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from s3attn.corpus import Corpus
     from s3attn.saes.checkpoint import SaeMeta, write_release
     from s3attn.saes.models import load_model
     from s3attn.saes.taps import attention_geometry
@@ -82,14 +93,10 @@ def train(cfg: TrainConfig) -> Path:
     from s3attn.train.data import CorpusDataModule
     from s3attn.train.module import SaeTrainer
 
-    out = Path(cfg.out)
-    run_dir = Path(cfg.resolved_run_dir)
-    check_out(out)
-    corpus = Corpus(cfg.corpus, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="--corpus")
     loaded = load_model(cfg.model)
     geom = attention_geometry(loaded.model)
     validate(cfg, loaded.model, geom.head_dim)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(run_dir, "--run-dir")
     state_path = run_dir / "train_state.ckpt"
     if cfg.resume and not state_path.is_file():
         raise S3Error(f"--resume: no training state at {state_path}; run without --resume first")
@@ -105,11 +112,12 @@ def train(cfg: TrainConfig) -> Path:
         holdout_every=cfg.holdout_every,
         holdout_contexts=cfg.holdout_contexts,
         seed=cfg.seed,
+        docs=docs,
     )
-    dm.docs()  # fail early on an empty or unreadable corpus
     cache = ActivationCache.for_run(cfg, loaded.model_id, world) if cfg.cache_activations else None
     module = SaeTrainer(cfg, loaded.model, geom.head_dim, cache_writer=cache)
-    if cache is not None and cache.complete:
+    reading_cache = cache is not None and cache.complete
+    if reading_cache:
         dm = cache.datamodule(dm)  # skip the LM: stream cached head vectors
     strategy = "ddp" if world > 1 else "auto"
     trainer = L.Trainer(
@@ -131,10 +139,20 @@ def train(cfg: TrainConfig) -> Path:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=str(state_path) if cfg.resume else None)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(state_path) if cfg.resume else None)
+        except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after its own cleanup
+            if not trainer.interrupted:
+                raise
+            if state_path.is_file():
+                print(
+                    f"{PROG}: the training state saved last is in {run_dir}; continue with --resume",
+                    file=sys.stderr,
+                )
+            raise KeyboardInterrupt from None
     if cache is not None:
-        cache.finish()
-    trainer.save_checkpoint(str(state_path) + ".tmp")
+        cache.flush()  # every rank; the all_gather below waits for all of them
+    trainer.save_checkpoint(str(state_path) + ".tmp", weights_only=False)
     if trainer.global_rank == 0:
         os.replace(str(state_path) + ".tmp", state_path)
     digest = weights_digest(module)
@@ -147,11 +165,16 @@ def train(cfg: TrainConfig) -> Path:
     if trainer.global_rank != 0:
         return out
     (run_dir / "ranks.json").write_text(json.dumps({"weights_sha256": digests}, indent=2))
-    holdout = dm.holdout_contexts_tensor() if hasattr(dm, "holdout_contexts_tensor") else None
     module.to(torch.device("cpu"))
     module.lm.to(torch.device("cpu"))
-    metrics = module.evaluate(holdout) if holdout is not None else {}
-    tokens_seen = int(module.lm_steps) * cfg.lm_batch * cfg.context_length * world
+    holdout = cache.holdout_vectors(cfg.holdout_contexts) if reading_cache else None
+    if holdout is None:
+        holdout = module.holdout_vectors(dm.holdout_contexts_tensor())
+    if cache is not None:
+        cache.finish(holdout, cfg.holdout_contexts)
+    metrics = module.evaluate(holdout)
+    contexts_done = min(int(module.lm_steps) * cfg.lm_batch, contexts_per_rank)
+    tokens_seen = contexts_done * cfg.context_length * world
     saes = {layer: module.saes[str(layer)] for layer in cfg.layers}
     metas = {
         layer: SaeMeta(

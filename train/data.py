@@ -106,6 +106,7 @@ class CorpusDataModule(L.LightningDataModule):
         holdout_every: int,
         holdout_contexts: int,
         seed: int = 0,
+        docs: list[Document] | None = None,
     ):
         super().__init__()
         self.corpus, self.tokenizer = corpus, tokenizer
@@ -117,7 +118,7 @@ class CorpusDataModule(L.LightningDataModule):
         )
         self.seed = seed
         self.skip_contexts = 0  # set by the module on resume
-        self._docs: list[Document] | None = None
+        self._docs: list[Document] | None = docs
 
     def docs(self) -> list[Document]:
         if self._docs is None:

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from s3attn.errors import S3Error
 from s3attn.saes.sae import SaeConfig, TopKSAE, default_lr
 from s3attn.train.config import TrainConfig
 from s3attn.train.harvest import ShuffleBuffer, harvest
@@ -43,6 +44,7 @@ class SaeTrainer(L.LightningModule):
         self.cache_writer = cache_writer
         self.last_metrics: dict[str, float] = {}
         self._t0 = time.perf_counter()
+        self._steps0 = 0
 
     # ---- plumbing -----------------------------------------------------------------------------------
     @property
@@ -57,20 +59,51 @@ class SaeTrainer(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.lm is not None:
             self.lm.to(self.device)
+        for buf in self.buffers_.values():  # restored on the CPU before the module moved to its device
+            buf.data = buf.data.to(self.device)
+        self._t0, self._steps0 = time.perf_counter(), int(self.lm_steps)
+        if self.cache_writer is not None:
+            self.cache_writer.rank = self.global_rank
 
     def configure_optimizers(self):
         lr = self.cfg.lr or default_lr(self.sae_cfg.num_latents)
         return torch.optim.Adam(self.saes.parameters(), lr=lr, eps=6.25e-10)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["s3attn_buffers"] = {layer: buf.state_dict() for layer, buf in self.buffers_.items()}
-        checkpoint["s3attn_generator"] = self.generator.get_state()
+        # Shuffle buffers and the generator differ per rank: gather all of them (every rank runs this hook).
+        state = {
+            "buffers": {layer: buf.state_dict() for layer, buf in self.buffers_.items()},
+            "generator": self.generator.get_state(),
+        }
+        states = [state]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+        checkpoint["s3attn_rank_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        for layer, state in checkpoint.get("s3attn_buffers", {}).items():
-            self._buffer(int(layer)).load_state_dict(state)
-        if "s3attn_generator" in checkpoint:
-            self.generator.set_state(checkpoint["s3attn_generator"])
+        # The data position is ``lm_steps`` (a buffer), not Lightning's loop counters: drop those, so a resumed
+        # run (also one with a larger --tokens budget) streams exactly the batches the stopped one had left.
+        checkpoint.pop("loops", None)
+        states = checkpoint.get("s3attn_rank_states")
+        if states is None:  # single-process states of older checkpoints
+            states = [
+                {
+                    "buffers": checkpoint.get("s3attn_buffers", {}),
+                    "generator": checkpoint.get("s3attn_generator"),
+                }
+            ]
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if len(states) != world:
+            raise S3Error(
+                f"--resume: the training state was saved by {len(states)} process(es), not {world}; "
+                f"resume with the same --devices/--num-nodes"
+            )
+        state = states[self.global_rank]
+        for layer, buf_state in state["buffers"].items():
+            self._buffer(int(layer)).load_state_dict(buf_state)
+        if state["generator"] is not None:
+            self.generator.set_state(state["generator"])
 
     # ---- one LM batch -------------------------------------------------------------------------------
     def _vectors(self, batch) -> dict[int, torch.Tensor]:
@@ -88,9 +121,10 @@ class SaeTrainer(L.LightningModule):
         n_new = next(iter(vecs.values())).shape[0]
         if not bool(self.b_dec_ready):
             for layer, x in vecs.items():
-                self.saes[str(layer)].init_b_dec(
-                    x[: self.cfg.sae_batch * 4].to(self.saes[str(layer)].dtype), method=self.cfg.b_dec_init
-                )
+                sae = self.saes[str(layer)]
+                sae.init_b_dec(x[: self.cfg.sae_batch * 4].to(sae.dtype), method=self.cfg.b_dec_init)
+                if dist.is_available() and dist.is_initialized():  # all ranks start from rank 0's b_dec
+                    dist.broadcast(sae.b_dec.data, src=0)
             self.b_dec_ready.fill_(True)
         batch_size = self.cfg.sae_batch
         for layer, x in vecs.items():
@@ -105,7 +139,9 @@ class SaeTrainer(L.LightningModule):
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         self.log(
             "tokens_per_s",
-            float(self.lm_steps) * batch.numel() / elapsed if not isinstance(batch, dict) else 0.0,
+            (int(self.lm_steps) - self._steps0) * batch.numel() / elapsed
+            if not isinstance(batch, dict)
+            else 0.0,
             prog_bar=False,
         )
 
@@ -129,8 +165,8 @@ class SaeTrainer(L.LightningModule):
                     fired = fired_i.bool()
                 since += x.shape[0]
                 since[fired] = 0
-            metrics[f"L{layer}/fvu"] = float(out.fvu)
-            metrics[f"L{layer}/auxk"] = float(out.auxk_loss)
+            metrics[f"L{layer}/fvu"] = out.fvu.detach().item()
+            metrics[f"L{layer}/auxk"] = out.auxk_loss.detach().item()
             metrics[f"L{layer}/dead_frac"] = float(dead.float().mean())
             metrics[f"L{layer}/l0"] = float((out.top_acts > 0).sum(-1).float().mean())
         opt.zero_grad(set_to_none=True)
@@ -152,11 +188,11 @@ class SaeTrainer(L.LightningModule):
 
     # ---- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, contexts_NT: torch.Tensor) -> dict[int, dict[str, float]]:
-        """FVU, L0 and dead fraction per layer on held-out contexts (keys and queries in the training mix)."""
+    def holdout_vectors(self, contexts_NT: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Per layer, the held-out K/Q head vectors [N, D] (CPU) in the training mix, harvested ``lm_batch``
+        contexts at a time with a fixed generator (so a cached copy matches a fresh harvest)."""
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-        sums: dict[int, dict[str, float]] = {}
-        fired = {layer: torch.zeros(self.sae_cfg.num_latents, dtype=torch.bool) for layer in self.cfg.layers}
+        parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.cfg.layers}
         for i in range(0, contexts_NT.shape[0], self.cfg.lm_batch):
             vecs = harvest(
                 self.lm,
@@ -166,25 +202,30 @@ class SaeTrainer(L.LightningModule):
                 gen,
             )
             for layer, x in vecs.items():
-                sae = self.saes[str(layer)]
-                out = sae(x.to(sae.dtype))
-                err = (out.sae_out.float() - x).pow(2).sum().item()
-                s = sums.setdefault(layer, {"err": 0.0, "x": [], "l0": 0.0, "n": 0})
-                s["err"] += err
-                s["x"].append(x.cpu())
-                s["l0"] += float((out.top_acts > 0).sum())
-                s["n"] += x.shape[0]
-                fired[layer][out.top_indices.flatten().cpu()] = True
+                parts[layer].append(x.cpu())
+        return {layer: torch.cat(xs) for layer, xs in parts.items()}
+
+    @torch.no_grad()
+    def evaluate(self, vectors: dict[int, torch.Tensor]) -> dict[int, dict[str, float]]:
+        """FVU, L0 and dead fraction per layer on held-out head vectors (from ``holdout_vectors``)."""
         result = {}
-        for layer, s in sums.items():
-            x = torch.cat(s["x"])
+        for layer, x_ND in vectors.items():
+            sae = self.saes[str(layer)]
+            x = x_ND.to(self.device).float()
+            err, l0 = 0.0, 0.0
+            fired = torch.zeros(self.sae_cfg.num_latents, dtype=torch.bool)
+            for i in range(0, x.shape[0], self.cfg.sae_batch):
+                out = sae(x[i : i + self.cfg.sae_batch].to(sae.dtype))
+                err += (out.sae_out.float() - x[i : i + self.cfg.sae_batch]).pow(2).sum().item()
+                l0 += float((out.top_acts > 0).sum())
+                fired[out.top_indices.flatten().cpu()] = True
             total_var = (x - x.mean(0)).pow(2).sum().item()
             since = getattr(self, f"since_fired_{layer}").cpu()
             result[layer] = {
-                "fvu": s["err"] / max(total_var, 1e-12),
-                "l0": s["l0"] / s["n"],
+                "fvu": err / max(total_var, 1e-12),
+                "l0": l0 / max(x.shape[0], 1),
                 "dead_fraction": float((since >= self.cfg.dead_tokens).float().mean()),
-                "holdout_unfired_fraction": float((~fired[layer]).float().mean()),
-                "holdout_vectors": s["n"],
+                "holdout_unfired_fraction": float((~fired).float().mean()),
+                "holdout_vectors": int(x.shape[0]),
             }
         return result

@@ -1,0 +1,200 @@
+"""Retrieval latency on a 1M-token index, and answering time against full-context answering.
+
+    python bench/bench_retrieval.py [--sae checkpoints/smollm2-135m-k32] [--index-tokens 1000000] [--doc-tokens 32768]
+
+1. Latency: real codes of ``--seed-tokens`` tokens of text (SmolLM2 + the release's SAEs) are tiled, in
+   shuffled blocks, to ``--index-tokens`` tokens (so feature document frequencies are the real ones), written as
+   an index with BM25; then ``Retriever.retrieve`` (question forward pass + postings + scoring + spans, no
+   generation) is timed on 20 questions per mode: p50 / p90 (goal: p50 <= 100 ms).
+2. Answering: a ``--doc-tokens`` document is indexed (build time reported apart), then the same questions are
+   answered with full context (middle-truncated to the window) and with S3-Hybrid at a 2k budget, alternating;
+   prints the median time ratio hybrid/full (goal <= 0.25). Writes bench/out/retrieval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from s3attn.index_builder.build import run_prefill
+from s3attn.index_builder.config import BuildConfig
+from s3attn.index_builder.pipeline import default_release, load_stack, rebuild_bm25, resolve_release
+from s3attn.index_builder.schema import DocRecord, SegmentData
+from s3attn.index_builder.store import IndexStore
+from s3attn.retrieval.retriever import Retriever
+from s3attn.retrieval.tasks import paul_graham_text
+
+QUESTIONS = [
+    "What do startups need to do to survive?",
+    "Why is the App Store approval process broken?",
+    "What makes things addictive?",
+    "How should founders think about fundraising?",
+    "What is the best way to come up with startup ideas?",
+    "Why do some programmers dislike Apple?",
+    "What is default alive?",
+    "How do good essays get written?",
+    "What did the author learn from Lisp?",
+    "Why are cities important for ambition?",
+    "What is the role of investors?",
+    "How do you hire programmers?",
+    "What makes a good programmer?",
+    "Why do schools teach badly?",
+    "How do you get users?",
+    "What is wrong with meetings?",
+    "How should you pick a cofounder?",
+    "Why is wealth not zero-sum?",
+    "What does it mean to be relentlessly resourceful?",
+    "How does the web change publishing?",
+]
+
+
+def _attrs(stack, release: Path, layers: list[int]) -> dict:
+    loaded, saes, geom = stack
+    first = next(iter(saes.values()))
+    return {
+        "model_id": loaded.model_id,
+        "sae_release": release.name,
+        "layers": layers,
+        "num_kv_heads": geom.num_kv_heads,
+        "k": first.cfg.k,
+        "num_latents": first.cfg.num_latents,
+        "head_dim": geom.head_dim,
+        "sae_release_path": str(release.resolve()),
+        "model": "smollm2-135m",
+    }
+
+
+def _doc_folder(work: Path, name: str, tokenizer, n_tokens: int) -> Path:
+    ids = tokenizer(paul_graham_text(), add_special_tokens=False)["input_ids"]
+    ids = (ids * (n_tokens // len(ids) + 1))[:n_tokens]
+    folder = work / name
+    folder.mkdir()
+    (folder / "essays.txt").write_text(tokenizer.decode(ids))
+    return folder
+
+
+def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_tokens: int) -> Path:
+    from s3attn.corpus import Corpus
+
+    loaded, saes, _ = stack
+    seed = _doc_folder(work, "seed", loaded.tokenizer, seed_tokens)
+    with IndexStore.create(work / "seed_idx", _attrs(stack, release, layers)) as st:
+        run_prefill(
+            loaded.model,
+            saes,
+            loaded.tokenizer,
+            list(Corpus(seed)),
+            st,
+            chunk=2048,
+            overlap=64,
+            segment_tokens=1 << 20,
+            progress=False,
+        )
+        n = st.num_tokens
+        toks = st.tokens(0, n)
+        # rebuild dense codes [T, k] per head from the postings of every feature
+        codes = {}
+        feats = np.arange(int(st.attrs["num_latents"]))
+        for head in st.heads:
+            post = st.postings(*head, feats)
+            order = np.lexsort((post.feature_slot, post.positions))
+            k = int(st.attrs["k"])
+            codes[head] = (
+                post.feature_slot[order].reshape(n, k).astype(np.uint16),
+                post.acts[order].reshape(n, k).astype(np.float16),
+            )
+    rng = np.random.default_rng(0)
+    block = 2048
+    starts = np.arange(0, n - block + 1, block)
+    seg_tokens = 1 << 18
+    with IndexStore.create(work / "big_idx", _attrs(stack, release, layers)) as big:
+        while big.num_tokens < index_tokens:
+            picks = rng.choice(starts, size=seg_tokens // block)
+            sel = np.concatenate([np.arange(s, s + block) for s in picks])
+            start = big.num_tokens
+            docs = [
+                DocRecord(big.num_docs + i, f"tiled/{i}.txt", f"h{start}-{i}", start + i * block, block)
+                for i in range(len(picks))
+            ]
+            big.add_segment(
+                SegmentData(toks[sel], docs, start, {h: (c[0][sel], c[1][sel]) for h, c in codes.items()})
+            )
+        big.merge(into_one=True)
+        rebuild_bm25(big, loaded.tokenizer, passage_tokens=128, stride=64)
+    return work / "big_idx"
+
+
+def time_retrieval(retriever: Retriever, mode: str) -> list[float]:
+    retriever.retrieve(QUESTIONS[0], mode, 2048)  # warm-up (loads BM25, offsets)
+    out = []
+    for q in QUESTIONS:
+        t = time.perf_counter()
+        retriever.retrieve(q, mode, 2048)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sae", default=None)
+    ap.add_argument("--seed-tokens", type=int, default=16384)
+    ap.add_argument("--index-tokens", type=int, default=1_000_000)
+    ap.add_argument("--doc-tokens", type=int, default=32768)
+    ap.add_argument("--answer-questions", type=int, default=3)
+    args = ap.parse_args()
+    release, rel_cfg, layers = resolve_release(args.sae or str(default_release()), None)
+    stack = load_stack(release, rel_cfg, layers, None)
+    res: dict = {"layers": layers}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        big = tiled_index(stack, release, layers, work, args.seed_tokens, args.index_tokens)
+        res["tiled_index_build_s"] = time.perf_counter() - t
+        r = Retriever(big, stack=stack)
+        res["index_tokens"] = r.store.num_tokens
+        for mode in ("s3", "hybrid", "bm25"):
+            ts = time_retrieval(r, mode)
+            res[f"retrieve_{mode}_p50_ms"] = 1000 * statistics.median(ts)
+            res[f"retrieve_{mode}_p90_ms"] = 1000 * float(np.percentile(ts, 90))
+            print(
+                f"retrieve {mode:>6} on {r.store.num_tokens} tokens: p50 {res[f'retrieve_{mode}_p50_ms']:.1f} ms, "
+                f"p90 {res[f'retrieve_{mode}_p90_ms']:.1f} ms (goal p50 <= 100 ms)"
+            )
+        loaded = stack[0]
+        doc = _doc_folder(work, "doc", loaded.tokenizer, args.doc_tokens)
+        from s3attn.index_builder.pipeline import build_index
+
+        t = time.perf_counter()
+        build_index(
+            str(doc), BuildConfig(out=str(work / "doc_idx"), sae=str(release), progress=False), stack=stack
+        )
+        res["doc_tokens"] = args.doc_tokens
+        res["doc_index_build_s"] = time.perf_counter() - t
+        print(f"index build of a {args.doc_tokens}-token document: {res['doc_index_build_s']:.1f} s (once)")
+        r = Retriever(work / "doc_idx", stack=stack)
+        window = int(getattr(loaded.model.config, "max_position_embeddings", 8192))
+        full_budget = window - 256
+        full, hyb = [], []
+        for q in QUESTIONS[: args.answer_questions]:
+            full.append(r.answer(q, "full", full_budget, max_new_tokens=32).seconds)
+            hyb.append(r.answer(q, "hybrid", 2048, max_new_tokens=32).seconds)
+        res["answer_full_s"], res["answer_hybrid_s"] = full, hyb
+        res["answer_ratio_hybrid_over_full"] = statistics.median(hyb) / statistics.median(full)
+        print(
+            f"answer over {args.doc_tokens} tokens: full context (middle-truncated to {full_budget}) "
+            f"{statistics.median(full):.1f} s, S3-Hybrid @2048 {statistics.median(hyb):.1f} s: ratio "
+            f"{res['answer_ratio_hybrid_over_full']:.3f} (goal <= 0.25)"
+        )
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "retrieval.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

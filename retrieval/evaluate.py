@@ -1,0 +1,414 @@
+"""The evaluation harness as a library: plan samples, index each one once, answer it with every method.
+
+``run_eval(cfg)`` loads ONE model stack (model, tokenizer, SAEs), then per sample writes its context as one
+document into a fresh temporary corpus, builds an index with that stack (timed: ``build_seconds``) and
+answers the question with each method at a matched token budget, greedy decoding:
+
+* ``full``: the whole context, middle-truncated (first half + last half of its tokens, LongBench style) to
+  the model window minus the room for the instruction, question, answer prefix and the answer;
+* ``bm25``: LongBench's RAG protocol, BM25-ranked passages up to ``budget`` (Retriever mode ``bm25``);
+* ``streaming``: StreamingLLM-style, the first ``budget // 2`` and the last ``budget - budget // 2`` tokens
+  (Retriever mode ``full`` at ``budget``, which is exactly that middle truncation);
+* ``s3`` / ``hybrid``: Retriever modes ``s3`` / ``hybrid`` at ``budget``.
+
+The prompt follows RULER: ``instruction``, context, question in the user turn of the chat template, then
+``answer_prefix`` opening the assistant turn (all from ``Sample.meta``); without them, ``Retriever.prompt``.
+Each answer gives one ``EvalRow``; ``s3attn.retrieval.report`` turns rows into tables and a plot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from s3attn.errors import S3Error
+from s3attn.retrieval import tasks as T
+
+TASKS = (
+    "niah",
+    "ruler_niah_single",
+    "ruler_niah_multikey",
+    "ruler_niah_multivalue",
+    "ruler_niah_multiquery",
+    "ruler_vt",
+    "ruler_cwe",
+    "multidoc_qa",
+)
+METHODS = ("full", "bm25", "streaming", "s3", "hybrid")
+LIST_TASKS = frozenset({"ruler_niah_multivalue", "ruler_niah_multiquery", "ruler_vt", "ruler_cwe"})
+HAYSTACKS = ("essay", "noise")
+SEPARATOR = "\n...\n"  # between retrieved spans, as Retriever.answer joins them
+SEPARATOR_ROOM = 16  # tokens kept free in the 'full' window for separators and re-tokenization drift
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """Tasks to run: niah, ruler_niah_single, ruler_niah_multikey, ruler_niah_multivalue,
+    ruler_niah_multiquery, ruler_vt, ruler_cwe, multidoc_qa."""
+    lengths: list[int] = field(default_factory=lambda: [2048, 8192, 32768])
+    """Context lengths in tokens of the model's tokenizer, comma-separated."""
+    depths: list[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])
+    """Needle depths in percent of the context (niah only; RULER tasks draw their own)."""
+    samples: int = 2
+    """Samples per (task, length), and per depth for niah."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Methods to compare: full, bm25, streaming, s3, hybrid."""
+    budget: int = 2048
+    """Context tokens fed to the model by bm25, streaming, s3 and hybrid (full uses the model window)."""
+    sae: str | None = None
+    """SAE release folder; default: the published SmolLM2 release in checkpoints/."""
+    model: str | None = None
+    """Model; default: the release's model ('smollm2-135m' for the published release)."""
+    layers: list[int] | None = None
+    """Layers to index (a subset of the release's); default: all of the release's layers."""
+    max_context: int | None = None
+    """Model window in tokens for 'full' (prompt + answer); default: the model's max_position_embeddings."""
+    max_new_tokens: int = 32
+    """Generated tokens per answer; list-answer tasks (multivalue, multiquery, vt, cwe) get twice this."""
+    haystack: str = "essay"
+    """Haystack of the ruler_niah_* tasks: essay (Paul Graham) or noise (RULER's repeated sentences)."""
+    chunk: int = 2048
+    """Index build scan chunk in tokens."""
+    seed: int = 0
+    """Base seed; every sample's seed derives from it and from (task, length, depth, sample number)."""
+    out: str = "runs/eval"
+    """Output folder: results.json, results.md, scores.png."""
+    progress: bool = True
+    """Show a progress bar over samples x methods."""
+
+
+class EvalItem(NamedTuple):
+    task: str
+    length: int
+    depth: float | None  # percent, niah only
+    number: int  # sample number within (task, length, depth)
+    seed: int
+
+
+class EvalRow(NamedTuple):
+    task: str
+    length: int  # requested context length in tokens
+    depth: float | None  # percent (niah) or None
+    sample: int
+    seed: int
+    method: str
+    budget: int  # context tokens allowed for this method
+    score: float  # metrics.score of the answer, in [0, 1]
+    recall: float  # fraction of the reference answers present in the context fed to the model
+    prompt_tokens: int  # tokens fed to the model (whole prompt)
+    context_tokens: int  # of which retrieved context (sum of span lengths)
+    overhead_tokens: int  # prompt tokens with an empty context
+    spans: list[list[int]]  # [start, end) token ranges of the document fed, in order
+    doc_tokens: int  # tokens of the indexed context
+    seconds: float  # retrieve + generate
+    build_seconds: float  # index build of this sample (shared by its methods)
+    peak_rss_mb: float  # process RSS high-water mark so far
+    metric: str
+    answer: str
+    answers: list[str]
+
+
+class EvalRun(NamedTuple):
+    rows: list[EvalRow]
+    config: dict[str, Any]
+    environment: dict[str, Any]
+
+
+# ---- config and plan ---------------------------------------------------------------------------------
+
+
+def _unique(values: list) -> list:
+    return list(dict.fromkeys(values))
+
+
+def check_config(cfg: EvalConfig) -> EvalConfig:
+    """Refuse bad options with one-line S3Errors; returns ``cfg`` with duplicate entries dropped."""
+    bad = [t for t in cfg.tasks if t not in TASKS]
+    if bad or not cfg.tasks:
+        raise S3Error(f"--tasks {','.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad or not cfg.methods:
+        raise S3Error(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
+    if not cfg.lengths:
+        raise S3Error("--lengths is empty; give context lengths in tokens, e.g. --lengths 2048,8192")
+    if any(n < 64 for n in cfg.lengths):
+        raise S3Error(f"--lengths {cfg.lengths}: each length must be at least 64 tokens")
+    if "niah" in cfg.tasks and (not cfg.depths or any(not 0 <= d <= 100 for d in cfg.depths)):
+        raise S3Error(f"--depths {cfg.depths}: give depths in percent, each in [0, 100]")
+    for name in ("samples", "budget", "max_new_tokens", "chunk"):
+        if getattr(cfg, name) < 1:
+            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.max_context is not None and cfg.max_context < 1:
+        raise S3Error(f"--max-context {cfg.max_context}: must be at least 1 token")
+    if cfg.haystack not in HAYSTACKS:
+        raise S3Error(f"--haystack {cfg.haystack}: choose essay or noise")
+    cfg.tasks, cfg.methods = _unique(cfg.tasks), _unique(cfg.methods)
+    cfg.lengths, cfg.depths = _unique(cfg.lengths), _unique(cfg.depths)
+    return cfg
+
+
+def plan(cfg: EvalConfig) -> list[EvalItem]:
+    """Every sample to run, task-major, then length, depth, number; seeds are stable per item."""
+    items = []
+    for task in cfg.tasks:
+        for length in cfg.lengths:
+            for depth in cfg.depths if task == "niah" else [None]:
+                for number in range(cfg.samples):
+                    key = f"{task}|{length}|{depth}|{number}".encode()
+                    seed = (cfg.seed * 1_000_003 + zlib.crc32(key)) % (2**31)
+                    items.append(EvalItem(task, length, depth, number, seed))
+    return items
+
+
+def make_sample(item: EvalItem, tokenizer_len: Callable[[str], int], haystack: str = "essay") -> T.Sample:
+    """The task generator's sample for ``item`` (lengths measured with ``tokenizer_len``)."""
+    task, n, seed = item.task, item.length, item.seed
+    if task == "niah":
+        return T.needle_haystack(T.paul_graham_text(), tokenizer_len, n, (item.depth or 0.0) / 100, seed)
+    if task.startswith("ruler_niah_"):
+        text = T.paul_graham_text() if haystack == "essay" else None
+        return T.ruler_niah(task.removeprefix("ruler_niah_"), text, tokenizer_len, n, seed)  # type: ignore[arg-type]
+    if task == "ruler_vt":
+        return T.ruler_variable_tracking(n, tokenizer_len, seed)
+    if task == "ruler_cwe":
+        return T.ruler_common_words(n, tokenizer_len, seed)
+    if task == "multidoc_qa":
+        return T.multidoc_qa(T.public_domain_passages(), n, tokenizer_len, seed)
+    raise S3Error(f"--tasks {task}: choose from {', '.join(TASKS)}")
+
+
+def new_tokens_for(task: str, cfg: EvalConfig) -> int:
+    return cfg.max_new_tokens * (2 if task in LIST_TASKS else 1)
+
+
+# ---- prompt and per-sample answering -----------------------------------------------------------------
+
+
+def build_prompt(tokenizer, sample: T.Sample, context: str, fallback: Callable[[str, str], str]) -> str:
+    """RULER-style prompt from ``sample.meta`` (instruction, context, question | answer prefix), else
+    ``fallback(context, question)`` (``Retriever.prompt``)."""
+    instruction = sample.meta.get("instruction", "")
+    prefix = sample.meta.get("answer_prefix", "")
+    if not instruction and not prefix:
+        return fallback(context, sample.question)
+    content = "\n\n".join(x for x in (instruction, context, sample.question) if x)
+    msgs = [{"role": "user", "content": content}]
+    chat = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return chat + prefix
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def context_recall(context: str, answers: list[str]) -> float:
+    """Fraction of the reference answers found (case-insensitive substring) in the context fed."""
+    low = context.lower()
+    return sum(1.0 for a in answers if a.lower() in low) / max(len(answers), 1)
+
+
+def model_window(model, max_context: int | None) -> int:
+    if max_context:
+        return max_context
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "max_position_embeddings", None)
+    if not window:
+        raise S3Error("the model does not say its window (max_position_embeddings); pass --max-context")
+    return int(window)
+
+
+def method_plan(method: str, budget: int, full_room: int) -> tuple[str, int]:
+    """(Retriever mode, context token budget) of a method."""
+    if method == "full":
+        return "full", full_room
+    if method == "streaming":
+        return "full", budget  # first budget // 2 + last budget - budget // 2 tokens
+    return method, budget
+
+
+@contextlib.contextmanager
+def quiet_build() -> Iterator[None]:
+    """Silence one index build (its banner, Lightning's per-Trainer logs and warnings); shown on failure."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    buf = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with contextlib.redirect_stderr(buf), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except BaseException:
+        sys.stderr.write(buf.getvalue())
+        raise
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def peak_rss_mb() -> float:
+    """The process's resident-set high-water mark in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def answer_sample(
+    item: EvalItem, sample: T.Sample, stack, cfg: EvalConfig, workdir: Path, on_answer: Callable[[], None]
+) -> list[EvalRow]:
+    """Index ``sample.context`` once (with ``stack``) and answer it with every method of ``cfg``."""
+    from s3attn.index_builder.config import BuildConfig
+    from s3attn.index_builder.pipeline import build_index
+    from s3attn.retrieval.metrics import score
+    from s3attn.retrieval.retriever import RetrievalConfig, Retriever, generate
+
+    corpus, index = workdir / "corpus", workdir / "index"
+    shutil.rmtree(workdir, ignore_errors=True)
+    corpus.mkdir(parents=True)
+    (corpus / f"{item.task}.txt").write_text(sample.context, encoding="utf-8")
+    device = stack[0].model.device.type  # build where the shared model lives (retrieval queries run there)
+    build_cfg = BuildConfig(out=str(index), sae=cfg.sae, model=cfg.model, layers=cfg.layers, chunk=cfg.chunk,
+                            accelerator="gpu" if device == "cuda" else "cpu", progress=False)  # fmt: skip
+    t0 = time.perf_counter()
+    with quiet_build():
+        build_index(str(corpus), build_cfg, stack=stack)
+    build_seconds = time.perf_counter() - t0
+    new_tokens = new_tokens_for(item.task, cfg)
+    retriever = Retriever(index, cfg=RetrievalConfig(max_new_tokens=new_tokens), stack=stack)
+    tok = retriever.tokenizer
+    rows = []
+    try:
+        overhead = count_tokens(tok, build_prompt(tok, sample, "", retriever.prompt))
+        full_room = model_window(retriever.model, cfg.max_context) - overhead - new_tokens - SEPARATOR_ROOM
+        if full_room < 1 and "full" in cfg.methods:
+            raise S3Error(f"--max-context: the window leaves no room for context ({overhead} prompt tokens)")
+        for method in cfg.methods:
+            mode, budget = method_plan(method, cfg.budget, full_room)
+            t0 = time.perf_counter()
+            spans = retriever.retrieve(sample.question, mode, budget)
+            context = SEPARATOR.join(s.text.strip() for s in spans)
+            prompt = build_prompt(tok, sample, context, retriever.prompt)
+            text, n_prompt = generate(retriever.model, tok, prompt, new_tokens)
+            seconds = time.perf_counter() - t0
+            rows.append(
+                EvalRow(
+                    task=item.task,
+                    length=item.length,
+                    depth=item.depth,
+                    sample=item.number,
+                    seed=item.seed,
+                    method=method,
+                    budget=budget,
+                    score=score(sample.metric, text, sample.answers),
+                    recall=context_recall(context, sample.answers),
+                    prompt_tokens=n_prompt,
+                    context_tokens=sum(s.end - s.start for s in spans),
+                    overhead_tokens=overhead,
+                    spans=[[int(s.start), int(s.end)] for s in spans],
+                    doc_tokens=int(retriever.store.num_tokens),
+                    seconds=seconds,
+                    build_seconds=build_seconds,
+                    peak_rss_mb=peak_rss_mb(),
+                    metric=sample.metric,
+                    answer=text,
+                    answers=list(sample.answers),
+                )
+            )
+            on_answer()
+    finally:
+        retriever.store.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+# ---- the whole run ---------------------------------------------------------------------------------------
+
+
+def environment(stack, cfg: EvalConfig, release: Path) -> dict[str, Any]:
+    import subprocess
+
+    import torch
+    import transformers
+
+    loaded, saes, _ = stack
+    try:
+        git = ["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "HEAD"]
+        commit = subprocess.run(git, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "device": str(loaded.model.device),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "model_id": loaded.model_id,
+        "model_window": model_window(loaded.model, cfg.max_context),
+        "sae_release": str(release.resolve()),
+        "sae_layers": sorted(saes),
+        "git_commit": commit or None,
+    }
+
+
+def load_eval_stack(cfg: EvalConfig):
+    """(stack, release path): the model + SAEs every sample shares, as build_index would load them."""
+    from s3attn.index_builder.pipeline import load_stack, resolve_release
+
+    release, rel_cfg, layers = resolve_release(cfg.sae, cfg.layers)
+    return load_stack(release, rel_cfg, layers, cfg.model), release
+
+
+def run_eval(
+    cfg: EvalConfig,
+    *,
+    stack=None,
+    on_sample: Callable[[EvalRun], None] | None = None,
+) -> EvalRun:
+    """Run every planned sample with every method; ``on_sample(the run so far)`` after each sample."""
+    from tqdm.auto import tqdm
+
+    cfg = check_config(cfg)
+    items = plan(cfg)
+    if stack is None:
+        stack, release = load_eval_stack(cfg)
+    else:
+        from s3attn.index_builder.pipeline import resolve_release
+
+        release = resolve_release(cfg.sae, cfg.layers)[0]
+    tokenizer = stack[0].tokenizer
+
+    def tokenizer_len(text: str) -> int:
+        return count_tokens(tokenizer, text)
+
+    env = environment(stack, cfg, release)
+    rows: list[EvalRow] = []
+    bar = tqdm(total=len(items) * len(cfg.methods), desc="s3-eval", unit="answer", disable=not cfg.progress)
+    with tempfile.TemporaryDirectory(prefix="s3-eval-") as tmp:
+        for item in items:
+            bar.set_postfix_str(
+                f"{item.task} {item.length}" + (f" @{item.depth:g}%" if item.depth is not None else "")
+            )
+            sample = make_sample(item, tokenizer_len, cfg.haystack)
+            rows += answer_sample(item, sample, stack, cfg, Path(tmp) / "sample", lambda: bar.update(1))
+            if on_sample is not None:
+                on_sample(EvalRun(rows, asdict(cfg), env))
+    bar.close()
+    return EvalRun(rows, asdict(cfg), env)

@@ -1,0 +1,299 @@
+"""Evaluation report: aggregate ``EvalRow`` dicts, write results.json, results.md and scores.png.
+
+Rows are plain mappings (``EvalRow._asdict()`` or the ``rows`` of a results.json), so a report can be
+rebuilt from a saved run. Aggregates are means over samples (and depths); the fidelity ratio of a
+(task, length) is mean score of ``hybrid`` / mean score of ``full`` (None where full scores 0 or either
+method is missing). The plot is drawn with matplotlib's Agg canvas, no pyplot state.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from s3attn.paths import atomic_write_json, atomic_write_text
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+SCORES_PNG = "scores.png"
+METHOD_ORDER = ("full", "bm25", "streaming", "s3", "hybrid")
+
+
+class AggRow(NamedTuple):
+    task: str
+    length: int
+    method: str
+    n: int
+    score: float
+    recall: float
+    prompt_tokens: float
+    seconds: float
+
+
+class MethodRow(NamedTuple):
+    method: str
+    n: int
+    score: float
+    recall: float
+    prompt_tokens: float
+    max_prompt_tokens: int
+    seconds: float
+    peak_rss_mb: float
+
+
+class BuildRow(NamedTuple):
+    length: int
+    samples: int
+    doc_tokens: float
+    build_seconds: float
+
+
+class ReportFiles(NamedTuple):
+    json: Path
+    markdown: Path
+    plot: Path
+
+
+def _mean(values: Iterable[float]) -> float:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def _order(items: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    seen = list(dict.fromkeys(items))
+    return [x for x in preferred if x in seen] + [x for x in seen if x not in preferred]
+
+
+def methods_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return _order((r["method"] for r in rows), METHOD_ORDER)
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[AggRow]:
+    """Mean score, context recall, prompt tokens and seconds per (task, length, method)."""
+    groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], int(r["length"]), r["method"])].append(r)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    rank = {m: i for i, m in enumerate(methods_of(rows))}
+    out = [
+        AggRow(
+            task,
+            length,
+            method,
+            len(g),
+            _mean(r["score"] for r in g),
+            _mean(r["recall"] for r in g),
+            _mean(r["prompt_tokens"] for r in g),
+            _mean(r["seconds"] for r in g),
+        )
+        for (task, length, method), g in groups.items()
+    ]
+    return sorted(out, key=lambda a: (tasks.index(a.task), a.length, rank[a.method]))
+
+
+def fidelity(
+    agg: Sequence[AggRow], num: str = "hybrid", den: str = "full"
+) -> dict[tuple[str, int], float | None]:
+    """Per (task, length): mean score of ``num`` / mean score of ``den``; None when undefined."""
+    by = {(a.task, a.length, a.method): a.score for a in agg}
+    out: dict[tuple[str, int], float | None] = {}
+    for a in agg:
+        key = (a.task, a.length)
+        top, bottom = by.get((*key, num)), by.get((*key, den))
+        out[key] = top / bottom if top is not None and bottom else None
+    return out
+
+
+def method_summary(rows: Sequence[Mapping[str, Any]]) -> list[MethodRow]:
+    out = []
+    for m in methods_of(rows):
+        g = [r for r in rows if r["method"] == m]
+        out.append(
+            MethodRow(
+                m,
+                len(g),
+                _mean(r["score"] for r in g),
+                _mean(r["recall"] for r in g),
+                _mean(r["prompt_tokens"] for r in g),
+                max(int(r["prompt_tokens"]) for r in g),
+                _mean(r["seconds"] for r in g),
+                max(float(r["peak_rss_mb"]) for r in g),
+            )
+        )
+    return out
+
+
+def build_summary(rows: Sequence[Mapping[str, Any]]) -> list[BuildRow]:
+    """One entry per sample (its build is shared by its methods), averaged per length."""
+    samples: dict[tuple, Mapping[str, Any]] = {}
+    for r in rows:
+        samples.setdefault((r["task"], r["length"], r["depth"], r["sample"], r["seed"]), r)
+    per_len: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in samples.values():
+        per_len[int(r["length"])].append(r)
+    return [
+        BuildRow(n, len(g), _mean(r["doc_tokens"] for r in g), _mean(r["build_seconds"] for r in g))
+        for n, g in sorted(per_len.items())
+    ]
+
+
+def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Everything the markdown shows, JSON-ready."""
+    agg = aggregate(rows)
+    fid = fidelity(agg)
+    return {
+        "by_task_length_method": [a._asdict() for a in agg],
+        "fidelity_hybrid_over_full": [{"task": t, "length": n, "ratio": v} for (t, n), v in fid.items()],
+        "by_method": [m._asdict() for m in method_summary(rows)],
+        "build": [b._asdict() for b in build_summary(rows)],
+    }
+
+
+# ---- markdown --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in body]
+
+
+def _grid(agg: Sequence[AggRow], methods: list[str], field: str, with_fidelity: bool) -> list[str]:
+    cells = {(a.task, a.length, a.method): a for a in agg}
+    keys = list(dict.fromkeys((a.task, a.length) for a in agg))
+    fid = fidelity(agg) if with_fidelity else {}
+    header = ["task", "length", "n", *methods] + (["hybrid/full"] if with_fidelity else [])
+    body = []
+    for task, length in keys:
+        row = [
+            task,
+            str(length),
+            str(max(cells[(task, length, m)].n for m in methods if (task, length, m) in cells)),
+        ]
+        for m in methods:
+            a = cells.get((task, length, m))
+            row.append(_fmt(getattr(a, field)) if a else "-")
+        if with_fidelity:
+            row.append(_fmt(fid.get((task, length)), 2))
+        body.append(row)
+    return _table(header, body)
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], env: Mapping[str, Any]) -> str:
+    """results.md: setup, score and recall grids, per-method costs, index build times."""
+    if not rows:
+        return "# s3-eval results\n\nNo rows.\n"
+    agg = aggregate(rows)
+    methods = methods_of(rows)
+    lines = [
+        "# s3-eval results",
+        "",
+        f"Model `{env.get('model_id', '?')}` (window {env.get('model_window', '?')}), SAE release "
+        f"`{env.get('sae_release', '?')}` layers {env.get('sae_layers', '?')}, device {env.get('device', '?')}.",
+        f"Budget {config.get('budget')} context tokens for bm25/streaming/s3/hybrid; full = whole context "
+        f"middle-truncated to the window. {len(rows)} answers.",
+        "",
+        "## Mean score (metric of each task, 0-1)",
+        "",
+        *_grid(agg, methods, "score", with_fidelity=True),
+        "",
+        "## Context recall (fraction of reference answers present in the context fed)",
+        "",
+        *_grid(agg, methods, "recall", with_fidelity=False),
+        "",
+        "## Per method",
+        "",
+    ]
+    lines += _table(
+        [
+            "method",
+            "answers",
+            "score",
+            "recall",
+            "prompt tokens (mean)",
+            "prompt tokens (max)",
+            "s/question",
+            "peak RSS MiB",
+        ],  # fmt: skip
+        [
+            [
+                m.method,
+                str(m.n),
+                _fmt(m.score),
+                _fmt(m.recall),
+                f"{m.prompt_tokens:.0f}",
+                str(m.max_prompt_tokens),
+                _fmt(m.seconds, 2),
+                f"{m.peak_rss_mb:.0f}",
+            ]  # fmt: skip
+            for m in method_summary(rows)
+        ],
+    )
+    lines += ["", "## Index build (once per sample, shared by the methods)", ""]
+    lines += _table(
+        ["length", "samples", "doc tokens (mean)", "build s (mean)"],
+        [
+            [str(b.length), str(b.samples), f"{b.doc_tokens:.0f}", _fmt(b.build_seconds, 2)]
+            for b in build_summary(rows)
+        ],
+    )
+    return "\n".join(lines) + "\n"
+
+
+# ---- plot ------------------------------------------------------------------------------------------------
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """scores.png: mean score vs context length per method (all tasks), and seconds/question."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_score, ax_time = fig.subplots(1, 2)
+    lengths = sorted({int(r["length"]) for r in rows})
+    for m in methods_of(rows):
+        g = [r for r in rows if r["method"] == m]
+        xs = [n for n in lengths if any(int(r["length"]) == n for r in g)]
+        score = [_mean(r["score"] for r in g if int(r["length"]) == n) for n in xs]
+        secs = [_mean(r["seconds"] for r in g if int(r["length"]) == n) for n in xs]
+        ax_score.plot(xs, score, marker="o", label=m)
+        ax_time.plot(xs, secs, marker="o", label=m)
+    for ax, title, ylabel in (
+        (ax_score, "Score vs context length", "mean score"),
+        (ax_time, "Seconds per question (retrieve + generate)", "seconds"),
+    ):
+        if len(lengths) > 1:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n) for n in lengths])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax_score.set_ylim(-0.02, 1.02)
+    ax_score.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
+
+
+def write_report(
+    out: str | Path, rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], env: Mapping[str, Any]
+) -> ReportFiles:
+    """Write results.json (rows + config + environment + summary), results.md and scores.png into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in rows]
+    data = {"config": dict(config), "environment": dict(env), "summary": summary(rows), "rows": rows}
+    atomic_write_json(out / RESULTS_JSON, data)
+    atomic_write_text(out / RESULTS_MD, markdown(rows, config, env))
+    png = plot(rows, out / SCORES_PNG) if rows else out / SCORES_PNG
+    return ReportFiles(out / RESULTS_JSON, out / RESULTS_MD, png)

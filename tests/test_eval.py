@@ -1,0 +1,248 @@
+"""s3-eval harness: end to end on a tiny random model + tiny SAE release, plus aggregation and markdown.
+
+The tiny model answers garbage; the end-to-end test checks the plumbing: files, complete rows, scores in
+[0, 1], the token budgets fed, and that 'full' / 'streaming' keep the head and the tail of the context.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model, tiny_tokenizer
+
+from s3attn.errors import S3Error
+from s3attn.retrieval import report
+from s3attn.retrieval.eval_cli import main
+from s3attn.retrieval.evaluate import (
+    METHODS,
+    SEPARATOR_ROOM,
+    EvalConfig,
+    EvalRow,
+    build_prompt,
+    check_config,
+    context_recall,
+    method_plan,
+    new_tokens_for,
+    plan,
+)
+from s3attn.retrieval.tasks import Sample
+
+CHAT = (
+    "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}east west {% endif %}"
+)
+BUDGET, WINDOW, NEW_TOKENS, LENGTH = 64, 160, 4, 200
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory) -> tuple[Path, Path]:
+    """(model folder, SAE release): a tiny Llama with a chat template, random SAEs on layers 1 and 3."""
+    from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
+    from s3attn.saes.models import load_model
+
+    root = tmp_path_factory.mktemp("eval")
+    model_dir = root / "tiny-chat"
+    tiny_model("llama", attn_implementation="sdpa").save_pretrained(model_dir)
+    tok = tiny_tokenizer()
+    tok.chat_template = CHAT
+    tok.save_pretrained(model_dir)
+    model_id = load_model(str(model_dir)).model_id
+    saes, metas = {}, {}
+    for layer in (1, 3):
+        torch.manual_seed(layer)
+        saes[layer] = TopKSAE(SaeConfig(d_in=16, num_latents=64, k=4))
+        metas[layer] = SaeMeta(model_id=model_id, layer=layer, sites=("k", "q"), head_dim=16)
+    info = {"model_id": model_id, "dataset": "none", "dataset_license": "none", "context_length": 64}
+    return model_dir, write_release(root / "rel", saes, metas, info)
+
+
+@pytest.fixture(scope="module")
+def e2e(tiny_setup, tmp_path_factory) -> tuple[dict, Path]:
+    model_dir, release = tiny_setup
+    out = tmp_path_factory.mktemp("run") / "eval"
+    argv = ["--sae", str(release), "--model", str(model_dir), "--tasks", "niah,ruler_vt", "--lengths",
+            str(LENGTH), "--depths", "50", "--samples", "1", "--budget", str(BUDGET), "--max-context",
+            str(WINDOW), "--max-new-tokens", str(NEW_TOKENS), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads((out / report.RESULTS_JSON).read_text()), out
+
+
+def test_end_to_end_files_and_rows(e2e):
+    data, out = e2e
+    assert (out / report.RESULTS_MD).read_text().startswith("# s3-eval results")
+    assert (out / report.SCORES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "partial" not in data and data["config"]["budget"] == BUDGET
+    assert data["environment"]["sae_layers"] == [1, 3] and data["environment"]["model_window"] == WINDOW
+    rows = data["rows"]
+    assert len(rows) == 2 * len(METHODS)
+    assert sorted((r["task"], r["method"]) for r in rows) == sorted(
+        (t, m) for t in ("niah", "ruler_vt") for m in METHODS
+    )
+    for r in rows:
+        assert set(r) == set(EvalRow._fields)
+        assert all(v is not None for k, v in r.items() if k != "depth"), r
+        assert 0.0 <= r["score"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
+        assert r["seconds"] > 0 and r["build_seconds"] > 0 and r["peak_rss_mb"] > 0
+        assert r["doc_tokens"] > BUDGET and r["prompt_tokens"] >= r["overhead_tokens"]
+    assert {r["depth"] for r in rows if r["task"] == "niah"} == {50.0}
+    assert {r["depth"] for r in rows if r["task"] == "ruler_vt"} == {None}
+    # one build per sample, shared by its methods
+    for task in ("niah", "ruler_vt"):
+        assert len({r["build_seconds"] for r in rows if r["task"] == task}) == 1
+    summary = data["summary"]
+    assert len(summary["by_task_length_method"]) == 2 * len(METHODS)
+    assert {m["method"] for m in summary["by_method"]} == set(METHODS)
+
+
+def test_end_to_end_budgets(e2e):
+    rows = e2e[0]["rows"]
+    for r in rows:
+        spans = r["spans"]
+        assert all(0 <= s < e <= r["doc_tokens"] for s, e in spans)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "spans in document order, disjoint"
+        assert r["context_tokens"] == sum(e - s for s, e in spans) <= r["budget"]
+        # the prompt is the template overhead + the context (+ at most a few separator tokens per join)
+        assert r["prompt_tokens"] <= r["overhead_tokens"] + r["context_tokens"] + 4 * len(spans)
+        if r["method"] != "full":
+            assert r["budget"] == BUDGET
+            assert r["prompt_tokens"] <= BUDGET + r["overhead_tokens"] + 4 * len(spans)
+
+
+def test_end_to_end_full_and_streaming_keep_head_and_tail(e2e):
+    rows = e2e[0]["rows"]
+    for r in rows:
+        n = r["doc_tokens"]
+        if r["method"] == "full":
+            room = (
+                WINDOW
+                - r["overhead_tokens"]
+                - new_tokens_for(r["task"], EvalConfig(max_new_tokens=NEW_TOKENS))
+            )
+            room -= SEPARATOR_ROOM
+            assert r["budget"] == room and 0 < room < n  # the window forces a middle truncation
+            assert r["spans"] == [[0, room // 2], [n - (room - room // 2), n]]
+            assert r["prompt_tokens"] + NEW_TOKENS <= WINDOW
+        if r["method"] == "streaming":
+            assert r["spans"] == [[0, BUDGET // 2], [n - BUDGET // 2, n]]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tasks", "niah,bogus"], "--tasks bogus"),
+        (["--methods", "full,magic"], "--methods magic"),
+        (["--lengths", ""], "--lengths is empty"),
+        (["--sae", "/nonexistent/release"], "--sae /nonexistent/release"),
+        (["--depths", "120"], "--depths"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("s3-eval: error: ") and message in err and "\n" not in err
+
+
+# ---- units -------------------------------------------------------------------------------------------------
+
+
+def test_plan_counts_and_stable_seeds():
+    cfg = check_config(
+        EvalConfig(tasks=["niah", "ruler_cwe", "niah"], lengths=[512, 1024], depths=[0, 50, 100], samples=2)
+    )
+    items = plan(cfg)
+    assert len(items) == 2 * 3 * 2 + 2 * 2  # niah: lengths x depths x samples; cwe: lengths x samples
+    assert sum(i.task == "niah" for i in items) == 12 and cfg.tasks == ["niah", "ruler_cwe"]
+    assert len({i.seed for i in items}) == len(items)
+    assert [i.seed for i in plan(cfg)] == [i.seed for i in items]
+    cfg2 = check_config(
+        EvalConfig(tasks=["niah", "ruler_cwe"], lengths=[512, 1024], depths=[0, 50, 100], samples=2, seed=1)
+    )
+    assert [i.seed for i in plan(cfg2)] != [i.seed for i in items]
+    assert new_tokens_for("ruler_cwe", cfg) == 2 * new_tokens_for("niah", cfg)
+    with pytest.raises(S3Error, match="--samples"):
+        check_config(EvalConfig(samples=0))
+
+
+def test_method_plan():
+    assert method_plan("full", 2048, 7000) == ("full", 7000)
+    assert method_plan("streaming", 2048, 7000) == ("full", 2048)
+    for m in ("bm25", "s3", "hybrid"):
+        assert method_plan(m, 512, 7000) == (m, 512)
+
+
+def test_build_prompt_ruler_style_and_fallback():
+    tok = tiny_tokenizer()
+    tok.chat_template = CHAT
+    meta = {"instruction": "INSTR", "answer_prefix": "PREFIX is"}
+    s = Sample("niah", "ctx", "QUESTION?", ["1"], "string_match_all", meta)
+    p = build_prompt(tok, s, "the CONTEXT", lambda c, q: "unused")
+    assert p.index("INSTR") < p.index("the CONTEXT") < p.index("QUESTION?") < p.index("east west")
+    assert p.endswith("east west PREFIX is")
+    bare = s._replace(meta={})
+    assert build_prompt(tok, bare, "c", lambda c, q: f"<{c}|{q}>") == "<c|QUESTION?>"
+    assert context_recall("the Numbers 12 and 34", ["12", "34", "56"]) == pytest.approx(2 / 3)
+
+
+def _row(task, length, method, score, seconds=1.0, sample=0, **kw) -> dict:
+    base = dict(task=task, length=length, depth=None, sample=sample, seed=sample, method=method, budget=64,
+                score=score, recall=score, prompt_tokens=100, context_tokens=64, overhead_tokens=36,
+                spans=[[0, 64]], doc_tokens=500, seconds=seconds, build_seconds=2.0 + sample, peak_rss_mb=300.0,
+                metric="qa_f1", answer="", answers=["x"])  # fmt: skip
+    return {**base, **kw}
+
+
+ROWS = [
+    _row("niah", 1024, "full", 1.0, sample=0),
+    _row("niah", 1024, "full", 0.5, sample=1),
+    _row("niah", 1024, "hybrid", 0.5, sample=0, seconds=3.0),
+    _row("niah", 1024, "hybrid", 0.25, sample=1),
+    _row("niah", 4096, "full", 0.0),
+    _row("niah", 4096, "hybrid", 0.5),
+    _row("ruler_vt", 1024, "hybrid", 1.0),
+]
+
+
+def test_aggregate_and_fidelity():
+    agg = report.aggregate(ROWS)
+    assert [(a.task, a.length, a.method) for a in agg] == [
+        ("niah", 1024, "full"), ("niah", 1024, "hybrid"), ("niah", 4096, "full"), ("niah", 4096, "hybrid"),
+        ("ruler_vt", 1024, "hybrid"),
+    ]  # fmt: skip
+    first = agg[0]
+    assert first.n == 2 and first.score == pytest.approx(0.75)
+    assert agg[1].score == pytest.approx(0.375) and agg[1].seconds == pytest.approx(2.0)
+    fid = report.fidelity(agg)
+    assert fid[("niah", 1024)] == pytest.approx(0.5)
+    assert fid[("niah", 4096)] is None  # full scored 0
+    assert fid[("ruler_vt", 1024)] is None  # no full row
+    builds = report.build_summary(ROWS)
+    assert [(b.length, b.samples) for b in builds] == [(1024, 3), (4096, 1)]
+    assert builds[0].build_seconds == pytest.approx((2.0 + 3.0 + 2.0) / 3)
+    methods = report.method_summary(ROWS)
+    assert [m.method for m in methods] == ["full", "hybrid"] and methods[0].score == pytest.approx(0.5)
+
+
+def test_markdown_tables():
+    md = report.markdown(ROWS, {"budget": 64}, {"model_id": "tiny", "model_window": 256})
+    lines = md.splitlines()
+    header = "| task | length | n | full | hybrid | hybrid/full |"
+    assert header in lines
+    at = lines.index(header)
+    assert lines[at + 2] == "| niah | 1024 | 2 | 0.750 | 0.375 | 0.50 |"
+    assert lines[at + 3] == "| niah | 4096 | 1 | 0.000 | 0.500 | n/a |"
+    assert lines[at + 4] == "| ruler_vt | 1024 | 1 | - | 1.000 | n/a |"
+    assert "## Per method" in md and "| hybrid | 4 | 0.562 |" in md
+    assert "Budget 64" in md and "`tiny`" in md
+
+
+def test_write_report_from_rows(tmp_path):
+    files = report.write_report(tmp_path / "r", ROWS, {"budget": 64}, {"model_id": "tiny"})
+    data = json.loads(files.json.read_text())
+    assert data["rows"] == ROWS and data["config"] == {"budget": 64}
+    assert data["summary"]["fidelity_hybrid_over_full"][0] == {"task": "niah", "length": 1024, "ratio": 0.5}
+    assert files.plot.read_bytes()[:4] == b"\x89PNG" and files.markdown.is_file()

@@ -1,0 +1,201 @@
+"""Retriever end to end on a tiny random model + tiny SAE release: modes, budget, explanations, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_WORDS, save_tiny_model_dir
+
+from s3attn.errors import S3Error
+from s3attn.index_builder.config import BuildConfig
+from s3attn.index_builder.pipeline import build_index
+from s3attn.retrieval.query import idf_weights, pool_features, question_token_range
+from s3attn.retrieval.retriever import Retriever
+from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
+from s3attn.saes.models import load_model
+
+LAYERS = (1, 3)
+
+
+def make_release(out: Path, model_dir: Path, *, latents: int = 64, k: int = 4) -> Path:
+    model_id = load_model(str(model_dir)).model_id
+    torch.manual_seed(0)
+    saes = {layer: TopKSAE(SaeConfig(d_in=16, num_latents=latents, k=k)) for layer in LAYERS}
+    metas = {
+        layer: SaeMeta(model_id=model_id, layer=layer, sites=("k", "q"), head_dim=16) for layer in LAYERS
+    }
+    info = {"model_id": model_id, "dataset": "random", "dataset_license": "n/a", "context_length": 64}
+    return write_release(out, saes, metas, info)
+
+
+def words(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    common = [w for w in TINY_WORDS if w not in ("paris", "queen")]
+    return " ".join(rng.choice(common) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("retr")
+    model_dir = save_tiny_model_dir(root / "model")
+    release = make_release(root / "release", model_dir)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(words(300, 1) + " paris queen paris queen " + words(200, 2))
+    (corpus / "b.txt").write_text(words(400, 3))
+    index = root / "index"
+    build_index(
+        str(corpus),
+        BuildConfig(
+            out=str(index),
+            sae=str(release),
+            model=str(model_dir),
+            chunk=64,
+            overlap=8,
+            segment_tokens=256,
+            progress=False,
+        ),
+    )
+    return {"index": index, "model_dir": model_dir, "release": release, "root": root}
+
+
+@pytest.fixture(scope="module")
+def retriever(tiny_index) -> Retriever:
+    return Retriever(tiny_index["index"])
+
+
+@pytest.mark.parametrize("mode", ["s3", "bm25", "hybrid", "full"])
+def test_modes_respect_budget_and_order(retriever, mode):
+    spans = retriever.retrieve("where is the queen of paris", mode, 96)
+    assert spans, mode
+    total = sum(s.end - s.start for s in spans)
+    assert total <= 96
+    starts = [s.start for s in spans]
+    assert starts == sorted(starts)
+    for a, b in zip(spans, spans[1:]):
+        assert a.end <= b.start  # deduplicated, no overlap
+    for s in spans:
+        toks = retriever.store.tokens(s.start, s.end)
+        assert s.text.split() == retriever.tokenizer.decode(toks.tolist()).split()
+        assert s.document in ("a.txt", "b.txt")
+
+
+def test_bm25_finds_planted_words(retriever):
+    spans = retriever.retrieve("paris queen", "bm25", 160)
+    assert any("paris queen" in s.text for s in spans)
+    assert all(s.source == "bm25" for s in spans)
+    assert "queen" in spans[0].why["terms"] or "paris" in spans[0].why["terms"]
+
+
+def test_hybrid_holds_bias_and_explains(retriever):
+    n = retriever.store.num_tokens
+    spans = retriever.retrieve("paris queen", "hybrid", 200, explain=True)
+    covered = np.zeros(n, bool)
+    for s in spans:
+        covered[s.start : s.end] = True
+    cfg = retriever.cfg
+    assert covered[: cfg.bias_first].all() and covered[n - cfg.bias_last :].all()
+    s3 = [s for s in spans if "s3" in s.source]
+    assert s3 and all("features" in s.why for s in s3)
+    feats = next(s.why["features"] for s in s3 if s.why["features"])
+    assert all(key.startswith("L") for key in feats)
+
+
+def test_s3_scores_match_bruteforce(retriever):
+    """Dense scores equal a Python loop over every posting of the chosen features."""
+    scores, queries = retriever.s3_scores("paris queen river")
+    ref = np.zeros(retriever.store.num_tokens)
+    for (layer, kv), hq in queries.items():
+        post = retriever.store.postings(layer, kv, hq.features)
+        for p, slot, a in zip(post.positions, post.feature_slot, post.acts):
+            ref[p] += hq.weights[slot] * a
+    np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-5)
+    assert all(hq.features.size <= retriever.cfg.query.max_features for hq in queries.values())
+
+
+def test_full_mode_truncates_middle(retriever):
+    n = retriever.store.num_tokens
+    spans = retriever.retrieve("paris", "full", 100)
+    assert [(s.start, s.end) for s in spans] == [(0, 50), (n - 50, n)]
+
+
+def test_answer_generates(retriever):
+    ans = retriever.answer("paris queen", "hybrid", 64, max_new_tokens=4)
+    assert isinstance(ans.text, str) and ans.prompt_tokens > 0 and ans.spans
+
+
+def test_idf_and_pooling():
+    df = np.array([0, 1, 10, 1000])
+    np.testing.assert_allclose(idf_weights(df, 10, "inverse_log"), 1 / (np.log1p(df) + 1), rtol=1e-6)
+    idx = np.array([[0, 1], [1, 2]])
+    act = np.array([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_allclose(pool_features(idx, act, 4, "sum"), [1, 5, 4, 0])
+    np.testing.assert_allclose(pool_features(idx, act, 4, "max"), [1, 3, 4, 0])
+
+
+def test_question_token_range(retriever):
+    tok = retriever.tokenizer
+    prompt = "the city of the north Question: paris queen river\nAnswer:"
+    lo, hi = question_token_range(tok, prompt, "paris queen river")
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[lo:hi]).split() == ["paris", "queen", "river"]
+
+
+def test_bad_questions(retriever):
+    with pytest.raises(S3Error, match="empty"):
+        retriever.retrieve("   ", "hybrid", 64)
+    with pytest.raises(S3Error, match="budget"):
+        retriever.retrieve(words(100, 9), "hybrid", 16)
+    with pytest.raises(S3Error, match="--mode"):
+        retriever.retrieve("paris", "dense", 64)
+
+
+def _ask(argv, capsys):
+    from s3attn.index_builder.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    return exc.value.code, err
+
+
+def test_ask_cli_json(tiny_index, capsys):
+    from s3attn.index_builder.cli import main
+
+    assert (
+        main(["ask", str(tiny_index["index"]), "paris queen", "--budget", "64", "--json", "--no-generate"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["spans"] and sum(s["end"] - s["start"] for s in out["spans"]) <= 64
+
+
+def test_ask_cli_bad_input(tiny_index, tmp_path, capsys):
+    index = str(tiny_index["index"])
+    code, err = _ask(["ask", index, ""], capsys)
+    assert code == 2 and "empty" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, err = _ask(["ask", str(tmp_path / "nope"), "paris"], capsys)
+    assert code == 2 and "no s3attn index" in err
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "manifest.json").write_text("{not json")
+    code, err = _ask(["ask", str(corrupt), "paris"], capsys)
+    assert code == 2 and "corrupt" in err
+    code, err = _ask(["ask", index, "paris", "--mode", "magic"], capsys)
+    assert code == 2 and "--mode" in err
+
+
+def test_index_for_another_model_is_refused(tiny_index, tmp_path):
+    other_dir = save_tiny_model_dir(tmp_path / "other-model", "qwen2")
+    other = load_model(str(other_dir))
+    from s3attn.saes.checkpoint import load_many
+    from s3attn.saes.taps import attention_geometry
+
+    stack = (other, load_many(tiny_index["release"]), attention_geometry(other.model))
+    with pytest.raises(S3Error, match="built with model"):
+        Retriever(tiny_index["index"], stack=stack)
