@@ -27,18 +27,14 @@ from s3attn.index_builder.schema import DocRecord, SegmentData
 
 def tokenize_blocks(doc: Document, tokenizer) -> Iterator[list[int]]:
     """Token ids of a document, one list per ~1 MiB text block (a file is never read whole)."""
-    blocks = doc.blocks()
-    while True:
-        try:
-            block = next(blocks, None)
-        except OSError as err:  # the file vanished or became unreadable after the corpus was listed
-            raise S3Error(
-                f"{doc.file}: cannot be read ({err.strerror or err}); fix it or move it out of the corpus, "
-                "then rerun with --resume"
-            ) from None
-        if block is None:
-            return
-        yield tokenizer(block, add_special_tokens=False)["input_ids"]
+    try:
+        for block in doc.blocks():
+            yield tokenizer(block, add_special_tokens=False)["input_ids"]
+    except OSError as err:  # the file vanished or became unreadable after the corpus was listed
+        raise S3Error(
+            f"{doc.file}: cannot be read ({err.strerror or err}); fix it or move it out of the corpus, "
+            "then rerun with --resume"
+        ) from None
 
 
 class ChunkStream(IterableDataset):

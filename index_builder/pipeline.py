@@ -96,8 +96,10 @@ def bm25_is_current(store) -> bool:
 def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
     """Index ``corpus_path`` into ``cfg.out``; ``stack`` = an already loaded ``load_stack`` result to reuse
     (its model and SAEs must be the ones ``cfg`` names), else the stack is loaded here."""
-    if cfg.chunk < 1 or cfg.overlap < 0 or cfg.overlap >= cfg.chunk * 4:
-        raise S3Error(f"--chunk {cfg.chunk} / --overlap {cfg.overlap}: need chunk >= 1 and 0 <= overlap")
+    if cfg.chunk < 1 or not 0 <= cfg.overlap < cfg.chunk:  # the context comes from the previous chunk
+        raise S3Error(
+            f"--chunk {cfg.chunk} / --overlap {cfg.overlap}: need chunk >= 1 and 0 <= overlap < chunk"
+        )
     corpus = Corpus(corpus_path, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="corpus")
     try:  # list (and UTF-8 check) every document before anything is loaded or written
         files = corpus.files()
