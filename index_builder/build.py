@@ -217,6 +217,8 @@ def run_prefill(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.predict(PrefillModule(model, saes), dataloaders=loader, return_predictions=False)
+    if trainer.world_size > 1:  # rank 0 absorbs every rank's segments only once all are written
+        trainer.strategy.barrier("s3attn-index-staged")
 
 
 def _estimate_tokens(doc: Document) -> int:

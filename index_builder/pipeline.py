@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -145,39 +147,78 @@ def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
     return out
 
 
-def _write_index(out: Path, attrs: dict, all_docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
-    """Open or create the index at ``out``, index the documents it lacks, merge, refresh BM25."""
+STAGING_DIR = ".staging"  # per-rank staging indexes of a multi-device build, absorbed by rank 0
+
+
+def _rank() -> int:
+    """This process's global rank: Lightning's launcher sets RANK/LOCAL_RANK in the processes it starts."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+
+
+def _prefill(store, docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
     from s3attn.index_builder.build import run_prefill
+
+    run_prefill(
+        loaded.model,
+        saes,
+        loaded.tokenizer,
+        docs,
+        store,
+        chunk=cfg.chunk,
+        overlap=cfg.overlap,
+        segment_tokens=cfg.segment_tokens,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        progress=cfg.progress and _rank() == 0,
+    )
+
+
+def _staged_prefill(out: Path, attrs: dict, docs: list[Document], cfg: BuildConfig, loaded, saes):
+    """Multi-device: every rank writes its own segments into ``out/.staging/rank-<r>`` (documents dealt
+    round-robin); returns the staging stores of all ranks on rank 0 (after all ranks finished), else []."""
     from s3attn.index_builder.store import IndexStore
 
+    staging = out / STAGING_DIR
+    mine = staging / f"rank-{_rank()}"
+    shutil.rmtree(mine, ignore_errors=True)
+    with IndexStore.create(mine, attrs) as store:
+        _prefill(store, docs, cfg, loaded, saes)  # ends with a barrier: every rank's segments are written
+    if _rank() != 0:
+        return []
+    return [
+        IndexStore.open(staging / f"rank-{r}", write=True)
+        for r in range(cfg.devices)
+        if (staging / f"rank-{r}").is_dir()
+    ]
+
+
+def _write_index(out: Path, attrs: dict, all_docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
+    """Open or create the index at ``out``, index the documents it lacks, merge, refresh BM25."""
+    from s3attn.index_builder.store import IndexStore
+
+    if cfg.devices > 1 and _rank() > 0:  # a worker rank: read-only view of the index, its own staging store
+        with IndexStore.open(out) as main:
+            docs = [d for d in all_docs if not main.has_document(d.path, d.content_hash)]
+        _staged_prefill(out, attrs, docs, cfg, loaded, saes)
+        return
     with IndexStore.create(out, attrs) as store:
         if store.has_open_tail():
             if not cfg.resume:
                 raise S3Error(f"{out}: an earlier build was interrupted; run the same command with --resume")
             store.drop_open_tail()
         docs: list[Document] = [d for d in all_docs if not store.has_document(d.path, d.content_hash)]
-        skipped = 0
-        if docs:
-            run_prefill(
-                loaded.model,
-                saes,
-                loaded.tokenizer,
-                docs,
-                store,
-                chunk=cfg.chunk,
-                overlap=cfg.overlap,
-                segment_tokens=cfg.segment_tokens,
-                accelerator=cfg.accelerator,
-                devices=cfg.devices,
-                progress=cfg.progress,
-            )
-        else:
-            skipped = 1
+        if docs and cfg.devices > 1:
+            for staged in _staged_prefill(out, attrs, docs, cfg, loaded, saes):
+                with staged:
+                    store.absorb(staged)
+            shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
+        elif docs:
+            _prefill(store, docs, cfg, loaded, saes)
         if cfg.merge_tier > 1:
             store.merge(cfg.merge_tier)
         if not bm25_is_current(store):
             rebuild_bm25(
                 store, loaded.tokenizer, passage_tokens=cfg.passage_tokens, stride=cfg.passage_stride
             )
-        if skipped:
+        if not docs:
             print("s3-index: every document is already indexed; nothing to add", file=sys.stderr)

@@ -393,6 +393,55 @@ class IndexStore:
         self._reset_caches()
         return name
 
+    def absorb(self, other: IndexStore) -> int:
+        """Move every closed segment of ``other`` (a staging index of one rank, same attrs) to the end of
+        this index: folders are renamed, token positions and doc ids rebased in the segment attrs (postings
+        are segment-relative, so no array is rewritten), the manifest is swapped once, last. Returns the
+        number of segments taken; a crash before the manifest swap leaves them unreferenced (garbage)."""
+        self._require_write()
+        entries = other.segments[: other._closed_prefix()]
+        if not entries:
+            return 0
+        token_at = self.num_tokens
+        next_doc = max((d.doc_id for d in self.documents()), default=-1) + 1
+        first_doc = min((d.doc_id for d in other.documents()), default=0)
+        gen = self.generation
+        new_entries = []
+        for i, e in enumerate(entries):
+            name = f"{segment_name(gen + 1)}-{i:03d}"
+            group = other._root[segment_path(e["name"])]
+            attrs = group.attrs.asdict()
+            shift = token_at - int(e["token_start"])
+            docs = [
+                {
+                    **d,
+                    "token_start": int(d["token_start"]) + shift,
+                    "doc_id": int(d["doc_id"]) - first_doc + next_doc,
+                }
+                for d in attrs["docs"]
+            ]
+            group.attrs.update({"token_start": token_at, "docs": docs})
+            os.replace(other._seg_dir(e["name"]), self._seg_dir(name))
+            new_entries.append(
+                {
+                    **e,
+                    "name": name,
+                    "token_start": token_at,
+                    "doc_start": self.num_docs + sum(x["num_docs"] for x in new_entries),
+                    "checksum": segment_checksum(attrs["checksums"], token_at, int(e["num_tokens"])),
+                }
+            )
+            token_at += int(e["num_tokens"])
+        manifest = {
+            **self._manifest,
+            "segments": [*self._manifest["segments"], *new_entries],
+            "generation": gen + 1,
+        }
+        atomic_write_json(self.path / INDEX_MANIFEST, manifest)
+        self._manifest = manifest
+        self._reset_caches()
+        return len(new_entries)
+
     def add_segment(self, data: SegmentData, *, open_doc: bool = False) -> str:
         """Build the posting lists of ``data`` and publish them as a new segment; returns its name.
 

@@ -617,3 +617,55 @@ def test_50mb_one_line_file_in_bounded_memory(world: World, tmp_path: Path, monk
     """~1 minute: 50 MB on one line (100k tokens); Python-side memory stays far below the file size."""
     peak = _bounded_build(world, tmp_path, monkeypatch, mbytes=50, chunk=256, seg=8192, trace=True)
     assert peak < 25e6, f"tracemalloc peak {peak / 1e6:.1f} MB for a 50 MB file"
+
+
+# ---- multi-device: documents dealt to 2 ranks, each writing its own segments --------------------------
+def _per_document(index: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    """path -> (tokens, {(layer, head): sorted (relative position, feature, act) rows})."""
+    docs, toks, heads = content(index)
+    out = {}
+    for path, (_doc_id, s, e) in doc_ranges(index).items():
+        rows = {}
+        for key, post in heads.items():
+            inside = (post.positions >= s) & (post.positions < e)
+            r = np.stack([post.positions[inside] - s, post.feature_slot[inside], post.acts[inside]], axis=1)
+            rows[key] = r[np.lexsort((r[:, 1], r[:, 0]))]
+        out[path] = (toks[s:e], rows)
+    return out
+
+
+def test_two_ranks_index_the_same_postings(world: World, tmp_path: Path) -> None:
+    """`--devices 2` (Lightning DDP on CPU, gloo): each rank stages its own segments, rank 0 absorbs them;
+    every document ends with the same tokens and postings as in the one-process build."""
+    out = tmp_path / "ddp"
+    argv = [a for a in world.args(world.corpus, out) if a != "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "s3attn.index_builder.cli",
+            *argv,
+            "--devices",
+            "2",
+            "--accelerator",
+            "cpu",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / pipeline_mod.STAGING_DIR).exists()
+    names = [e["name"] for e in json.loads((out / INDEX_MANIFEST).read_text())["segments"]]
+    assert len({n.rsplit("-", 1)[0] for n in names}) == 2, names  # absorbed from two staging indexes
+    assert_verifies(out)
+    ours, ref = _per_document(out), _per_document(world.index)
+    assert ours.keys() == ref.keys()
+    for path, (toks, rows) in ref.items():
+        np.testing.assert_array_equal(ours[path][0], toks, err_msg=path)
+        for key, r in rows.items():
+            np.testing.assert_array_equal(ours[path][1][key], r, err_msg=f"{path} {key}")
