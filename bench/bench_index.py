@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from s3attn.index_builder.build import run_prefill
-from s3attn.index_builder.pipeline import default_release, load_stack, rebuild_bm25, resolve_release
+from s3attn.index_builder.pipeline import (
+    default_release,
+    index_attrs,
+    load_stack,
+    rebuild_bm25,
+    resolve_release,
+)
 from s3attn.index_builder.prefill import plan_chunks
 from s3attn.index_builder.store import IndexStore
 from s3attn.retrieval.tasks import paul_graham_text
@@ -57,16 +63,7 @@ def throughput(release: Path, tokens: int, chunk: int, overlap: int, work: Path)
     for ctx_start, _start, end in plan:
         forward_to_layer(loaded.model, all_ids[None, ctx_start:end], max(layers), sites=("k",))
     bare = time.perf_counter() - t
-    first = next(iter(saes.values()))
-    attrs = {
-        "model_id": loaded.model_id,
-        "sae_release": release.name,
-        "layers": layers,
-        "num_kv_heads": geom.num_kv_heads,
-        "k": first.cfg.k,
-        "num_latents": first.cfg.num_latents,
-        "head_dim": geom.head_dim,
-    }
+    attrs = index_attrs((loaded, saes, geom), release, rel_cfg, layers, chunk=chunk, overlap=overlap)
     t = time.perf_counter()
     with IndexStore.create(work / "idx", attrs) as store:
         run_prefill(

@@ -24,7 +24,13 @@ import numpy as np
 
 from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.config import BuildConfig
-from s3attn.index_builder.pipeline import default_release, load_stack, rebuild_bm25, resolve_release
+from s3attn.index_builder.pipeline import (
+    default_release,
+    index_attrs,
+    load_stack,
+    rebuild_bm25,
+    resolve_release,
+)
 from s3attn.index_builder.schema import DocRecord, SegmentData
 from s3attn.index_builder.store import IndexStore
 from s3attn.retrieval.retriever import Retriever
@@ -55,19 +61,9 @@ QUESTIONS = [
 
 
 def _attrs(stack, release: Path, layers: list[int]) -> dict:
-    loaded, saes, geom = stack
-    first = next(iter(saes.values()))
-    return {
-        "model_id": loaded.model_id,
-        "sae_release": release.name,
-        "layers": layers,
-        "num_kv_heads": geom.num_kv_heads,
-        "k": first.cfg.k,
-        "num_latents": first.cfg.num_latents,
-        "head_dim": geom.head_dim,
-        "sae_release_path": str(release.resolve()),
-        "model": "smollm2-135m",
-    }
+    from s3attn.saes.checkpoint import read_release_config
+
+    return index_attrs(stack, release, read_release_config(release), layers, chunk=2048, overlap=64)
 
 
 def _doc_folder(work: Path, name: str, tokenizer, n_tokens: int) -> Path:

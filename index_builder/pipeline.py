@@ -66,6 +66,34 @@ def load_stack(release: Path, rel_cfg: dict, layers: list[int], model: str | Non
     return loaded, saes, geom
 
 
+def index_attrs(
+    stack,
+    release: Path,
+    rel_cfg: dict,
+    layers: list[int],
+    *,
+    chunk: int,
+    overlap: int,
+    model: str | None = None,
+) -> dict:
+    """Root attributes of an index built with ``stack`` = (loaded model, SAEs, geometry) from ``release``."""
+    loaded, saes, geom = stack
+    first = next(iter(saes.values()))
+    return {
+        "model_id": loaded.model_id,
+        "sae_release": str(rel_cfg.get("name", Path(release).name)),
+        "layers": layers,
+        "num_kv_heads": geom.num_kv_heads,
+        "k": first.cfg.k,
+        "num_latents": first.cfg.num_latents,
+        "head_dim": geom.head_dim,
+        "chunk": chunk,
+        "overlap": overlap,
+        "sae_release_path": str(Path(release).resolve()),
+        "model": model or model_name_for(rel_cfg["model_id"]),
+    }
+
+
 def doc_ranges(store) -> list[tuple[int, int, int]]:
     """(doc_id, start, end) per document, pieces of one document joined."""
     out: list[list[int]] = []
@@ -121,20 +149,9 @@ def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
     loaded, saes, geom = stack
     if sorted(saes) != layers:
         raise S3Error(f"the loaded SAEs have layers {sorted(saes)}, the build asks for {layers}; load those")
-    first = next(iter(saes.values()))
-    attrs = {
-        "model_id": loaded.model_id,
-        "sae_release": str(rel_cfg.get("name", release.name)),
-        "layers": layers,
-        "num_kv_heads": geom.num_kv_heads,
-        "k": first.cfg.k,
-        "num_latents": first.cfg.num_latents,
-        "head_dim": geom.head_dim,
-        "chunk": cfg.chunk,
-        "overlap": cfg.overlap,
-        "sae_release_path": str(release.resolve()),
-        "model": cfg.model or model_name_for(rel_cfg["model_id"]),
-    }
+    attrs = index_attrs(
+        stack, release, rel_cfg, layers, chunk=cfg.chunk, overlap=cfg.overlap, model=cfg.model
+    )
     out = Path(cfg.out)
     print(f"s3-index: building into {out}", file=sys.stderr)
     try:

@@ -4,11 +4,13 @@
 ``encoder.bias``, ``W_dec``, ``b_dec``), so the same ``sae.safetensors`` loads in both. Encoding is
 ``x - b_dec -> Linear -> ReLU -> top-k``; decoding is a gather-sum of ``k`` decoder rows plus ``b_dec``.
 
-Nothing ``N x num_latents`` is ever kept: the encoder runs over row blocks (each block's pre-activations
-stay in cache, are reduced to their top-k and dropped) and both backward passes are sparse (the gradient of
-the ``k`` picked activations is a sampled dot product, the weight gradients are a sparse ``latents x N``
-matrix times a dense ``N x d_in`` one). ReLU is applied to the ``k`` winners only: ``relu`` is monotone,
-so the kept values equal those of ``topk(relu(pre))``.
+Fast paths (all exact): the pre-activations are computed in row blocks into a reused buffer and reduced
+to their top-k by a pyramid of group maxima (``topk`` then sees ~k*8 candidates per row instead of all
+latents); ReLU is applied to the ``k`` winners only (``relu`` is monotone, so the values equal those of
+``topk(relu(pre))``); both backward passes are sparse (the activation gradient is a sampled dot product,
+the weight gradients one embedding bag per latent over the ``N x d_in`` inputs, whose index sort the
+encoder and decoder share); the losses have two-op backward passes. Nothing ``N x latents`` is kept for
+backward. Few, large ops also matter on a shared CPU: each parallel region waits for descheduled threads.
 
 The module keeps no Python-side state besides its parameters, so it can be wrapped in DDP as is.
 """
@@ -16,6 +18,7 @@ The module keeps no Python-side state besides its parameters, so it can be wrapp
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -26,8 +29,10 @@ from torch import Tensor, nn
 
 from s3attn.errors import S3Error
 
-# Pre-activation elements per encoder block on CPU (2**22 fp32 = 16 MiB: 1024 rows at 4096 latents).
-_CPU_BLOCK_ELEMS = 1 << 22
+# Pre-activation elements per encoder block on CPU (2**24 fp32 = 64 MiB: the whole 4096 x 4096 batch).
+# Each block costs ~12 parallel regions, which are slow when other processes share the CPU; with the
+# per-thread scratch buffer below, smaller blocks gain little cache benefit.
+_CPU_BLOCK_ELEMS = 1 << 24
 # Top-k search pyramid (CPU): group size, at most this many levels, top level at least this many x k wide.
 _GROUP = 4
 _PYRAMID_LEVELS = 2
@@ -87,6 +92,22 @@ def default_lr(num_latents: int) -> float:
 # ---- sparse kernels ------------------------------------------------------------------------------------
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(numel: int, dtype: torch.dtype) -> Tensor:
+    """A per-thread CPU buffer reused across calls: a fresh multi-MiB block costs page faults every time."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if (
+        buf is None
+        or buf.dtype != dtype
+        or buf.numel() < numel
+        or buf.is_inference() != torch.is_inference_mode_enabled()  # Lightning predict runs in inference mode
+    ):
+        buf = _SCRATCH.buf = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
 def _group_plan(num_latents: int, k: int) -> list[int]:
     """Group sizes of the max-pyramid used to find the top-k (empty: plain ``torch.topk``)."""
     plan, size = [], num_latents
@@ -96,7 +117,7 @@ def _group_plan(num_latents: int, k: int) -> list[int]:
     return plan
 
 
-def _pyramid_topk(pre_BM: Tensor, k: int, plan: list[int]) -> tuple[Tensor, Tensor]:
+def _pyramid_topk(pre_BM: Tensor, k: int, plan: list[int], out: tuple[Tensor, Tensor]) -> None:
     """Exact top-k values of each row via a pyramid of group maxima (indices unordered).
 
     Level ``i + 1`` holds, for each group ``c``, the max over the strided entries ``c, c + G, c + 2G, ...``
@@ -109,14 +130,18 @@ def _pyramid_topk(pre_BM: Tensor, k: int, plan: list[int]) -> tuple[Tensor, Tens
     levels = [pre_BM]
     for g in plan:
         levels.append(levels[-1].view(n, g, -1).amax(1))
-    vals, chosen = torch.topk(levels[-1], k, dim=1, sorted=False)
-    for g, level in zip(reversed(plan), reversed(levels[:-1])):
+    chosen = torch.topk(levels[-1], k, dim=1, sorted=False)[1]
+    for i in range(len(plan) - 1, -1, -1):
+        level, g = levels[i], plan[i]
         width = level.shape[1]
         offsets = torch.arange(0, width, width // g, device=level.device)
         cand = (chosen.unsqueeze(2) + offsets).view(n, k * g)
-        vals, pos = torch.topk(level.gather(1, cand), k, dim=1, sorted=False)
-        chosen = cand.gather(1, pos)
-    return vals, chosen
+        if i:
+            chosen = cand.gather(1, torch.topk(level.gather(1, cand), k, dim=1, sorted=False)[1])
+        else:  # last level: write values and latent ids straight into the caller's slices
+            pos = torch.empty_like(out[1])
+            torch.topk(level.gather(1, cand), k, dim=1, sorted=False, out=(out[0], pos))
+            torch.gather(cand, 1, pos, out=out[1])
 
 
 @torch.no_grad()
@@ -132,15 +157,16 @@ def _topk_preacts(xc_ND: Tensor, W_MD: Tensor, b_M: Tensor, k: int) -> tuple[Ten
         torch.topk(torch.addmm(b_M, xc_ND, W_DM), k, dim=1, sorted=False, out=(vals_NK, idx_NK))
         return vals_NK, idx_NK
     step = max(1, min(n, _CPU_BLOCK_ELEMS // num_latents))
-    buf = torch.empty(step, num_latents, dtype=xc_ND.dtype)  # reused: stays in cache, no page faults
+    buf = _scratch(step * num_latents, xc_ND.dtype).view(step, num_latents)
     plan = _group_plan(num_latents, k)
     for start in range(0, n, step):
         stop = min(n, start + step)
         pre_BM = torch.addmm(b_M, xc_ND[start:stop], W_DM, out=buf[: stop - start])
+        out = (vals_NK[start:stop], idx_NK[start:stop])
         if plan:
-            vals_NK[start:stop], idx_NK[start:stop] = _pyramid_topk(pre_BM, k, plan)
+            _pyramid_topk(pre_BM, k, plan, out)
         else:
-            torch.topk(pre_BM, k, dim=1, sorted=False, out=(vals_NK[start:stop], idx_NK[start:stop]))
+            torch.topk(pre_BM, k, dim=1, sorted=False, out=out)
     return vals_NK, idx_NK
 
 
@@ -150,24 +176,50 @@ def _csr(crow: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> T
         return torch.sparse_csr_tensor(crow, cols, values, size, check_invariants=False)
 
 
-def _sampled_dot(g_ND: Tensor, W_MD: Tensor, idx_NK: Tensor) -> Tensor:
-    """``out[n, j] = <g[n], W[idx[n, j]]>`` without gathering ``N x k x d`` rows (SDDMM)."""
+def _sampled_dot(g_ND: Tensor, W_MD: Tensor, idx_NK: Tensor, finite_NK: Tensor) -> Tensor:
+    """``out[n, j] = <g[n], W[idx[n, j]]>`` without gathering ``N x k x d`` rows (SDDMM).
+
+    ``finite_NK`` is any finite tensor of the pattern's shape: with ``beta=0`` its values are multiplied by
+    zero (passing one we already have saves filling a fresh zeros tensor).
+    """
     n, k = idx_NK.shape
+    if g_ND.device.type != "cpu":  # plain gather: memory is plentiful there, no sparse-kernel caveats
+        return torch.bmm(W_MD[idx_NK], g_ND.unsqueeze(2)).squeeze(2)
     crow = torch.arange(0, n * k + 1, k, device=idx_NK.device)
-    zeros = torch.zeros(n * k, dtype=g_ND.dtype, device=g_ND.device)
-    pattern = _csr(crow, idx_NK.reshape(-1), zeros, (n, W_MD.shape[0]))
+    pattern = _csr(crow, idx_NK.reshape(-1), finite_NK.reshape(-1), (n, W_MD.shape[0]))
     return torch.sparse.sampled_addmm(pattern, g_ND, W_MD.t(), beta=0.0).values().view(n, k)
 
 
-def _scatter_rows(idx_NK: Tensor, w_NK: Tensor, dense_ND: Tensor, num_rows: int) -> Tensor:
-    """``out[m] = sum over (n, j) with idx[n, j] == m of w[n, j] * dense[n]``: a sparse ``M x N`` matmul."""
-    n, k = idx_NK.shape
-    flat = idx_NK.reshape(-1)
-    order = torch.argsort(flat, stable=True)  # groups by latent; sample ids stay sorted (valid CSR)
-    crow = torch.zeros(num_rows + 1, dtype=torch.long, device=flat.device)
-    torch.cumsum(torch.bincount(flat, minlength=num_rows), 0, out=crow[1:])
-    cols = torch.div(order, k, rounding_mode="floor")
-    return _csr(crow, cols, w_NK.reshape(-1)[order], (num_rows, n)) @ dense_ND
+def _transpose(idx_NK: Tensor, num_rows: int, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(order, crow, cols)`` of the ``num_rows x N`` CSR matrix with an entry at ``(idx[n, j], n)``.
+
+    ``cache`` (a dict living for one forward/backward) lets the encoder and decoder backward share it.
+    """
+    key = (idx_NK.data_ptr(), tuple(idx_NK.shape), num_rows)
+    if cache is not None and key in cache:
+        return cache[key]
+    k = idx_NK.shape[1]
+    # A one-row 2-D sort runs std::stable_sort; the 1-D int64 path is a radix sort with many parallel
+    # barriers, ~100x slower when other processes share the CPU.
+    keys, order = torch.sort(idx_NK.reshape(1, -1), dim=1, stable=True)
+    keys, order = keys.view(-1), order.view(-1)
+    crow = torch.searchsorted(keys, torch.arange(num_rows + 1, device=keys.device))
+    result = (order, crow, torch.div(order, k, rounding_mode="floor"))
+    if cache is not None:
+        cache[key] = result
+    return result
+
+
+def _scatter_rows(
+    idx_NK: Tensor, w_NK: Tensor, dense_ND: Tensor, num_rows: int, cache: dict | None
+) -> Tensor:
+    """``out[m] = sum over (n, j) with idx[n, j] == m of w[n, j] * dense[n]``.
+
+    With the entries grouped by latent this is an embedding bag per latent over the rows of ``dense``:
+    one op, no ``N*k x d`` intermediate (a CSR matmul is as fast alone but slower on a busy CPU).
+    """
+    order, crow, cols = _transpose(idx_NK, num_rows, cache)
+    return F.embedding_bag(cols, dense_ND, crow[:-1], mode="sum", per_sample_weights=w_NK.reshape(-1)[order])
 
 
 def _upcast(*ts: Tensor) -> list[Tensor]:
@@ -178,11 +230,12 @@ class _TopKEncode(torch.autograd.Function):
     """``acts, idx = topk(relu(xc @ W.T + b))`` with a backward that touches only the chosen latents."""
 
     @staticmethod
-    def forward(ctx, xc_ND: Tensor, W_MD: Tensor, b_M: Tensor, k: int):  # type: ignore[override]
+    def forward(ctx, xc_ND: Tensor, W_MD: Tensor, b_M: Tensor, k: int, cache: dict | None = None):  # type: ignore[override]
         vals_NK, idx_NK = _topk_preacts(xc_ND, W_MD, b_M, k)
         acts_NK = vals_NK.relu_()
         ctx.save_for_backward(xc_ND, W_MD, acts_NK, idx_NK)
         ctx.mark_non_differentiable(idx_NK)
+        ctx.cache = cache
         return acts_NK, idx_NK
 
     @staticmethod
@@ -194,19 +247,20 @@ class _TopKEncode(torch.autograd.Function):
             g_xc = F.embedding_bag(idx_NK, W_MD, per_sample_weights=g_NK.to(W_MD.dtype), mode="sum")
         if ctx.needs_input_grad[1]:
             g32, xc32 = _upcast(g_NK, xc_ND)
-            g_W = _scatter_rows(idx_NK, g32, xc32, W_MD.shape[0]).to(W_MD.dtype)
+            g_W = _scatter_rows(idx_NK, g32, xc32, W_MD.shape[0], ctx.cache).to(W_MD.dtype)
         if ctx.needs_input_grad[2]:
             g_b = torch.zeros(W_MD.shape[0], dtype=torch.float32, device=W_MD.device)
             g_b = g_b.index_add_(0, idx_NK.reshape(-1), g_NK.reshape(-1).float()).to(W_MD.dtype)
-        return g_xc, g_W, g_b, None
+        return g_xc, g_W, g_b, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
     """``out[n] = sum_j acts[n, j] * W[idx[n, j]]`` with sparse gradients for ``acts`` and ``W``."""
 
     @staticmethod
-    def forward(ctx, acts_NK: Tensor, idx_NK: Tensor, W_MD: Tensor):  # type: ignore[override]
+    def forward(ctx, acts_NK: Tensor, idx_NK: Tensor, W_MD: Tensor, cache: dict | None = None):  # type: ignore[override]
         ctx.save_for_backward(acts_NK, idx_NK, W_MD)
+        ctx.cache = cache
         return F.embedding_bag(idx_NK, W_MD, per_sample_weights=acts_NK.to(W_MD.dtype), mode="sum")
 
     @staticmethod
@@ -215,10 +269,35 @@ class _SparseDecode(torch.autograd.Function):
         g_out32, W32, acts32 = _upcast(g_out_ND.contiguous(), W_MD, acts_NK)
         g_acts = g_W = None
         if ctx.needs_input_grad[0]:
-            g_acts = _sampled_dot(g_out32, W32, idx_NK).to(acts_NK.dtype)
+            g_acts = _sampled_dot(g_out32, W32, idx_NK, acts32).to(acts_NK.dtype)
         if ctx.needs_input_grad[2]:
-            g_W = _scatter_rows(idx_NK, acts32, g_out32, W_MD.shape[0]).to(W_MD.dtype)
-        return g_acts, None, g_W
+            g_W = _scatter_rows(idx_NK, acts32, g_out32, W_MD.shape[0], ctx.cache).to(W_MD.dtype)
+        return g_acts, None, g_W, None
+
+
+class _SquaredError(torch.autograd.Function):
+    """``sum((a - b)^2)`` in ``loss_dtype`` with a two-op backward (autograd's version takes about six)."""
+
+    @staticmethod
+    def forward(ctx, a_ND: Tensor, b_ND: Tensor, loss_dtype: torch.dtype):  # type: ignore[override]
+        diff = a_ND.to(loss_dtype) - b_ND.to(loss_dtype)
+        ctx.save_for_backward(diff)
+        ctx.dtypes = (a_ND.dtype, b_ND.dtype)
+        flat = diff.reshape(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (diff,) = ctx.saved_tensors
+        g_a = diff * (2 * g)
+        g_b = -g_a.to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return (g_a.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None), g_b, None
+
+
+def _total_variance(x_ND: Tensor) -> Tensor:
+    """``sum((x - mean(x, 0))^2)`` (no gradient needed: it only scales the losses)."""
+    with torch.no_grad():
+        return x_ND.var(0, correction=0).sum() * x_ND.shape[0]
 
 
 # ---- module --------------------------------------------------------------------------------------------
@@ -253,8 +332,8 @@ class TopKSAE(nn.Module):
             raise ValueError(f"TopKSAE: input width {x.shape[-1]} != d_in {self.cfg.d_in}")
         return x.reshape(-1, self.cfg.d_in).to(self.dtype)
 
-    def _encode(self, xc_ND: Tensor, k: int) -> EncoderOutput:
-        acts, idx = _TopKEncode.apply(xc_ND, self.encoder.weight, self.encoder.bias, k)
+    def _encode(self, xc_ND: Tensor, k: int, cache: dict | None = None) -> EncoderOutput:
+        acts, idx = _TopKEncode.apply(xc_ND, self.encoder.weight, self.encoder.bias, k, cache)
         return EncoderOutput(acts, idx)
 
     def encode(self, x_ND: Tensor) -> EncoderOutput:
@@ -272,19 +351,20 @@ class TopKSAE(nn.Module):
         x = self._flat(x_ND)
         xc = x - self.b_dec
         k = self.cfg.k
+        cache: dict = {}  # the encoder and decoder backward share one sort of the chosen latent ids
         if self.cfg.multi_topk:
-            acts4, idx4 = self._encode(xc, min(4 * k, self.cfg.num_latents))
+            acts4, idx4 = self._encode(xc, min(4 * k, self.cfg.num_latents), cache)
             top_acts, pos = acts4.topk(k, dim=1, sorted=False)
             top_idx = idx4.gather(1, pos)
         else:
-            top_acts, top_idx = self._encode(xc, k)
-        sae_out = self.decode(top_acts, top_idx)
+            top_acts, top_idx = self._encode(xc, k, cache)
+        dec = _SparseDecode.apply(top_acts, top_idx, self.W_dec, cache)
+        sae_out = dec + self.b_dec
 
+        # residual e = x - sae_out = xc - dec; losses in fp32 (fp64 for fp64 SAEs)
         loss_dtype = torch.promote_types(self.dtype, torch.float32)
-        x32 = x.to(loss_dtype)
-        e = x32 - sae_out.to(loss_dtype)
-        total_var = (x32 - x32.mean(0)).pow(2).sum()
-        fvu = e.pow(2).sum() / total_var
+        total_var = _total_variance(x.to(loss_dtype))
+        fvu = _SquaredError.apply(xc, dec, loss_dtype) / total_var
         zero = fvu.new_zeros(())
 
         auxk = zero
@@ -296,15 +376,15 @@ class TopKSAE(nn.Module):
                 W_sub = self.encoder.weight.index_select(0, dead_ids)
                 b_sub = self.encoder.bias.index_select(0, dead_ids)
                 aux_acts, aux_pos = _TopKEncode.apply(xc, W_sub, b_sub, max(1, k_aux))
-                e_hat = _SparseDecode.apply(aux_acts, dead_ids[aux_pos], self.W_dec).to(loss_dtype)
-                target = e.detach()
-                denom = (target - target.mean(0)).pow(2).sum().clamp_min(torch.finfo(loss_dtype).tiny)
-                auxk = auxk_coef * (e_hat - target).pow(2).sum() / denom
+                e_hat = _SparseDecode.apply(aux_acts, dead_ids[aux_pos], self.W_dec)
+                target = (xc.detach() - dec.detach()).to(loss_dtype)
+                denom = _total_variance(target).clamp_min(torch.finfo(loss_dtype).tiny)
+                auxk = auxk_coef * _SquaredError.apply(e_hat, target, loss_dtype) / denom
 
         mtk = zero
         if self.cfg.multi_topk:
-            out4 = self.decode(acts4, idx4).to(loss_dtype)
-            mtk = (x32 - out4).pow(2).sum() / total_var
+            dec4 = _SparseDecode.apply(acts4, idx4, self.W_dec, cache)
+            mtk = _SquaredError.apply(xc, dec4, loss_dtype) / total_var
 
         return ForwardOutput(sae_out.reshape(x_ND.shape), top_acts, top_idx, fvu, auxk, mtk)
 
@@ -341,6 +421,6 @@ class TopKSAE(nn.Module):
         if grad is None:
             return
         W = self.W_dec
-        norm2 = W.pow(2).sum(1, keepdim=True).clamp_min(torch.finfo(W.dtype).eps)
-        coef = (grad * W).sum(1, keepdim=True) / norm2
-        grad.sub_(coef * W)
+        norm2 = torch.linalg.vecdot(W, W).clamp_min_(torch.finfo(W.dtype).eps)
+        coef = torch.linalg.vecdot(grad, W).div_(norm2)
+        grad.addcmul_(W, coef.unsqueeze(1), value=-1)

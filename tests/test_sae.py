@@ -49,17 +49,23 @@ def test_group_plan():
     assert sae_mod._group_plan(30, 4) == []
 
 
+def pyramid(pre: torch.Tensor, k: int, plan: list[int]):
+    out = torch.empty(pre.shape[0], k), torch.empty(pre.shape[0], k, dtype=torch.long)
+    sae_mod._pyramid_topk(pre, k, plan, out)
+    return out
+
+
 @pytest.mark.parametrize("plan", [[4], [4, 4], [2, 2, 2], [8]])
 def test_pyramid_topk_is_exact(plan):
     torch.manual_seed(4)
     pre = torch.randn(40, 256)
-    vals, idx = sae_mod._pyramid_topk(pre, 8, plan)
+    vals, idx = pyramid(pre, 8, plan)
     ref_vals, ref_idx = pre.topk(8, dim=1)
     assert torch.equal(vals.sort(1).values, ref_vals.sort(1).values)
     assert torch.equal(idx.sort(1).values, ref_idx.sort(1).values)
     # heavy ties: the value multiset is still exact and the indices point at those values
     pre = torch.randint(0, 5, (40, 256)).float()
-    vals, idx = sae_mod._pyramid_topk(pre, 8, plan)
+    vals, idx = pyramid(pre, 8, plan)
     assert torch.equal(vals.sort(1).values, pre.topk(8, dim=1).values.sort(1).values)
     assert torch.equal(pre.gather(1, idx), vals)
     assert all(len(set(row.tolist())) == 8 for row in idx)
@@ -237,6 +243,13 @@ def test_multi_topk_loss():
     sae.cfg.k = 16  # the Multi-TopK term is the FVU of the 4k-latent reconstruction
     _, _, _, ref4 = dense_forward(sae, x)
     torch.testing.assert_close(out.multi_topk_fvu, ref4)
+    # gradients of the combined loss (both paths share one transposed index in backward)
+    (out.fvu + out.multi_topk_fvu / 8).backward()
+    ours = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    (ref_fvu + ref4 / 8).backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, msg=name)
     assert make_sae()(torch.randn(32, 16)).multi_topk_fvu.item() == 0.0
 
 
