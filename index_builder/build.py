@@ -191,10 +191,13 @@ def run_prefill(
     progress: bool = True,
 ) -> None:
     """Index ``docs`` into ``store`` (documents already there must have been filtered out by the caller)."""
+    import logging
     import warnings
 
     if not docs:
         return
+    for name in ("lightning.pytorch", "lightning.fabric"):  # "GPU available: ..." and tips: not for this CLI
+        logging.getLogger(name).setLevel(logging.WARNING)
     total = sum(_estimate_tokens(d) for d in docs)
     acc = SegmentAccumulator(store, docs, segment_tokens=segment_tokens)
     writer = SegmentWriter(acc, total_tokens=total, progress=progress)
@@ -216,6 +219,8 @@ def run_prefill(
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.predict(PrefillModule(model, saes), dataloaders=loader, return_predictions=False)
     if trainer.world_size > 1:  # rank 0 absorbs every rank's segments only once all are written
         trainer.strategy.barrier("s3attn-index-staged")

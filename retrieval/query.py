@@ -128,7 +128,7 @@ def score_tokens(store, queries: dict[tuple[int, int], HeadQuery], cfg: QueryCon
 
 
 def top_features_near(
-    queries: dict[tuple[int, int], HeadQuery], store, start: int, end: int, limit: int = 5
+    queries: dict[tuple[int, int], HeadQuery], store, start: int, end: int, limit: int = 3
 ) -> dict[str, list[int]]:
     """For ``--show-spans``: per layer/head, the query features that have postings inside [start, end)."""
     why: dict[str, list[int]] = {}
