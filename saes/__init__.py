@@ -15,10 +15,17 @@ from .checkpoint import (
 )
 from .sae import EncoderOutput, ForwardOutput, SaeConfig, TopKSAE, default_lr
 
-# ---- lead: wire saes/taps.py and saes/models.py here (e.g. `from .taps import ...`), as long as those
-# ---- modules do not import transformers at module level.
+from .models import LoadedModel, load_model  # transformers is imported inside load_model only
+from .taps import AttnGeometry, Taps, attention_geometry, check_layers, tap_heads
 
 __all__ = [
+    "AttnGeometry",
+    "LoadedModel",
+    "Taps",
+    "attention_geometry",
+    "check_layers",
+    "load_model",
+    "tap_heads",
     "EncoderOutput",
     "ForwardOutput",
     "SaeConfig",
