@@ -13,9 +13,8 @@ from .checkpoint import (
     save_sae,
     write_release,
 )
-from .sae import EncoderOutput, ForwardOutput, SaeConfig, TopKSAE, default_lr
-
 from .models import LoadedModel, load_model  # transformers is imported inside load_model only
+from .sae import EncoderOutput, ForwardOutput, SaeConfig, TopKSAE, default_lr
 from .taps import AttnGeometry, Taps, attention_geometry, check_layers, tap_heads
 
 __all__ = [
