@@ -102,16 +102,35 @@ def throughput(release: Path, tokens: int, chunk: int, overlap: int, work: Path)
     }
 
 
-def peak_rss(release: Path, corpus: Path, out: Path) -> float:
+def peak_rss(release: Path, corpus: Path, out: Path, segment_tokens: int) -> float:
     code = (
         "import resource, subprocess, sys\n"
         f"r = subprocess.run([sys.executable, '-m', 's3attn.index_builder.cli', 'build', {str(corpus)!r}, "
-        f"'--out', {str(out)!r}, '--sae', {str(release)!r}, '--no-progress'], capture_output=True)\n"
+        f"'--out', {str(out)!r}, '--sae', {str(release)!r}, '--no-progress', '--merge-tier', '0', "
+        f"'--segment-tokens', '{segment_tokens}'], capture_output=True)\n"
         "assert r.returncode == 0, r.stderr.decode()[-2000:]\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(res.stdout.strip().splitlines()[-1]) / 1024  # MiB
+
+
+def _print_throughput(res: dict) -> None:
+    print(
+        f"posting-list build (prefill + K taps + SAE encode + segment writes): "
+        f"{res['tokens'] / res['postings_build_s']:.0f} tok/s; ratio to bare = "
+        f"{res['ratio_postings_build_over_bare_throughput']:.3f} (goal >= 0.90); BM25 adds {res['bm25_s']:.1f} s"
+    )
+    print(
+        f"bare forward: {res['tokens'] / res['bare_forward_s']:.0f} tok/s; whole build with BM25: "
+        f"{res['tokens'] / res['build_s']:.0f} tok/s; ratio build/bare = "
+        f"{res['ratio_build_over_bare_throughput']:.3f} (goal >= 0.90)"
+    )
+    print(
+        f"size: {res['bytes_per_posting_all_in']:.2f} bytes/posting all-in (goal <= 2.5); "
+        f"{res['index_bytes_per_token']:.0f} B/token vs KV cache {res['kv_cache_bytes_per_token_bf16']} "
+        f"B/token (bf16): KV/index = {res['kv_over_index']:.1f}x"
+    )
 
 
 def main() -> None:
@@ -122,27 +141,21 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--rss-base-tokens", type=int, default=4096)
     ap.add_argument("--rss-sizes", default="1,4,16")
+    ap.add_argument(
+        "--rss-segment-tokens",
+        type=int,
+        default=4096,
+        help="segment size of the RSS runs: the build holds at most this many tokens of codes in RAM",
+    )
+    ap.add_argument("--skip-throughput", action="store_true", help="only the RSS runs")
     args = ap.parse_args()
     release = Path(args.sae) if args.sae else default_release()
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        res = throughput(release, args.tokens, args.chunk, args.overlap, work)
-        print(
-            f"posting-list build (prefill + K taps + SAE encode + segment writes): "
-            f"{res['tokens'] / res['postings_build_s']:.0f} tok/s; ratio to bare = "
-            f"{res['ratio_postings_build_over_bare_throughput']:.3f} (goal >= 0.90); BM25 adds {res['bm25_s']:.1f} s"
-        )
-        print(
-            f"bare forward: {res['tokens'] / res['bare_forward_s']:.0f} tok/s; whole build with BM25: "
-            f"{res['tokens'] / res['build_s']:.0f} tok/s; ratio build/bare = "
-            f"{res['ratio_build_over_bare_throughput']:.3f} (goal >= 0.90)"
-        )
-        print(
-            f"size: {res['bytes_per_posting_all_in']:.2f} bytes/posting all-in (goal <= 2.5); "
-            f"{res['index_bytes_per_token']:.0f} B/token vs KV cache {res['kv_cache_bytes_per_token_bf16']} "
-            f"B/token (bf16): KV/index = {res['kv_over_index']:.1f}x"
-        )
+        res = {} if args.skip_throughput else throughput(release, args.tokens, args.chunk, args.overlap, work)
+        if res:
+            _print_throughput(res)
         text = paul_graham_text()
         words = text.split()
         base_words = int(args.rss_base_tokens * 0.75)
@@ -156,7 +169,7 @@ def main() -> None:
                 (corpus / f"doc{i // base_words:04d}.txt").write_text(
                     " ".join(words[start : start + base_words])
                 )
-            rss[mult] = peak_rss(release, corpus, work / f"idx{mult}")
+            rss[mult] = peak_rss(release, corpus, work / f"idx{mult}", args.rss_segment_tokens)
             print(f"peak RSS, corpus {mult}x (~{args.rss_base_tokens * mult} tokens): {rss[mult]:.0f} MiB")
         vals = np.array(list(rss.values()))
         res["peak_rss_mib"] = rss
