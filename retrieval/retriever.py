@@ -48,7 +48,7 @@ class RetrievalConfig:
     """Tokens kept from the start of the text (hybrid)."""
     bias_last: int = 64
     """Tokens kept from the end of the text (hybrid)."""
-    bm25_share: float = 0.35
+    bm25_share: float = 0.6
     """Share of the remaining budget given to BM25 passages in hybrid mode."""
     max_new_tokens: int = 48
     """Generated tokens at most."""
