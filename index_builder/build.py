@@ -20,21 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from s3attn.corpus import Document
-from s3attn.errors import S3Error
 from s3attn.index_builder.prefill import ChunkCodes, encode_chunk, iter_doc_chunks
 from s3attn.index_builder.schema import DocRecord, SegmentData
-
-
-def tokenize_blocks(doc: Document, tokenizer) -> Iterator[list[int]]:
-    """Token ids of a document, one list per ~1 MiB text block (a file is never read whole)."""
-    try:
-        for block in doc.blocks():
-            yield tokenizer(block, add_special_tokens=False)["input_ids"]
-    except OSError as err:  # the file vanished or became unreadable after the corpus was listed
-        raise S3Error(
-            f"{doc.file}: cannot be read ({err.strerror or err}); fix it or move it out of the corpus, "
-            "then rerun with --resume"
-        ) from None
 
 
 class ChunkStream(IterableDataset):
@@ -49,7 +36,7 @@ class ChunkStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for doc_idx in range(self.rank, len(self.docs), self.world):
             chunks = iter_doc_chunks(
-                doc_idx, tokenize_blocks(self.docs[doc_idx], self.tokenizer), self.chunk, self.overlap
+                doc_idx, self.docs[doc_idx].token_blocks(self.tokenizer), self.chunk, self.overlap
             )
             prev = next(chunks, None)
             while prev is not None:

@@ -54,6 +54,17 @@ class Document:
         if carry:
             yield carry
 
+    def token_blocks(self, tokenizer) -> Iterator[list[int]]:
+        """Token ids, one list per text block (a huge file is never tokenized whole)."""
+        try:
+            for block in self.blocks():
+                yield tokenizer(block, add_special_tokens=False)["input_ids"]
+        except OSError as err:  # the file vanished or became unreadable after the corpus was listed
+            raise S3Error(
+                f"{self.file}: cannot be read ({err.strerror or err}); fix it or move it out of the corpus, "
+                "then rerun with --resume"
+            ) from None
+
     def read_text(self) -> str:
         return "".join(self.blocks())
 

@@ -19,11 +19,6 @@ from s3attn.corpus import Corpus, Document
 from s3attn.errors import S3Error
 
 
-def _tokenize_doc(doc: Document, tokenizer) -> Iterator[list[int]]:
-    for block in doc.blocks():
-        yield tokenizer(block, add_special_tokens=False)["input_ids"]
-
-
 class ContextStream(IterableDataset):
     """Yields ``input_ids`` LongTensors of ``context_length`` tokens for one rank and one split."""
 
@@ -64,7 +59,7 @@ class ContextStream(IterableDataset):
             buf: list[int] = []
             produced = False
             for i in order:
-                for ids in _tokenize_doc(self.docs[i], self.tokenizer):
+                for ids in self.docs[i].token_blocks(self.tokenizer):
                     buf.extend(ids)
                     while len(buf) >= self.context_length:
                         produced = True
