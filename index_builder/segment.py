@@ -7,16 +7,15 @@ crash-safe publishing (temp name, rename, manifest) lives in ``store``.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's own event loop
 
 from s3attn.constants import INDEX_ACT_ARRAY, INDEX_GAPS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_TOKENS_ARRAY
+from s3attn.index_builder.chunks import ChunkReader
 from s3attn.index_builder.schema import (
     ACT_DTYPE,
     GAP_DTYPE,
@@ -274,43 +273,35 @@ def merged_heads(
         yield key, merge_head_postings(parts)
 
 
-def _run_all(coros: list) -> list:
-    """Await zarr reads together on zarr's own event loop (one batch instead of one round trip each)."""
-
-    async def gather() -> list:
-        return await asyncio.gather(*coros)
-
-    return zarr_sync(gather())
-
-
-def read_postings(readers: list[SegmentReader], layer: int, kv: int, features: np.ndarray) -> Postings:
+def read_postings(
+    readers: list[SegmentReader], layer: int, kv: int, features: np.ndarray, chunks: ChunkReader
+) -> Postings:
     """Posting lists of ``features`` (int64, any order, repeats allowed) over ``readers`` (token order).
 
-    Per segment one orthogonal selection of ``pos_gaps`` and one of ``act_u8``, all awaited together; gaps
-    decoded by one cumulative sum; output slot-major, so every slot's list is in global position order.
+    Each distinct feature's list is read once per segment (whole chunks, see :mod:`chunks`); gaps decoded by
+    one cumulative sum; output slot-major, so every slot's list is in global position order.
     """
     uniq, inv = np.unique(features, return_inverse=True)
-    plans, coros = [], []
+    n_slots = features.size
+    parts = []
     for r in readers:
         off = r.offsets(layer, kv)
         lens_u = off[uniq + 1] - off[uniq]
-        idx = concat_ranges(off[uniq], lens_u)
-        plans.append((r, lens_u, idx.size))
-        if idx.size:
-            for kind in (INDEX_GAPS_ARRAY, INDEX_ACT_ARRAY):
-                coros.append(r.array(head_array(layer, kv, kind)).async_array.get_orthogonal_selection(idx))
-    fetched = iter(_run_all(coros))
-    n_slots = features.size
-    lens_SJ = np.stack([p[1][inv] for p in plans]) if plans else np.zeros((0, n_slots), np.int64)
+        if not lens_u.sum():
+            parts.append((r, lens_u, None, None))
+            continue
+        gaps = chunks.read(r.array(head_array(layer, kv, INDEX_GAPS_ARRAY)), off[uniq], lens_u)
+        q = chunks.read(r.array(head_array(layer, kv, INDEX_ACT_ARRAY)), off[uniq], lens_u)
+        parts.append((r, lens_u, gaps, q))
+    lens_SJ = np.stack([p[1][inv] for p in parts]) if parts else np.zeros((0, n_slots), np.int64)
     flat = lens_SJ.T.ravel()
-    start_JS = (np.cumsum(flat) - flat).reshape(n_slots, len(plans))
+    start_JS = (np.cumsum(flat) - flat).reshape(n_slots, len(parts))
     total = int(lens_SJ.sum())
     positions = np.empty(total, dtype=np.int64)
     acts = np.empty(total, dtype=np.float32)
-    for s, (r, lens_u, n) in enumerate(plans):
-        if not n:
+    for s, (r, lens_u, gaps, q) in enumerate(parts):
+        if gaps is None:
             continue
-        gaps, q = np.asarray(next(fetched)), np.asarray(next(fetched))
         src = concat_ranges((np.cumsum(lens_u) - lens_u)[inv], lens_SJ[s])
         dest = concat_ranges(start_JS[:, s], lens_SJ[s])
         positions[dest] = decode_gaps(gaps, lens_u)[src] + r.token_start

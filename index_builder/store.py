@@ -31,14 +31,17 @@ from s3attn.constants import (
     INDEX_LOCK,
     INDEX_MANIFEST,
     INDEX_ROOT,
+    INDEX_TOKENS_ARRAY,
     SEGMENT_TMP_PREFIX,
     SEGMENTS_DIR,
 )
 from s3attn.errors import S3Error
+from s3attn.index_builder.chunks import ChunkReader
 from s3attn.index_builder.schema import (
     CHECKSUM_ALGO,
     IDENTITY_ATTRS,
     REQUIRED_ATTRS,
+    TOKEN_DTYPE,
     DocRecord,
     Postings,
     SegmentData,
@@ -81,6 +84,7 @@ class IndexStore:
         self._lock_fd = lock_fd
         self.attrs: dict = dict(root.attrs.asdict())
         self._readers: dict[str, SegmentReader] = {}
+        self._chunks = ChunkReader()  # decoded posting chunks, shared by every query on this store
         self._reset_caches()
 
     # ---- opening ---------------------------------------------------------------------------------------
@@ -286,7 +290,8 @@ class IndexStore:
             seg_start, seg_n = int(segs[i]["token_start"]), int(segs[i]["num_tokens"])
             stop = min(end, seg_start + seg_n)
             if stop > start:
-                parts.append(self._reader(segs[i]).tokens(start - seg_start, stop - seg_start))
+                arr = self._reader(segs[i]).array(INDEX_TOKENS_ARRAY)
+                parts.append(self._chunks.read(arr, [start - seg_start], [stop - start]).astype(TOKEN_DTYPE))
                 start = stop
             i += 1
         return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
@@ -305,14 +310,16 @@ class IndexStore:
     def postings(self, layer: int, kv_head: int, features: np.ndarray) -> Postings:
         """All postings of ``features`` (any order, repeats allowed), grouped by slot, positions ascending.
 
-        Per segment: one batched orthogonal read of ``pos_gaps`` and one of ``act_u8``; no per-posting loop.
+        Per segment, each distinct feature's range of ``pos_gaps`` and ``act_u8`` is read by whole chunks
+        (:class:`~s3attn.index_builder.chunks.ChunkReader`, decoded chunks cached); no per-posting loop.
         """
         layer, kv_head = int(layer), int(kv_head)
         num_f = int(self.attrs["num_latents"])
         features = np.asarray(features, dtype=np.int64).ravel()
         if features.size and (features.min() < 0 or features.max() >= num_f):
             raise ValueError(f"feature ids must lie in [0, {num_f})")
-        return read_postings([self._reader(e) for e in self._manifest["segments"]], layer, kv_head, features)
+        readers = [self._reader(e) for e in self._manifest["segments"]]
+        return read_postings(readers, layer, kv_head, features, self._chunks)
 
     def info(self) -> dict:
         """Sizes: documents, tokens, postings, segments, bytes on disk (total and per array kind)."""

@@ -10,14 +10,15 @@ A posting of feature f at position p adds ``weight_f * idf_f * act_p`` to the sc
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from einops import rearrange
 
-from s3attn.saes.taps import tap_heads
+from s3attn.saes.taps import prefix_cache, tap_heads
 
 
 @dataclass
@@ -30,6 +31,9 @@ class QueryConfig:
     """IDF form: inverse_log = 1 / (log(1 + df) + 1); log = log(N / (1 + df)); none = 1."""
     use_posting_acts: bool = True
     """Multiply each posting by its stored (key-side) activation."""
+    max_postings: int = 1 << 18
+    """Postings read per question at most, split evenly over the (layer, KV head) pairs: in weight order, a
+    feature whose list no longer fits is skipped (the most frequent features go first, like stop words)."""
 
 
 class HeadQuery(NamedTuple):
@@ -66,9 +70,13 @@ def query_codes(
     kv_of_query: tuple[int, ...],
     input_ids: torch.Tensor,
     token_range: tuple[int, int],
+    cache: Any = None,
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    """Per (layer, KV head): (indices [n, k], acts [n, k]) of every query head of the group over the question."""
-    taps = tap_heads(model, input_ids[None], sorted(saes), sites=("q",))
+    """Per (layer, KV head): (indices [n, k], acts [n, k]) of every query head of the group over the question.
+
+    ``cache``: KV cache of the tokens before ``input_ids`` (extended in place).
+    """
+    taps = tap_heads(model, input_ids[None], sorted(saes), sites=("q",), cache=cache)
     lo, hi = token_range
     out: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for layer, sae in saes.items():
@@ -86,6 +94,33 @@ def query_codes(
     return out
 
 
+class QueryEncoder:
+    """Prompt token ids + the question's token range -> :func:`query_codes`, computing only the question.
+
+    Causal attention makes the question's query vectors independent of the tokens after it, so those are
+    dropped; the KV cache of the tokens before it (the chat template's system prompt, constant across
+    questions) is computed once and reused, so a question costs a forward over its own tokens only.
+    """
+
+    def __init__(self, model, saes: dict[int, torch.nn.Module], kv_of_query: tuple[int, ...]):
+        self.model, self.saes, self.kv_of_query = model, saes, kv_of_query
+        self._prefix: tuple[int, ...] | None = None
+        self._cache: Any = None
+
+    def codes(
+        self, input_ids: torch.Tensor, token_range: tuple[int, int]
+    ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+        lo, hi = token_range
+        ids = input_ids[:hi].to(self.model.device)
+        if lo == 0:
+            return query_codes(self.model, self.saes, self.kv_of_query, ids, (0, hi))
+        prefix = tuple(ids[:lo].tolist())
+        if prefix != self._prefix:
+            self._cache, self._prefix = prefix_cache(self.model, ids[None, :lo]), prefix
+        cache = copy.deepcopy(self._cache)  # the forward extends it in place
+        return query_codes(self.model, self.saes, self.kv_of_query, ids[lo:], (0, hi - lo), cache)
+
+
 def pool_features(idx_NK: np.ndarray, act_NK: np.ndarray, num_latents: int, pool: str) -> np.ndarray:
     """float32 [F]: pooled query activation per feature."""
     flat_i, flat_a = idx_NK.ravel(), act_NK.ravel().astype(np.float32)
@@ -101,6 +136,7 @@ def head_queries(
 ) -> dict[tuple[int, int], HeadQuery]:
     """Choose the features to read per (layer, KV head), with their weights."""
     num_latents = int(store.attrs["num_latents"])
+    per_head = cfg.max_postings // max(1, len(codes))
     out = {}
     for key, (idx, act) in codes.items():
         pooled = pool_features(idx, act, num_latents, cfg.pool)
@@ -108,23 +144,38 @@ def head_queries(
         w = pooled * idf_weights(df, store.num_tokens, cfg.idf)
         w[df == 0] = 0.0
         nz = np.flatnonzero(w > 0)
-        top = nz[np.argsort(-w[nz], kind="stable")[: cfg.max_features]]
+        order = nz[np.argsort(-w[nz], kind="stable")]
+        top = order[_fits(df[order], per_head, cfg.max_features)]
         out[key] = HeadQuery(top.astype(np.int64), w[top].astype(np.float32), df[top])
     return out
 
 
+def _fits(df_sorted: np.ndarray, budget: int, limit: int) -> np.ndarray:
+    """bool mask: greedily, in the given order, up to ``limit`` lists that still fit in ``budget`` postings."""
+    keep = np.zeros(df_sorted.size, dtype=bool)
+    left, kept = budget, 0
+    for i, d in enumerate(df_sorted.tolist()):
+        if kept == limit:
+            break
+        if d <= left:
+            keep[i], left, kept = True, left - d, kept + 1
+    return keep
+
+
 def score_tokens(store, queries: dict[tuple[int, int], HeadQuery], cfg: QueryConfig) -> np.ndarray:
     """float32 [num_tokens]: the IDF-weighted co-activation density over the whole index."""
-    total = np.zeros(store.num_tokens, np.float32)
+    positions, weights = [], []
     for (layer, kv), hq in queries.items():
         if hq.features.size == 0:
             continue
         post = store.postings(layer, kv, hq.features)
         w = hq.weights[post.feature_slot]
-        if cfg.use_posting_acts:
-            w = w * post.acts
-        total += np.bincount(post.positions, weights=w, minlength=store.num_tokens).astype(np.float32)
-    return total
+        positions.append(post.positions)
+        weights.append(w * post.acts if cfg.use_posting_acts else w)
+    if not positions:
+        return np.zeros(store.num_tokens, np.float32)
+    pos, w = np.concatenate(positions), np.concatenate(weights)
+    return np.bincount(pos, weights=w, minlength=store.num_tokens).astype(np.float32)
 
 
 def top_features_near(

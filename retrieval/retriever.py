@@ -19,8 +19,8 @@ from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
 from s3attn.retrieval.query import (
     QueryConfig,
+    QueryEncoder,
     head_queries,
-    query_codes,
     question_token_range,
     score_tokens,
     top_features_near,
@@ -106,6 +106,7 @@ class Retriever:
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model
         self._bm25 = None
+        self.encoder = QueryEncoder(self.model, self.saes, self.geom.kv_head_of_query)
         self.doc_table = self._doc_table()
 
     # ---- helpers ------------------------------------------------------------------------------------
@@ -145,13 +146,7 @@ class Retriever:
     def s3_scores(self, question: str):
         prompt = self.prompt("", question)
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        codes = query_codes(
-            self.model,
-            self.saes,
-            self.geom.kv_head_of_query,
-            ids,
-            question_token_range(self.tokenizer, prompt, question),
-        )
+        codes = self.encoder.codes(ids, question_token_range(self.tokenizer, prompt, question))
         queries = head_queries(codes, self.store, self.cfg.query)
         return score_tokens(self.store, queries, self.cfg.query), queries
 

@@ -15,7 +15,7 @@ from .checkpoint import (
 )
 from .models import LoadedModel, load_model  # transformers is imported inside load_model only
 from .sae import EncoderOutput, ForwardOutput, SaeConfig, TopKSAE, default_lr
-from .taps import AttnGeometry, Taps, attention_geometry, check_layers, tap_heads
+from .taps import AttnGeometry, Taps, attention_geometry, check_layers, prefix_cache, tap_heads
 
 __all__ = [
     "AttnGeometry",
@@ -24,6 +24,7 @@ __all__ = [
     "attention_geometry",
     "check_layers",
     "load_model",
+    "prefix_cache",
     "tap_heads",
     "EncoderOutput",
     "ForwardOutput",

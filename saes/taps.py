@@ -14,6 +14,7 @@ transformers is never imported here.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -163,8 +164,11 @@ def _run_until(
     *,
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
+    cache: Any = None,
 ) -> None:
-    """Forward with a hook on each target module; stop once every target has fired. Hooks always removed."""
+    """Forward with a hook on each target module; stop once every target has fired. Hooks always removed.
+
+    ``cache`` (a KV cache of earlier tokens, see :func:`prefix_cache`) is extended in place."""
     pending = set(targets)
     handles = []
 
@@ -180,7 +184,9 @@ def _run_until(
 
         return hook
 
-    kwargs: dict[str, Any] = {"use_cache": False}
+    kwargs: dict[str, Any] = {"use_cache": cache is not None}
+    if cache is not None:
+        kwargs[_cache_kwarg(model)] = cache
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
     if position_ids is not None:
@@ -198,6 +204,25 @@ def _run_until(
     if pending:
         missing = ", ".join(f"layer {layer} {site}" for layer, site in sorted(pending))
         raise RuntimeError(f"the forward pass finished without reaching the taps: {missing}")
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """The forward's name for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def prefix_cache(model: nn.Module, input_ids: torch.Tensor) -> Any:
+    """The model's KV cache after a full forward over ``input_ids`` [1, T] (a fixed prompt prefix).
+
+    ``tap_heads(model, rest, ..., cache=copy.deepcopy(c))`` then taps ``rest`` exactly as if it followed the
+    prefix in one sequence (positions continue after the prefix), computing only the new tokens.
+    """
+    with torch.no_grad():
+        out = model(input_ids=input_ids, use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None:
+        raise RuntimeError(f"model {type(model).__name__} returned no KV cache")
+    return cache
 
 
 def _targets(model: nn.Module, layers: list[int], sites: tuple[str, ...]) -> dict[tuple[int, str], nn.Module]:
@@ -235,11 +260,13 @@ def tap_heads(
     sites: Sequence[str] = (SITE_KEY, SITE_QUERY),
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    cache: Any = None,
 ) -> Taps:
     """Pre-RoPE per-head keys [B, T, H_kv, D] and queries [B, T, H_q, D] at ``layers`` (no grad, model dtype).
 
     The forward stops right after the deepest layer's last requested tap. ``sites=("k",)`` taps keys only
-    (``queries`` is then empty).
+    (``queries`` is then empty). ``cache``: a KV cache of tokens before ``input_ids`` (:func:`prefix_cache`);
+    it is extended in place, so pass a copy to reuse it.
     """
     chosen_layers = check_layers(model, layers)
     chosen_sites = _check_sites(sites)
@@ -261,7 +288,15 @@ def tap_heads(
         # shape (T equals the head count) is kept as is and laid out after the forward.
         raw[key] = (x.clone(memory_format=torch.contiguous_format), layout)
 
-    _run_until(model, input_ids, targets, record, attention_mask=attention_mask, position_ids=position_ids)
+    _run_until(
+        model,
+        input_ids,
+        targets,
+        record,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+    )
 
     keys: dict[int, torch.Tensor] = {}
     queries: dict[int, torch.Tensor] = {}

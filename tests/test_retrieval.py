@@ -118,6 +118,32 @@ def test_s3_scores_match_bruteforce(retriever):
     assert all(hq.features.size <= retriever.cfg.query.max_features for hq in queries.values())
 
 
+def test_query_encoder_reuses_the_prompt_prefix(retriever, monkeypatch):
+    """Codes from the cached prefix + question tokens equal codes from one forward over the whole prompt;
+    the prefix is computed once for questions that share it."""
+    import s3attn.retrieval.query as q
+
+    calls = []
+    real = q.prefix_cache
+    monkeypatch.setattr(q, "prefix_cache", lambda *a: calls.append(1) or real(*a))
+    enc = q.QueryEncoder(retriever.model, retriever.saes, retriever.geom.kv_head_of_query)
+    for question in ("paris queen river", "the north of the queen"):
+        prompt = "the city of the north Question: " + question + "\nAnswer:"
+        ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        span = question_token_range(retriever.tokenizer, prompt, question)
+        ref = q.query_codes(
+            retriever.model, retriever.saes, retriever.geom.kv_head_of_query, ids, (0, len(ids))
+        )
+        got = enc.codes(ids, span)
+        assert got.keys() == ref.keys()
+        for key, (idx, act) in got.items():
+            n = act.shape[0]
+            ref_idx, ref_act = (a.reshape(len(ids), -1, a.shape[-1])[span[0] : span[1]] for a in ref[key])
+            np.testing.assert_array_equal(idx, ref_idx.reshape(n, -1))
+            np.testing.assert_allclose(act, ref_act.reshape(n, -1), rtol=1e-4, atol=1e-5)
+    assert len(calls) == 1
+
+
 def test_full_mode_truncates_middle(retriever):
     n = retriever.store.num_tokens
     spans = retriever.retrieve("paris", "full", 100)

@@ -62,6 +62,15 @@ def test_smooth_equals_convolve_on_interior(window):
     assert got[-1] == pytest.approx(x[len(x) - 1 - window // 2 :].mean(), rel=1e-5)
 
 
+@pytest.mark.parametrize("window", [1, 2, 3, 8, 9, 33])
+@pytest.mark.parametrize("n", [1, 5, 9, 10, 40])
+def test_smooth_every_position_bruteforce(window, n):
+    """Each token averages exactly the tokens of its window that lie inside the array."""
+    x = np.random.default_rng(n * 100 + window).random(n).astype(np.float32)
+    ref = [x[max(0, i - window // 2) : min(n, i + (window - 1) // 2 + 1)].mean() for i in range(n)]
+    np.testing.assert_allclose(smooth(x, window), ref, rtol=1e-5, atol=1e-7)
+
+
 # ---- peaks ---------------------------------------------------------------------------------------------
 
 

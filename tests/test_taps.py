@@ -3,6 +3,7 @@ recomputing softmax(q k^T) reproduces the model's eager attention weights, for e
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -16,6 +17,7 @@ from s3attn.saes.taps import (
     check_layers,
     decoder_layers,
     forward_to_layer,
+    prefix_cache,
     tap_heads,
 )
 
@@ -111,6 +113,23 @@ def test_short_prefix_matches_long_run(tiny_lm, seq):
     for layer in range(TINY_LAYERS):  # causal model: a prefix sees the same vectors
         torch.testing.assert_close(short.keys[layer], long.keys[layer][:, :seq], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(short.queries[layer], long.queries[layer][:, :seq], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("split", [3, 9])
+def test_prefix_cache_continues_the_sequence(tiny_lm, split):
+    """Tapping the tail after a cached prefix gives the vectors of one forward over the whole sequence."""
+    ids = _ids()[:1]
+    whole = tap_heads(tiny_lm, ids, [1, 3])
+    cache = prefix_cache(tiny_lm, ids[:, :split])
+    for _ in range(2):  # a deep copy per use leaves the prefix cache reusable
+        tail = tap_heads(tiny_lm, ids[:, split:], [1, 3], cache=copy.deepcopy(cache))
+        for layer in (1, 3):
+            torch.testing.assert_close(
+                tail.queries[layer], whole.queries[layer][:, split:], atol=1e-5, rtol=1e-5
+            )
+            torch.testing.assert_close(tail.keys[layer], whole.keys[layer][:, split:], atol=1e-5, rtol=1e-5)
+    without = tap_heads(tiny_lm, ids[:, split:], [3])  # the prefix matters: without it the vectors differ
+    assert not torch.allclose(without.queries[3], whole.queries[3][:, split:], atol=1e-3)
 
 
 def test_keys_only(tiny_lm):
