@@ -137,13 +137,42 @@ def time_retrieval(retriever: Retriever, mode: str) -> list[float]:
     return out
 
 
+def answer_ratio(stack, release: Path, work: Path, args: argparse.Namespace, res: dict) -> None:
+    """Index a ``--doc-tokens`` document once, then answer with full context and with S3-Hybrid @2048."""
+    from s3attn.index_builder.pipeline import build_index
+
+    loaded = stack[0]
+    doc = _doc_folder(work, "doc", loaded.tokenizer, args.doc_tokens)
+    t = time.perf_counter()
+    build_index(
+        str(doc), BuildConfig(out=str(work / "doc_idx"), sae=str(release), progress=False), stack=stack
+    )
+    res["doc_tokens"] = args.doc_tokens
+    res["doc_index_build_s"] = time.perf_counter() - t
+    print(f"index build of a {args.doc_tokens}-token document: {res['doc_index_build_s']:.1f} s (once)")
+    r = Retriever(work / "doc_idx", stack=stack)
+    window = int(getattr(loaded.model.config, "max_position_embeddings", 8192))
+    full_budget = window - 256
+    full, hyb = [], []
+    for q in QUESTIONS[: args.answer_questions]:
+        full.append(r.answer(q, "full", full_budget, max_new_tokens=32).seconds)
+        hyb.append(r.answer(q, "hybrid", 2048, max_new_tokens=32).seconds)
+    res["answer_full_s"], res["answer_hybrid_s"] = full, hyb
+    res["answer_ratio_hybrid_over_full"] = statistics.median(hyb) / statistics.median(full)
+    print(
+        f"answer over {args.doc_tokens} tokens: full context (middle-truncated to {full_budget}) "
+        f"{statistics.median(full):.1f} s, S3-Hybrid @2048 {statistics.median(hyb):.1f} s: ratio "
+        f"{res['answer_ratio_hybrid_over_full']:.3f} (goal <= 0.25)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sae", default=None)
     ap.add_argument("--seed-tokens", type=int, default=16384)
     ap.add_argument("--index-tokens", type=int, default=1_000_000)
     ap.add_argument("--doc-tokens", type=int, default=32768)
-    ap.add_argument("--answer-questions", type=int, default=3)
+    ap.add_argument("--answer-questions", type=int, default=3, help="0: latency only")
     args = ap.parse_args()
     release, rel_cfg, layers = resolve_release(args.sae or str(default_release()), None)
     stack = load_stack(release, rel_cfg, layers, None)
@@ -170,31 +199,8 @@ def main() -> None:
                 f"retrieve {mode:>6} on {r.store.num_tokens} tokens: p50 {res[f'retrieve_{mode}_p50_ms']:.1f} ms, "
                 f"p90 {res[f'retrieve_{mode}_p90_ms']:.1f} ms (goal p50 <= 100 ms)"
             )
-        loaded = stack[0]
-        doc = _doc_folder(work, "doc", loaded.tokenizer, args.doc_tokens)
-        from s3attn.index_builder.pipeline import build_index
-
-        t = time.perf_counter()
-        build_index(
-            str(doc), BuildConfig(out=str(work / "doc_idx"), sae=str(release), progress=False), stack=stack
-        )
-        res["doc_tokens"] = args.doc_tokens
-        res["doc_index_build_s"] = time.perf_counter() - t
-        print(f"index build of a {args.doc_tokens}-token document: {res['doc_index_build_s']:.1f} s (once)")
-        r = Retriever(work / "doc_idx", stack=stack)
-        window = int(getattr(loaded.model.config, "max_position_embeddings", 8192))
-        full_budget = window - 256
-        full, hyb = [], []
-        for q in QUESTIONS[: args.answer_questions]:
-            full.append(r.answer(q, "full", full_budget, max_new_tokens=32).seconds)
-            hyb.append(r.answer(q, "hybrid", 2048, max_new_tokens=32).seconds)
-        res["answer_full_s"], res["answer_hybrid_s"] = full, hyb
-        res["answer_ratio_hybrid_over_full"] = statistics.median(hyb) / statistics.median(full)
-        print(
-            f"answer over {args.doc_tokens} tokens: full context (middle-truncated to {full_budget}) "
-            f"{statistics.median(full):.1f} s, S3-Hybrid @2048 {statistics.median(hyb):.1f} s: ratio "
-            f"{res['answer_ratio_hybrid_over_full']:.3f} (goal <= 0.25)"
-        )
+        if args.answer_questions > 0:
+            answer_ratio(stack, release, work, args, res)
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "retrieval.json").write_text(json.dumps(res, indent=2))

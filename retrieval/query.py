@@ -117,8 +117,24 @@ class QueryEncoder:
         prefix = tuple(ids[:lo].tolist())
         if prefix != self._prefix:
             self._cache, self._prefix = prefix_cache(self.model, ids[None, :lo]), prefix
-        cache = copy.deepcopy(self._cache)  # the forward extends it in place
-        return query_codes(self.model, self.saes, self.kv_of_query, ids[lo:], (0, hi - lo), cache)
+        return query_codes(
+            self.model, self.saes, self.kv_of_query, ids[lo:], (0, hi - lo), _fork(self._cache)
+        )
+
+
+def _fork(cache: Any) -> Any:
+    """A copy of a KV cache that a forward may extend without touching the original.
+
+    transformers' DynamicCache extends a layer by rebinding its tensors (``keys = cat(keys, new)``), so
+    shallow copies of the cache and of its layer objects suffice (~100x cheaper than a deep copy); other
+    cache types are deep-copied.
+    """
+    layers = getattr(cache, "layers", None)
+    if type(cache).__name__ != "DynamicCache" or not isinstance(layers, list):
+        return copy.deepcopy(cache)
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in layers]
+    return fork
 
 
 def pool_features(idx_NK: np.ndarray, act_NK: np.ndarray, num_latents: int, pool: str) -> np.ndarray:

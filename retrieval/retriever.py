@@ -25,7 +25,7 @@ from s3attn.retrieval.query import (
     score_tokens,
     top_features_near,
 )
-from s3attn.retrieval.spans import SOURCE_BM25, SOURCE_S3, Span, bias_spans, fuse, select
+from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, SOURCE_S3, Span, bias_spans, fuse, select
 
 MODES = ("s3", "bm25", "hybrid", "full")
 ANSWER_INSTRUCTION = "Answer the question using the text above. Answer briefly."
@@ -49,7 +49,8 @@ class RetrievalConfig:
     bias_last: int = 64
     """Tokens kept from the end of the text (hybrid)."""
     bm25_share: float = 0.6
-    """Share of the remaining budget given to BM25 passages in hybrid mode."""
+    """Share of the budget left after the bias spans that BM25 passages take first in hybrid mode (S3 spans
+    fill the rest, and any of it BM25 leaves unused)."""
     max_new_tokens: int = 48
     """Generated tokens at most."""
 
@@ -191,7 +192,8 @@ class Retriever:
                         )
                         for s in s3
                     ]
-                spans = fuse([bias, bm25, s3], budget)
+                # BM25's passages (capped at their share) are kept whole; S3 spans fill the rest
+                spans = fuse([bias, bm25, s3], budget, first=(SOURCE_BIAS, SOURCE_BM25))
             else:
                 spans = fuse([bm25], budget) if bm25 else []
             spans = [s for s in spans if s.source != SOURCE_BM25 or mode != "s3"]

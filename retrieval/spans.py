@@ -296,11 +296,11 @@ def _anchor(span: Span) -> float:
     return (span.start + span.end - 1) / 2
 
 
-def fuse(span_lists: list[list[Span]], budget: int) -> list[Span]:
+def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = (SOURCE_BIAS,)) -> list[Span]:
     """Budgeted union of spans from several sources, merged and in document order.
 
-    Priority: bias spans first (cheap anchors, in the order given), then all others by score
-    (descending; ties by start). Spans are taken in that order, each costing only the tokens not yet
+    Priority: spans of the sources in ``first``, tier by tier in that order (bias spans in the order
+    given, cheap anchors; other tiers by score), then all others by score (descending; ties by start). Spans are taken in that order, each costing only the tokens not yet
     covered, until ``budget`` tokens are covered; the span that overflows keeps only as many new tokens
     as fit, those nearest its anchor (see :func:`_anchor`). The covered tokens are then cut into maximal
     runs (overlapping and adjacent spans merge); each run gets the max score, the joined sources
@@ -314,9 +314,11 @@ def fuse(span_lists: list[list[Span]], budget: int) -> list[Span]:
 
     def priority(i: int) -> tuple:
         s = spans[i]
-        if SOURCE_BIAS in s.source.split("+"):
-            return (0, 0.0, 0, i)
-        return (1, -s.score, s.start, i)
+        sources = s.source.split("+")
+        tier = next((t for t, src in enumerate(first) if src in sources), len(first))
+        if tier < len(first) and first[tier] == SOURCE_BIAS:
+            return (tier, 0.0, 0, i)
+        return (tier, -s.score, s.start, i)
 
     order = sorted(range(len(spans)), key=priority)
     lo = min(s.start for s in spans)

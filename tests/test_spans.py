@@ -213,6 +213,16 @@ def test_fuse_exact_budget_priority_and_truncation():
     assert [(s.start, s.end) for s in out] == [(0, 4), (114, 126), (300, 340), (996, 1000)]
 
 
+def test_fuse_tiers_take_a_source_before_higher_scores():
+    bias = bias_spans([(0, 1000)], first=4, last=4)  # 8 tokens
+    s3 = [_s3(100, 140, 9.0)]
+    bm = [Span(300, 330, 0.5, "bm25", {}), Span(600, 630, 0.2, "bm25", {})]
+    by_score = fuse([bias, bm, s3], budget=78)  # default: the s3 span outranks both passages
+    assert [(s.start, s.end) for s in by_score] == [(0, 4), (100, 140), (300, 330), (996, 1000)]
+    tiered = fuse([bias, bm, s3], budget=78, first=("bias", "bm25"))  # passages first, s3 gets the rest
+    assert [(s.start, s.end) for s in tiered] == [(0, 4), (115, 125), (300, 330), (600, 630), (996, 1000)]
+
+
 def test_fuse_budget_smaller_than_bias():
     bias = bias_spans([(0, 1000), (1000, 2000)], first=16, last=16)
     out = fuse([[_s3(500, 540, 9.0)], bias], budget=20)

@@ -11,6 +11,7 @@ import torch
 from conftest import TINY_LAYERS, TINY_VOCAB, tiny_model
 
 from s3attn.errors import S3Error
+from s3attn.retrieval.query import _fork
 from s3attn.saes.taps import (
     AttnGeometry,
     attention_geometry,
@@ -121,8 +122,8 @@ def test_prefix_cache_continues_the_sequence(tiny_lm, split):
     ids = _ids()[:1]
     whole = tap_heads(tiny_lm, ids, [1, 3])
     cache = prefix_cache(tiny_lm, ids[:, :split])
-    for _ in range(2):  # a deep copy per use leaves the prefix cache reusable
-        tail = tap_heads(tiny_lm, ids[:, split:], [1, 3], cache=copy.deepcopy(cache))
+    for fork in (_fork, _fork, copy.deepcopy):  # a fork per use leaves the prefix cache reusable
+        tail = tap_heads(tiny_lm, ids[:, split:], [1, 3], cache=fork(cache))
         for layer in (1, 3):
             torch.testing.assert_close(
                 tail.queries[layer], whole.queries[layer][:, split:], atol=1e-5, rtol=1e-5
