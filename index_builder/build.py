@@ -160,6 +160,8 @@ class SegmentWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.acc.flush()
+        self.bar.total = self.bar.n  # the total was estimated from file sizes (bytes / 4)
+        self.bar.refresh()
         self.bar.close()
 
 
