@@ -109,6 +109,7 @@ class Retriever:
         self._bm25 = None
         self.encoder = QueryEncoder(self.model, self.saes, self.geom.kv_head_of_query)
         self.doc_table = self._doc_table()
+        self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _doc_table(self) -> list[tuple[int, str, int, int]]:
@@ -173,7 +174,6 @@ class Retriever:
                 bm25 = _normalised(fuse([hits], cap)) if hits else []
             if mode in ("s3", "hybrid"):
                 scores, queries = self.s3_scores(question)
-                starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)
                 s3 = select(
                     scores,
                     budget=budget,
@@ -182,7 +182,7 @@ class Retriever:
                     frac=cfg.frac,
                     max_len=cfg.max_span,
                     min_len=cfg.min_span,
-                    boundaries=starts,
+                    boundaries=self._doc_starts,
                 )
                 s3 = _normalised([s for s in s3 if SOURCE_S3 in s.source])
                 if explain:
@@ -210,7 +210,9 @@ class Retriever:
         ]
 
     def _materialise(self, span: Span) -> RetrievedSpan:
-        doc = next((d for d in self.doc_table if d[2] <= span.start < d[3]), (-1, "?", 0, 0))
+        i = int(np.searchsorted(self._doc_starts, span.start, side="right")) - 1
+        inside = 0 <= i and self.doc_table[i][2] <= span.start < self.doc_table[i][3]
+        doc = self.doc_table[i] if inside else (-1, "?", 0, 0)
         text = self.tokenizer.decode(self.store.tokens(span.start, span.end).tolist())
         return RetrievedSpan(
             doc[0], doc[1], span.start, span.end, text, float(span.score), span.source, span.why
