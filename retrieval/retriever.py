@@ -44,6 +44,9 @@ class RetrievalConfig:
     """Longest span in tokens."""
     min_span: int = 48
     """Shortest span in tokens."""
+    sink_tokens: int = 1
+    """First tokens of each document given no S3 score: the model's attention sink, whose key is an outlier
+    that many features fire on."""
     bias_first: int = 64
     """Tokens kept from the start of the text (hybrid)."""
     bias_last: int = 64
@@ -51,6 +54,9 @@ class RetrievalConfig:
     bm25_share: float = 0.6
     """Share of the budget left after the bias spans that BM25 passages take first in hybrid mode (S3 spans
     fill the rest, and any of it BM25 leaves unused)."""
+    s3_min_relevance: float = 0.5
+    """hybrid: S3 spans scoring below this fraction of the best S3 span are dropped (0 keeps all), so weak
+    co-activation does not fill the budget with noise; the budget may then be left partly unused."""
     max_new_tokens: int = 48
     """Generated tokens at most."""
 
@@ -107,9 +113,12 @@ class Retriever:
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model
         self._bm25 = None
-        self.encoder = QueryEncoder(self.model, self.saes, self.geom.kv_head_of_query)
+        self.encoder = QueryEncoder(self.model, self.saes, self.geom.kv_head_of_query, self.cfg.query.site)
         self.doc_table = self._doc_table()
         self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
+        ends = np.array([e for _, _, _, e in self.doc_table], dtype=np.int64)
+        sink = self._doc_starts[:, None] + np.arange(self.cfg.sink_tokens)[None, :]
+        self._sink_positions = sink[sink < ends[:, None]]
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _doc_table(self) -> list[tuple[int, str, int, int]]:
@@ -174,6 +183,7 @@ class Retriever:
                 bm25 = _normalised(fuse([hits], cap)) if hits else []
             if mode in ("s3", "hybrid"):
                 scores, queries = self.s3_scores(question)
+                scores[self._sink_positions] = 0.0
                 s3 = select(
                     scores,
                     budget=budget,
@@ -185,6 +195,8 @@ class Retriever:
                     boundaries=self._doc_starts,
                 )
                 s3 = _normalised([s for s in s3 if SOURCE_S3 in s.source])
+                if mode == "hybrid":
+                    s3 = [s for s in s3 if s.score >= cfg.s3_min_relevance]
                 if explain:
                     s3 = [
                         s._replace(

@@ -62,3 +62,14 @@ def test_build_verify_and_retrieve(built):
     spans = r.retrieve("Who founded Varnholt, and when?", "hybrid", 1024)
     assert sum(s.end - s.start for s in spans) <= 1024
     assert any("1612" in s.text and "Varnholt" in s.text for s in spans)
+
+
+def test_pure_s3_finds_the_passage(built):
+    """S3 alone (question key features against the key postings) puts the answer in a 256-token budget."""
+    from s3attn.retrieval.retriever import Retriever
+
+    out, stack = built
+    r = Retriever(out, stack=stack)
+    spans = r.retrieve("Who founded Varnholt, and when?", "s3", 256)
+    assert all(s.source == "s3" for s in spans) and sum(s.end - s.start for s in spans) <= 256
+    assert any("Varnholt" in s.text and "1612" in s.text for s in spans), [s.text for s in spans]

@@ -225,3 +225,65 @@ def test_index_for_another_model_is_refused(tiny_index, tmp_path):
     stack = (other, load_many(tiny_index["release"]), attention_geometry(other.model))
     with pytest.raises(S3Error, match="built with model"):
         Retriever(tiny_index["index"], stack=stack)
+
+
+def test_query_sites_code_the_right_vectors(retriever):
+    """site key: the question's key vector per KV head; query: the group's query heads; both: stacked."""
+    import s3attn.retrieval.query as q
+    from s3attn.saes.taps import tap_heads
+
+    ids = torch.tensor(retriever.tokenizer("where is the queen", add_special_tokens=False)["input_ids"])
+    n, kv_of_q = len(ids), retriever.geom.kv_head_of_query
+    args = (retriever.model, retriever.saes, kv_of_q, ids, (0, n))
+    codes = {site: q.query_codes(*args, site=site) for site in ("key", "query", "both")}
+    taps = tap_heads(retriever.model, ids[None], sorted(retriever.saes))
+    for (layer, kv), (idx, act) in codes["key"].items():
+        enc = retriever.saes[layer].encode(taps.keys[layer][0, :, kv])
+        np.testing.assert_array_equal(idx, enc.top_indices.numpy())
+        np.testing.assert_allclose(act, enc.top_acts.detach().numpy(), rtol=1e-5, atol=1e-6)
+        group = sum(1 for h in kv_of_q if h == kv)
+        q_idx, _ = codes["query"][(layer, kv)]
+        assert q_idx.shape[0] == n * group
+        both_idx, both_act = codes["both"][(layer, kv)]
+        np.testing.assert_array_equal(both_idx, np.concatenate([q_idx, idx]))
+        assert both_act.shape == both_idx.shape
+    with pytest.raises(S3Error, match="query site"):
+        q.query_codes(*args, site="value")
+
+
+def test_stop_features_are_skipped(retriever):
+    """No feature with more than stop_ratio x the average postings is read; 0 keeps them."""
+    from s3attn.retrieval.query import QueryConfig, head_queries
+
+    store = retriever.store
+    prompt = retriever.prompt("", "paris queen river")
+    ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    codes = retriever.encoder.codes(
+        ids, question_token_range(retriever.tokenizer, prompt, "paris queen river")
+    )
+    mean_df = store.num_tokens * int(store.attrs["k"]) / int(store.attrs["num_latents"])
+    kept = head_queries(codes, store, QueryConfig(stop_ratio=1.0))
+    every = head_queries(codes, store, QueryConfig(stop_ratio=0))
+    assert all((hq.df <= mean_df).all() for hq in kept.values())
+    assert any((hq.df > mean_df).any() for hq in every.values())  # the cap did remove something
+
+
+def test_attention_sink_gets_no_s3_score(retriever):
+    """The first token of every document is excluded from S3 scoring (its key is the attention sink)."""
+    starts = [s for _, _, s, _ in retriever.doc_table]
+    np.testing.assert_array_equal(np.sort(retriever._sink_positions), starts)
+
+
+def test_hybrid_drops_weak_s3_spans(tiny_index, retriever):
+    """hybrid keeps only S3 spans scoring at least s3_min_relevance of the best one; 0 keeps them all."""
+    from s3attn.retrieval.retriever import RetrievalConfig
+
+    def s3_only(min_rel: float) -> list:
+        stack = (retriever.loaded, retriever.saes, retriever.geom)
+        r = Retriever(tiny_index["index"], cfg=RetrievalConfig(s3_min_relevance=min_rel), stack=stack)
+        return [s for s in r.retrieve("where is the queen of paris", "hybrid", 400) if s.source == "s3"]
+
+    every, strong = s3_only(0.0), s3_only(0.9)
+    assert any(s.score < 0.9 for s in every)
+    assert strong and all(s.score >= 0.9 for s in strong)
+    assert len(strong) < len(every)
