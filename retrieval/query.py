@@ -106,22 +106,24 @@ def query_codes(
     sites = check_site(site)
     taps = tap_heads(model, input_ids[None], sorted(saes), sites=sites, cache=cache)
     lo, hi = token_range
-    out: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    parts: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
     for layer, sae in saes.items():
-        for tap_site in sites:
+        for tap_site in sites:  # rows of several sites are stacked, query rows first
             x_THD = (taps.queries if tap_site == SITE_QUERY else taps.keys)[layer][0, lo:hi]
             n_tok, n_heads, _ = x_THD.shape
+            kv_of_head = kv_of_query if tap_site == SITE_QUERY else range(n_heads)
             enc = sae.encode(rearrange(x_THD, "t h d -> (t h) d").to(sae.dtype))
             idx_THK = rearrange(enc.top_indices, "(t h) k -> t h k", t=n_tok).cpu().numpy()
             act_THK = rearrange(enc.top_acts, "(t h) k -> t h k", t=n_tok).float().cpu().numpy()
             for kv in sorted(set(kv_of_query)):
-                heads = [h for h in range(n_heads) if (kv_of_query[h] if tap_site == SITE_QUERY else h) == kv]
-                idx = idx_THK[:, heads].reshape(-1, idx_THK.shape[-1])
-                act = act_THK[:, heads].reshape(-1, act_THK.shape[-1])
-                if (layer, kv) in out:
-                    idx, act = (np.concatenate(pair) for pair in zip(out[(layer, kv)], (idx, act)))
-                out[(layer, kv)] = (idx, act)
-    return out
+                heads = [h for h, g in enumerate(kv_of_head) if g == kv]
+                parts.setdefault((layer, kv), []).append(
+                    (
+                        idx_THK[:, heads].reshape(-1, idx_THK.shape[-1]),
+                        act_THK[:, heads].reshape(-1, act_THK.shape[-1]),
+                    )
+                )
+    return {key: tuple(np.concatenate(arrays) for arrays in zip(*rows)) for key, rows in parts.items()}
 
 
 class QueryEncoder:
