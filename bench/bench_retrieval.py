@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.config import BuildConfig
@@ -137,6 +138,33 @@ def time_retrieval(retriever: Retriever, mode: str) -> list[float]:
     return out
 
 
+def stage_times(retriever: Retriever) -> dict[str, float]:
+    """Median ms per stage of an s3 retrieval over QUESTIONS: the question's forward + SAE codes, reading
+    postings and scoring every token, span selection (smoothing, NMS, growth) and reading the spans' text."""
+    from s3attn.retrieval.query import head_queries, question_token_range, score_tokens
+    from s3attn.retrieval.spans import select
+
+    r, cfg = retriever, retriever.cfg
+    parts: dict[str, list[float]] = {"forward_codes": [], "postings_score": [], "select_text": []}
+    for q in QUESTIONS:
+        prompt = r.prompt("", q)
+        ids = torch.tensor(r.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        t0 = time.perf_counter()
+        codes = r.encoder.codes(ids, question_token_range(r.tokenizer, prompt, q))
+        t1 = time.perf_counter()
+        scores = score_tokens(r.store, head_queries(codes, r.store, cfg.query), cfg.query)
+        t2 = time.perf_counter()
+        spans = select(
+            scores, budget=2048, window=cfg.window, min_distance=cfg.min_distance, frac=cfg.frac,
+            max_len=cfg.max_span, min_len=cfg.min_span, boundaries=r._doc_starts,
+        )  # fmt: skip
+        [r._materialise(s) for s in spans]
+        t3 = time.perf_counter()
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+            parts[key].append(dt)
+    return {k: 1000 * statistics.median(v) for k, v in parts.items()}
+
+
 def answer_ratio(stack, release: Path, work: Path, args: argparse.Namespace, res: dict) -> None:
     """Index a ``--doc-tokens`` document once, then answer with full context and with S3-Hybrid @2048."""
     from s3attn.index_builder.pipeline import build_index
@@ -199,6 +227,11 @@ def main() -> None:
                 f"retrieve {mode:>6} on {r.store.num_tokens} tokens: p50 {res[f'retrieve_{mode}_p50_ms']:.1f} ms, "
                 f"p90 {res[f'retrieve_{mode}_p90_ms']:.1f} ms (goal p50 <= 100 ms)"
             )
+        res["s3_stage_p50_ms"] = stage_times(r)
+        print(
+            "retrieve s3 by stage, p50 ms: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in res["s3_stage_p50_ms"].items())
+        )
         if args.answer_questions > 0:
             answer_ratio(stack, release, work, args, res)
     out = Path(__file__).parent / "out"

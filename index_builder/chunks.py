@@ -1,19 +1,29 @@
-"""Range reads of posting arrays by whole chunks, without zarr-python's per-call machinery (the query hot path).
+"""Range reads of posting arrays straight from their chunk files (the query hot path), without zarr-python.
 
 zarr-python spends ~0.5 ms of event-loop and codec-pipeline work per chunk it touches; a question reads a few
-hundred posting lists, each in one or two chunks, so that overhead alone exceeds the latency goal. The
-posting arrays are plain Zarr v3 arrays written by us (``bytes`` little-endian + ``blosc``, regular 1-D
-chunks, default chunk keys, local store): :class:`ChunkReader` reads such a chunk's file and hands it to
-Blosc directly, and keeps recently decoded chunks in a small LRU (segments are immutable, so a cached chunk
-never goes stale). Any other array layout (another store, codec or chunk grid) is read through zarr, so the
-index stays a standard Zarr store either way.
+hundred posting lists, each in one or two chunks, so that overhead alone would exceed the latency goal. The
+posting arrays are plain Zarr v3 arrays on a local store, in one of three layouts read here directly:
+
+- ``blosc``: regular 1-D chunks, codecs ``bytes`` + ``blosc``, one chunk per file (``c/<i>``): a chunk file
+  is handed to Blosc whole (format written before the sharded layout; still read);
+- ``sharded``: ``sharding_indexed`` with inner codecs ``bytes`` + ``blosc`` and the default shard index
+  (``bytes`` + ``crc32c``, at the end of the file): a shard's index is read once, then only the inner chunks a
+  range touches are read (``pread``) and decoded, so small inner chunks decode little beyond what is asked;
+- ``raw``: codec ``bytes`` only: the bytes of a range are read in place, nothing is decoded.
+
+Decoded Blosc chunks are kept in an LRU (segments are immutable, so a cached chunk never goes stale). Any
+other layout (another store, codec or chunk grid) is read through zarr, so the index stays a standard Zarr
+store either way.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
+import google_crc32c
 import numpy as np
 import zarr
 from numcodecs.blosc import decompress
@@ -23,53 +33,70 @@ from s3attn.index_builder.schema import concat_ranges
 DECODED_CACHE_BYTES = 64 << 20
 """Decoded chunks kept per reader (LRU), in bytes."""
 
+_EMPTY = np.uint64(2**64 - 1)  # shard index entry of an inner chunk that was not written (fill value)
 
-def _direct_layout(arr: zarr.Array) -> tuple[Path, int] | None:
-    """(chunk folder, entries per chunk) when ``arr`` can be read chunk by chunk from files, else None."""
+
+class Layout(NamedTuple):
+    """How a 1-D array's entries map to files: entry e is in chunk e // chunk, file chunk // per_file."""
+
+    kind: str  # "blosc" | "sharded" | "raw"
+    folder: Path  # the array's chunk folder (``.../c``)
+    chunk: int  # entries per (inner) chunk
+    per_file: int  # chunks per file: 1, or inner chunks per shard
+
+
+def _little_bytes(codec: object) -> bool:
+    endian = getattr(codec, "endian", None)
+    return type(codec).__name__ == "BytesCodec" and (
+        endian is None or getattr(endian, "value", endian) == "little"
+    )
+
+
+def _names(codecs) -> list[str]:
+    return [type(c).__name__ for c in codecs]
+
+
+def _direct_layout(arr: zarr.Array) -> Layout | None:
+    """The :class:`Layout` of ``arr`` when it can be read from its files here, else None."""
     meta = arr.metadata
     if getattr(meta, "zarr_format", None) != 3 or arr.ndim != 1 or arr.dtype.byteorder == ">":
         return None
-    names = [type(c).__name__ for c in meta.codecs]
-    if names != ["BytesCodec", "BloscCodec"]:
-        return None
-    endian = getattr(meta.codecs[0], "endian", None)
-    if endian is not None and getattr(endian, "value", endian) != "little":
-        return None
     root = getattr(arr.store_path.store, "root", None)
-    if root is None:
+    if root is None or meta.encode_chunk_key((0,)) != "c/0":
         return None
-    key = meta.encode_chunk_key((0,))
-    if key != "c/0":
+    folder = Path(root) / arr.store_path.path / "c"
+    codecs = list(meta.codecs)
+    if len(codecs) == 1 and type(codecs[0]).__name__ == "ShardingCodec":
+        shard = codecs[0]
+        inner, index = list(shard.codecs), list(shard.index_codecs)
+        location = getattr(shard.index_location, "value", shard.index_location)
+        if (
+            _names(inner) != ["BytesCodec", "BloscCodec"]
+            or not _little_bytes(inner[0])
+            or _names(index) != ["BytesCodec", "Crc32cCodec"]
+            or not _little_bytes(index[0])
+            or location != "end"
+        ):
+            return None
+        chunk, shard_len = int(shard.chunk_shape[0]), int(meta.chunk_grid.chunk_shape[0])
+        return Layout("sharded", folder, chunk, shard_len // chunk) if shard_len % chunk == 0 else None
+    if not codecs or not _little_bytes(codecs[0]):
         return None
-    return Path(root) / arr.store_path.path / "c", int(arr.chunks[0])
+    size = int(meta.chunk_grid.chunk_shape[0])
+    if len(codecs) == 1:
+        return Layout("raw", folder, size, 1)
+    return Layout("blosc", folder, size, 1) if _names(codecs[1:]) == ["BloscCodec"] else None
 
 
 class ChunkReader:
-    """Concatenated ranges of 1-D Zarr arrays, read by whole chunks with a shared decoded-chunk LRU."""
+    """Concatenated ranges of 1-D Zarr arrays, read from their files with a shared decoded-chunk LRU."""
 
     def __init__(self, max_bytes: int = DECODED_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._bytes = 0
-        self._layouts: dict[str, tuple[Path, int] | None] = {}
-
-    def _chunk(self, arr: zarr.Array, folder: Path, size: int, i: int) -> np.ndarray:
-        key = (str(folder), i)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        n = min(size, arr.shape[0] - i * size)
-        path = folder / str(i)
-        if path.is_file():  # Zarr v3 stores edge chunks whole (padded with the fill value)
-            out = np.frombuffer(decompress(path.read_bytes()), dtype=arr.dtype)[:n]
-        else:  # never written: zarr leaves chunks equal to the fill value out
-            out = np.full(n, arr.fill_value, dtype=arr.dtype)
-        self._cache[key] = out
-        self._bytes += out.nbytes
-        while self._bytes > self.max_bytes and len(self._cache) > 1:
-            self._bytes -= self._cache.popitem(last=False)[1].nbytes
-        return out
+        self._layouts: dict[str, Layout | None] = {}
+        self._shard_index: dict[tuple[str, int], np.ndarray | None] = {}
 
     def read(self, arr: zarr.Array, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """``concatenate([arr[s:s + n] for s, n in zip(starts, lens)])``."""
@@ -82,16 +109,109 @@ class ChunkReader:
         if layout is None:
             idx = concat_ranges(starts, lens)
             return np.asarray(arr.get_orthogonal_selection(idx)) if idx.size else np.zeros(0, arr.dtype)
-        folder, size = layout
         out = np.empty(int(lens.sum()), dtype=arr.dtype)
-        at = 0
-        for s, n in zip(starts.tolist(), lens.tolist()):
-            pos, end = s, s + n
-            while pos < end:
-                i = pos // size
-                stop = min(end, (i + 1) * size)
-                chunk = self._chunk(arr, folder, size, i)
-                out[at : at + stop - pos] = chunk[pos - i * size : stop - i * size]
-                at += stop - pos
-                pos = stop
+        with _Files(layout.folder) as files:
+            at = 0
+            for s, n in zip(starts.tolist(), lens.tolist()):
+                pos, end = s, s + n
+                while pos < end:
+                    c = pos // layout.chunk
+                    stop = min(end, (c + 1) * layout.chunk)
+                    dest = out[at : at + stop - pos]
+                    if layout.kind == "raw":
+                        self._read_raw(arr, layout, files, c, pos - c * layout.chunk, dest)
+                    else:
+                        dest[:] = self._chunk(arr, layout, files, c)[
+                            pos - c * layout.chunk : stop - c * layout.chunk
+                        ]
+                    at += stop - pos
+                    pos = stop
         return out
+
+    @staticmethod
+    def _read_raw(
+        arr: zarr.Array, layout: Layout, files: _Files, c: int, first: int, dest: np.ndarray
+    ) -> None:
+        fd = files.get(c)
+        if fd is None:  # never written: zarr leaves chunks equal to the fill value out
+            dest[:] = arr.fill_value
+            return
+        data = os.pread(fd, dest.nbytes, first * dest.itemsize)
+        if len(data) != dest.nbytes:
+            raise ValueError(f"{layout.folder / str(c)}: chunk file is short; run s3-index verify")
+        dest[:] = np.frombuffer(data, dtype=dest.dtype)
+
+    def _chunk(self, arr: zarr.Array, layout: Layout, files: _Files, c: int) -> np.ndarray:
+        """Decoded (inner) chunk ``c`` (LRU-cached)."""
+        key = (str(layout.folder), c)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        n = min(layout.chunk, arr.shape[0] - c * layout.chunk)
+        frame = self._frame(layout, files, c)
+        if frame is None:  # never written: the fill value
+            out = np.full(n, arr.fill_value, dtype=arr.dtype)
+        else:  # Zarr v3 stores edge chunks whole (padded with the fill value)
+            out = np.frombuffer(decompress(frame), dtype=arr.dtype)[:n]
+        self._cache[key] = out
+        self._bytes += out.nbytes
+        while self._bytes > self.max_bytes and len(self._cache) > 1:
+            self._bytes -= self._cache.popitem(last=False)[1].nbytes
+        return out
+
+    def _frame(self, layout: Layout, files: _Files, c: int) -> bytes | None:
+        """The stored bytes of chunk ``c``, or None where it was not written."""
+        shard, j = divmod(c, layout.per_file)
+        fd = files.get(shard)
+        if fd is None:
+            return None
+        if layout.kind == "blosc":
+            return os.pread(fd, os.fstat(fd).st_size, 0)
+        index = self._index(layout, shard, fd)
+        offset, nbytes = index[j]
+        if offset == _EMPTY and nbytes == _EMPTY:
+            return None
+        frame = os.pread(fd, int(nbytes), int(offset))
+        if len(frame) != nbytes:
+            raise ValueError(f"{layout.folder / str(shard)}: shard file is short; run s3-index verify")
+        return frame
+
+    def _index(self, layout: Layout, shard: int, fd: int) -> np.ndarray:
+        """uint64 [per_file, 2] (offset, nbytes) of each inner chunk of a shard, read once."""
+        key = (str(layout.folder), shard)
+        index = self._shard_index.get(key)
+        if index is None:
+            size = 16 * layout.per_file
+            tail = os.pread(fd, size + 4, os.fstat(fd).st_size - size - 4)
+            if len(tail) != size + 4 or google_crc32c.value(tail[:size]) != int.from_bytes(
+                tail[size:], "little"
+            ):
+                raise ValueError(f"{layout.folder / str(shard)}: shard index is corrupt; run s3-index verify")
+            index = self._shard_index[key] = np.frombuffer(tail[:size], dtype="<u8").reshape(-1, 2)
+        return index
+
+
+class _Files:
+    """File descriptors of one array's chunk (or shard) files, opened on first use, closed on exit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fds: dict[int, int | None] = {}
+
+    def get(self, i: int) -> int | None:
+        """Descriptor of file ``i``, or None when it does not exist."""
+        if i not in self._fds:
+            try:
+                self._fds[i] = os.open(self.folder / str(i), os.O_RDONLY)
+            except FileNotFoundError:
+                self._fds[i] = None
+        return self._fds[i]
+
+    def __enter__(self) -> _Files:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)

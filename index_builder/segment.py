@@ -17,10 +17,12 @@ import zarr
 from s3attn.constants import INDEX_ACT_ARRAY, INDEX_GAPS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_TOKENS_ARRAY
 from s3attn.index_builder.chunks import ChunkReader
 from s3attn.index_builder.schema import (
+    ACT_CHUNK,
     ACT_DTYPE,
+    GAP_CHUNK,
     GAP_DTYPE,
+    GAP_SHARD,
     OFFSET_DTYPE,
-    POSTING_CHUNK,
     TOKEN_CHUNK,
     TOKEN_DTYPE,
     DocRecord,
@@ -160,13 +162,19 @@ def pick_merge_run(sizes: list[int], m: int) -> tuple[int, int] | None:
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
-def _write_array(group: zarr.Group, name: str, data: np.ndarray, kind: str, chunk: int) -> str:
-    """Create ``name`` under ``group`` and write it whole (one call); return its checksum."""
+def _write_array(
+    group: zarr.Group, name: str, data: np.ndarray, kind: str, chunk: int, shard: int = 0
+) -> str:
+    """Create ``name`` under ``group`` (chunks of ``chunk`` entries, in shard files of ``shard`` entries if
+    given) and write it whole (one call); return its checksum."""
+    chunk = max(1, min(chunk, data.shape[0]))
+    shards = (min(shard, -(-data.shape[0] // chunk) * chunk),) if shard else None
     arr = group.create_array(
         name,
         shape=data.shape,
         dtype=data.dtype,
-        chunks=(max(1, min(chunk, data.shape[0])),),
+        chunks=(chunk,),
+        shards=shards,
         compressors=compressors(kind),
         fill_value=0,
     )
@@ -191,13 +199,13 @@ def write_segment_arrays(
     for (layer, kv), hp in heads:
         seg.create_group(head_group(layer, kv), attributes={"act_scale": float(hp.act_scale)})
         nf = hp.offsets.shape[0]
-        for kind, data, chunk in (
-            (INDEX_OFFSETS_ARRAY, hp.offsets.astype(OFFSET_DTYPE), nf),
-            (INDEX_GAPS_ARRAY, hp.pos_gaps.astype(GAP_DTYPE), POSTING_CHUNK),
-            (INDEX_ACT_ARRAY, hp.act_u8.astype(ACT_DTYPE), POSTING_CHUNK),
+        for kind, data, chunk, shard in (
+            (INDEX_OFFSETS_ARRAY, hp.offsets.astype(OFFSET_DTYPE), nf, 0),
+            (INDEX_GAPS_ARRAY, hp.pos_gaps.astype(GAP_DTYPE), GAP_CHUNK, GAP_SHARD),
+            (INDEX_ACT_ARRAY, hp.act_u8.astype(ACT_DTYPE), ACT_CHUNK, 0),
         ):
             path = head_array(layer, kv, kind)
-            sums[path] = _write_array(seg, path, data, kind, chunk)
+            sums[path] = _write_array(seg, path, data, kind, chunk, shard)
     return sums
 
 

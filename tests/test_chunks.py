@@ -1,14 +1,16 @@
-"""ChunkReader: direct chunk-file reads equal zarr's own reads; other layouts fall back to zarr."""
+"""ChunkReader: direct chunk-file reads equal zarr's own reads in each layout it knows; others go to zarr."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec
 
 from s3attn.index_builder.chunks import ChunkReader, _direct_layout
 from s3attn.index_builder.schema import compressors
+
+BLOSC = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
 def _ranges(rng, size: int, n: int):
@@ -21,37 +23,69 @@ def _expected(data: np.ndarray, starts, lens) -> np.ndarray:
     return np.concatenate([data[s : s + n] for s, n in zip(starts, lens)] + [data[:0]])
 
 
-@pytest.mark.parametrize("dtype,kind", [(np.uint32, "pos_gaps"), (np.uint8, "act_u8")])
-def test_direct_reads_equal_zarr(tmp_path, dtype, kind):
+# layout name -> (dtype, create_array keyword arguments, path of a file the fill-value chunk leaves out)
+LAYOUTS = {
+    "blosc": (np.uint32, {"chunks": (1024,), "compressors": [BLOSC]}, "c/1"),
+    "sharded": (
+        np.uint32,
+        {"chunks": (256,), "shards": (1024,), "compressors": compressors("pos_gaps")},
+        None,
+    ),
+    "raw": (np.uint8, {"chunks": (1024,), "compressors": compressors("act_u8")}, "c/1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYOUTS))
+def test_direct_reads_equal_zarr(tmp_path, kind):
+    dtype, kwargs, absent = LAYOUTS[kind]
     rng = np.random.default_rng(0)
-    data = rng.integers(0, 200, 5000).astype(dtype)
-    data[1024:2048] = 0  # one chunk equal to the fill value: zarr does not write it
-    group = zarr.open_group(tmp_path / "g.zarr", mode="w")
-    arr = group.create_array(
-        "a", shape=data.shape, dtype=dtype, chunks=(1024,), compressors=compressors(kind)
+    data = rng.integers(1, 200, 5000).astype(dtype)
+    data[1024:2048] = 0  # chunks equal to the fill value: zarr does not write them
+    arr = zarr.open_group(tmp_path / "g.zarr", mode="w").create_array(
+        "a", shape=data.shape, dtype=dtype, fill_value=0, **kwargs
     )
     arr[...] = data
-    assert not (tmp_path / "g.zarr" / "a" / "c" / "1").exists()
-    assert _direct_layout(arr) is not None
+    if absent:
+        assert not (tmp_path / "g.zarr" / "a" / absent).exists()
+    layout = _direct_layout(arr)
+    assert layout is not None and layout.kind == kind
     reader = ChunkReader(max_bytes=3000)  # smaller than the chunks read: the LRU must evict
     for _ in range(3):
         starts, lens = _ranges(rng, data.size, 40)
-        starts[:2], lens[:2] = [4900, 1000], [100, 1100]  # the edge chunk; a range over three chunks
+        starts[:3], lens[:3] = [4900, 1000, 1100], [100, 1100, 500]  # edge chunk; over three chunks; fill
         np.testing.assert_array_equal(reader.read(arr, starts, lens), _expected(data, starts, lens))
     assert reader._bytes <= max(3000, 1024 * data.itemsize)
+
+
+def test_corrupt_shard_index_is_refused(tmp_path):
+    data = np.arange(4096, dtype=np.uint32)
+    arr = zarr.open_group(tmp_path / "g.zarr", mode="w").create_array(
+        "a", shape=data.shape, dtype=data.dtype, chunks=(256,), shards=(1024,), compressors=[BLOSC]
+    )
+    arr[...] = data
+    shard = tmp_path / "g.zarr" / "a" / "c" / "2"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF  # inside the shard index
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="shard index is corrupt"):
+        ChunkReader().read(arr, np.array([2100]), np.array([10]))
 
 
 def test_other_layouts_read_through_zarr(tmp_path):
     rng = np.random.default_rng(1)
     data = rng.integers(0, 1000, 4096).astype(np.uint32)
-    sharded = zarr.open_group(tmp_path / "s.zarr", mode="w").create_array(
-        "a", shape=data.shape, dtype=data.dtype, chunks=(256,), shards=(1024,),
-        compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")],
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    index_first = group.create_array(
+        "a", shape=data.shape, dtype=data.dtype, chunks=(1024,), fill_value=0,
+        serializer=ShardingCodec(chunk_shape=(256,), codecs=[BytesCodec(), BLOSC], index_location="start"),
     )  # fmt: skip
+    gzip = group.create_array(
+        "b", shape=data.shape, dtype=data.dtype, chunks=(512,), compressors=[GzipCodec()]
+    )
     in_memory = zarr.create_array(
         zarr.storage.MemoryStore(), shape=data.shape, dtype=data.dtype, chunks=(512,)
     )
-    for arr in (sharded, in_memory):
+    for arr in (index_first, gzip, in_memory):
         arr[...] = data
         assert _direct_layout(arr) is None
         starts, lens = _ranges(rng, data.size, 20)

@@ -17,6 +17,7 @@ import s3attn.index_builder.store as store_mod
 from s3attn.constants import INDEX_LOCK, INDEX_MANIFEST, INDEX_ROOT, SEGMENTS_DIR
 from s3attn.errors import S3Error
 from s3attn.index_builder.schema import (
+    GAP_CHUNK,
     DocRecord,
     SegmentData,
     act_error_bound,
@@ -187,10 +188,16 @@ def test_plain_zarr_reader(built):
     exp_acts = np.array([a for _, a in ref[(layer, kv)][feature]])
     assert np.allclose(acts, exp_acts, rtol=0.02, atol=0.02)
     meta = json.loads((path / "index.zarr" / base / "pos_gaps" / "zarr.json").read_text())
-    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc"]  # standard v3 codecs only
-    assert meta["data_type"] == "uint32" and meta["chunk_grid"]["configuration"]["chunk_shape"] == [
-        min(65536, meta["shape"][0])
-    ]
+    (shard,) = meta["codecs"]  # standard v3 codecs only: shards of Blosc-compressed inner chunks
+    assert shard["name"] == "sharding_indexed" and meta["data_type"] == "uint32"
+    inner = shard["configuration"]
+    assert [c["name"] for c in inner["codecs"]] == ["bytes", "blosc"]
+    assert [c["name"] for c in inner["index_codecs"]] == ["bytes", "crc32c"] and inner[
+        "index_location"
+    ] == "end"
+    assert inner["chunk_shape"] == [min(GAP_CHUNK, meta["shape"][0])]
+    act_meta = json.loads((path / "index.zarr" / base / "act_u8" / "zarr.json").read_text())
+    assert [c["name"] for c in act_meta["codecs"]] == ["bytes"]  # raw: read in place
     assert zarr.open_group(path / "index.zarr", mode="r").attrs["kind"] == "s3attn-index"
 
 
