@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = check_config(make_config(EvalConfig, args, "eval"))
     out = check_writable_dir(Path(cfg.out), "--out")
+    if cfg.index_cache:
+        check_writable_dir(Path(cfg.index_cache), "--index-cache")
     stack, _ = load_eval_stack(cfg)  # refuses a missing or mismatched --sae before any work
 
     def save_partial(run: EvalRun) -> None:

@@ -90,6 +90,10 @@ class EvalConfig:
     """Output folder: results.json, results.md, scores.png."""
     progress: bool = True
     """Show a progress bar over samples x methods."""
+    index_cache: str | None = None
+    """Folder keeping each sample's built index for later runs (keyed by the context, the build options and
+    the SAE release), so a run that changes only retrieval settings skips the builds; a reused index reports
+    the build_seconds of its first build. Default: none (each index is built in a temporary folder)."""
 
 
 class EvalItem(NamedTuple):
@@ -268,25 +272,36 @@ def peak_rss_mb() -> float:
 
 
 def answer_sample(
-    item: EvalItem, sample: T.Sample, stack, cfg: EvalConfig, workdir: Path, on_answer: Callable[[], None]
+    item: EvalItem,
+    sample: T.Sample,
+    stack,
+    cfg: EvalConfig,
+    workdir: Path,
+    on_answer: Callable[[], None],
+    identity: dict | None = None,
 ) -> list[EvalRow]:
-    """Index ``sample.context`` once (with ``stack``) and answer it with every method of ``cfg``."""
+    """Index ``sample.context`` once (with ``stack``; or reuse its index from ``cfg.index_cache``, whose
+    key also covers ``identity``, what the build depends on) and answer it with every method of ``cfg``."""
     from s3attn.index_builder.config import BuildConfig
     from s3attn.index_builder.pipeline import build_index
+    from s3attn.retrieval import index_cache as C
     from s3attn.retrieval.metrics import score
     from s3attn.retrieval.retriever import RetrievalConfig, Retriever, generate
 
-    corpus, index = workdir / "corpus", workdir / "index"
+    corpus = workdir / "corpus"
     shutil.rmtree(workdir, ignore_errors=True)
-    corpus.mkdir(parents=True)
-    (corpus / f"{item.task}.txt").write_text(sample.context, encoding="utf-8")
-    device = stack[0].model.device.type  # build where the shared model lives (retrieval queries run there)
-    build_cfg = BuildConfig(out=str(index), sae=cfg.sae, model=cfg.model, layers=cfg.layers, chunk=cfg.chunk,
-                            accelerator="gpu" if device == "cuda" else "cpu", progress=False)  # fmt: skip
-    t0 = time.perf_counter()
-    with quiet_build():
-        build_index(str(corpus), build_cfg, stack=stack)
-    build_seconds = time.perf_counter() - t0
+
+    def build(out: Path) -> None:
+        corpus.mkdir(parents=True)
+        (corpus / f"{item.task}.txt").write_text(sample.context, encoding="utf-8")
+        device = stack[0].model.device.type  # build where the shared model lives (queries run there)
+        build_cfg = BuildConfig(out=str(out), sae=cfg.sae, model=cfg.model, layers=cfg.layers, chunk=cfg.chunk,
+                                accelerator="gpu" if device == "cuda" else "cpu", progress=False)  # fmt: skip
+        with quiet_build():
+            build_index(str(corpus), build_cfg, stack=stack)
+
+    cache = Path(cfg.index_cache) if cfg.index_cache else None
+    index, build_seconds, _ = C.get_or_build(cache, sample.context, identity or {}, workdir, build)
     new_tokens = new_tokens_for(item.task, cfg)
     retriever = Retriever(index, cfg=RetrievalConfig(max_new_tokens=new_tokens), stack=stack)
     tok = retriever.tokenizer
@@ -385,6 +400,8 @@ def run_eval(
     """Run every planned sample with every method; ``on_sample(the run so far)`` after each sample."""
     from tqdm.auto import tqdm
 
+    from s3attn.retrieval.index_cache import index_identity
+
     cfg = check_config(cfg)
     items = plan(cfg)
     if stack is None:
@@ -399,6 +416,7 @@ def run_eval(
         return count_tokens(tokenizer, text)
 
     env = environment(stack, cfg, release)
+    identity = index_identity(stack, cfg, release) if cfg.index_cache else None
     rows: list[EvalRow] = []
     bar = tqdm(total=len(items) * len(cfg.methods), desc="s3-eval", unit="answer", disable=not cfg.progress)
     with tempfile.TemporaryDirectory(prefix="s3-eval-") as tmp:
@@ -407,7 +425,9 @@ def run_eval(
                 f"{item.task} {item.length}" + (f" @{item.depth:g}%" if item.depth is not None else "")
             )
             sample = make_sample(item, tokenizer_len, cfg.haystack)
-            rows += answer_sample(item, sample, stack, cfg, Path(tmp) / "sample", lambda: bar.update(1))
+            rows += answer_sample(
+                item, sample, stack, cfg, Path(tmp) / "sample", lambda: bar.update(1), identity
+            )
             if on_sample is not None:
                 on_sample(EvalRun(rows, asdict(cfg), env))
     bar.close()

@@ -7,6 +7,7 @@ The tiny model answers garbage; the end-to-end test checks the plumbing: files, 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,39 @@ def test_end_to_end_files_and_rows(e2e):
     assert {m["method"] for m in summary["by_method"]} == set(METHODS)
 
 
+def test_index_cache_reuses_builds(tiny_setup, tmp_path, monkeypatch):
+    """--index-cache: the first run builds and keeps one index per sample; a second run builds nothing and
+    answers the same; a rewritten SAE release gets new keys."""
+    from s3attn.index_builder import pipeline
+    from s3attn.retrieval import index_cache
+
+    model_dir, release = tiny_setup
+    cache = tmp_path / "cache"
+    argv = ["--sae", str(release), "--model", str(model_dir), "--tasks", "niah,ruler_vt", "--lengths",
+            str(LENGTH), "--depths", "50", "--samples", "1", "--budget", str(BUDGET), "--max-context",
+            str(WINDOW), "--max-new-tokens", str(NEW_TOKENS), "--methods", "bm25,s3,hybrid", "--no-progress",
+            "--index-cache", str(cache)]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2 and not any(e.startswith(".tmp-") for e in entries)
+    assert all((cache / e / index_cache.INDEX_DIR / "manifest.json").is_file() for e in entries)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cached index was rebuilt")
+
+    monkeypatch.setattr(pipeline, "build_index", no_build)
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    rows = [json.loads((tmp_path / d / report.RESULTS_JSON).read_text())["rows"] for d in "ab"]
+    same = ("task", "method", "score", "spans", "answer", "context_tokens", "build_seconds")
+    assert [[r[k] for k in same] for r in rows[0]] == [[r[k] for k in same] for r in rows[1]]
+    identity = {"release": index_cache.release_fingerprint(release)}
+    key = index_cache.cache_key("text", identity)
+    weights = next(p for p in Path(release).rglob("*") if p.suffix == ".safetensors")
+    weights.touch()
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert index_cache.cache_key("text", {"release": index_cache.release_fingerprint(release)}) != key
+
+
 def test_end_to_end_budgets(e2e):
     rows = e2e[0]["rows"]
     for r in rows:
@@ -137,6 +171,7 @@ def test_end_to_end_full_and_streaming_keep_head_and_tail(e2e):
         (["--lengths", ""], "--lengths is empty"),
         (["--sae", "/nonexistent/release"], "--sae /nonexistent/release"),
         (["--depths", "120"], "--depths"),
+        (["--index-cache", "/dev/null/cache"], "--index-cache /dev/null/cache"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):

@@ -1,0 +1,112 @@
+"""Built sample indexes kept between ``s3-eval`` runs (``--index-cache DIR``), so that a run that changes only
+retrieval or generation settings skips the index builds (at 64k tokens, ~100 s of a sample's ~120 s here).
+
+An entry is ``DIR/<key>/`` holding ``index/`` and ``build.json`` (what the key was made of, and how long the
+first build took). The key is a SHA-256 of the sample's context text and of everything the build depends on:
+the build options, the model, the SAE release's ``config.json`` and the size and mtime of its weight files
+(a retrained release at the same path gets new keys). An entry is built under ``DIR/.tmp-<uuid>`` and renamed
+to its key when complete, so an interrupted build leaves no entry behind; a later run removes such leftovers once they are an hour
+old.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from s3attn.paths import atomic_write_json
+
+BUILD_JSON = "build.json"
+INDEX_DIR = "index"
+STALE_SECONDS = 3600
+
+
+class CachedIndex(NamedTuple):
+    index: Path
+    build_seconds: float  # of the build that made the entry
+    reused: bool
+
+
+def release_fingerprint(release: Path) -> dict:
+    """The release's config and the (name, size, mtime) of every file in it: changes when it is rewritten."""
+    files = sorted(p for p in Path(release).rglob("*") if p.is_file())
+    return {
+        "path": str(Path(release).resolve()),
+        "files": [[str(p.relative_to(release)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    }
+
+
+def index_identity(stack, cfg: Any, release: Path) -> dict:
+    """What a sample's index depends on besides its text: ``stack`` = (loaded model, SAEs by layer, ...),
+    ``cfg`` an EvalConfig (its model and chunk), ``release`` the SAE release folder."""
+    from s3attn.constants import INDEX_FORMAT_VERSION
+
+    return {
+        "build": {"model": cfg.model, "layers": sorted(stack[1]), "chunk": cfg.chunk},
+        "model_id": stack[0].model_id,
+        "release": release_fingerprint(release),
+        "format_version": INDEX_FORMAT_VERSION,
+    }
+
+
+def cache_key(context: str, identity: dict) -> str:
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    h.update(context.encode("utf-8"))
+    return h.hexdigest()[:32]
+
+
+def lookup(cache: Path, key: str) -> CachedIndex | None:
+    entry = cache / key
+    try:
+        meta = json.loads((entry / BUILD_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return CachedIndex(entry / INDEX_DIR, float(meta["build_seconds"]), True)
+
+
+def staging(cache: Path) -> Path:
+    """A fresh ``DIR/.tmp-<uuid>`` to build an entry in; leftovers of killed runs (over an hour old, so not
+    a build another run is doing now) are removed first."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for old in cache.glob(".tmp-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+    tmp = cache / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish(cache: Path, key: str, tmp: Path, identity: dict, build_seconds: float) -> CachedIndex:
+    """Record the build in ``tmp`` and rename it to its key (another run that got there first wins)."""
+    atomic_write_json(tmp / BUILD_JSON, {"identity": identity, "build_seconds": build_seconds})
+    try:
+        tmp.rename(cache / key)
+    except OSError:  # the key exists already: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+    return CachedIndex(cache / key / INDEX_DIR, build_seconds, False)
+
+
+def get_or_build(
+    cache: Path | None, context: str, identity: dict, workdir: Path, build: Callable[[Path], None]
+) -> CachedIndex:
+    """The index of ``context``: reused from ``cache``, or made by ``build(index folder)`` (timed), in
+    ``workdir`` without a cache, else in a staging folder then published under its key."""
+    key = cache_key(context, identity)
+    hit = lookup(cache, key) if cache is not None else None
+    if hit is not None:
+        return hit
+    staged = staging(cache) if cache is not None else workdir
+    t0 = time.perf_counter()
+    build(staged / INDEX_DIR)
+    seconds = time.perf_counter() - t0
+    if cache is None:
+        return CachedIndex(staged / INDEX_DIR, seconds, False)
+    return publish(cache, key, staged, identity, seconds)
