@@ -96,7 +96,7 @@ class ChunkReader:
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._bytes = 0
         self._layouts: dict[str, Layout | None] = {}
-        self._shard_index: dict[tuple[str, int], np.ndarray | None] = {}
+        self._shard_index: dict[tuple[str, int], np.ndarray] = {}
 
     def read(self, arr: zarr.Array, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """``concatenate([arr[s:s + n] for s, n in zip(starts, lens)])``."""
