@@ -168,7 +168,7 @@ def _write_array(
     """Create ``name`` under ``group`` (chunks of ``chunk`` entries, in shard files of ``shard`` entries if
     given) and write it whole (one call); return its checksum."""
     chunk = max(1, min(chunk, data.shape[0]))
-    shards = (min(shard, -(-data.shape[0] // chunk) * chunk),) if shard else None
+    shards = (max(chunk, min(shard, -(-data.shape[0] // chunk) * chunk)),) if shard else None
     arr = group.create_array(
         name,
         shape=data.shape,
