@@ -140,9 +140,8 @@ def time_retrieval(retriever: Retriever, mode: str) -> list[float]:
 
 def stage_times(retriever: Retriever) -> dict[str, float]:
     """Median ms per stage of an s3 retrieval over QUESTIONS: the question's forward + SAE codes, reading
-    postings and scoring every token, span selection (smoothing, NMS, growth) and reading the spans' text."""
+    postings and scoring every token, span selection (``Retriever.s3_spans``) and reading the spans' text."""
     from s3attn.retrieval.query import head_queries, question_token_range, score_tokens
-    from s3attn.retrieval.spans import select
 
     r, cfg = retriever, retriever.cfg
     parts: dict[str, list[float]] = {"forward_codes": [], "postings_score": [], "select_text": []}
@@ -154,11 +153,7 @@ def stage_times(retriever: Retriever) -> dict[str, float]:
         t1 = time.perf_counter()
         scores = score_tokens(r.store, head_queries(codes, r.store, cfg.query), cfg.query)
         t2 = time.perf_counter()
-        spans = select(
-            scores, budget=2048, window=cfg.window, min_distance=cfg.min_distance, frac=cfg.frac,
-            max_len=cfg.max_span, min_len=cfg.min_span, boundaries=r._doc_starts,
-        )  # fmt: skip
-        [r._materialise(s) for s in spans]
+        [r._materialise(s) for s in r.s3_spans(scores, 2048)]
         t3 = time.perf_counter()
         for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
             parts[key].append(dt)

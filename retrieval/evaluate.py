@@ -301,7 +301,7 @@ def answer_sample(
             build_index(str(corpus), build_cfg, stack=stack)
 
     cache = Path(cfg.index_cache) if cfg.index_cache else None
-    index, build_seconds, _ = C.get_or_build(cache, sample.context, identity or {}, workdir, build)
+    index, build_seconds = C.get_or_build(cache, sample.context, identity or {}, workdir, build)
     new_tokens = new_tokens_for(item.task, cfg)
     retriever = Retriever(index, cfg=RetrievalConfig(max_new_tokens=new_tokens), stack=stack)
     tok = retriever.tokenizer

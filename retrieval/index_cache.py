@@ -31,11 +31,10 @@ STALE_SECONDS = 3600
 class CachedIndex(NamedTuple):
     index: Path
     build_seconds: float  # of the build that made the entry
-    reused: bool
 
 
 def release_fingerprint(release: Path) -> dict:
-    """The release's config and the (name, size, mtime) of every file in it: changes when it is rewritten."""
+    """The release's path and the (name, size, mtime) of every file in it: changes when it is rewritten."""
     files = sorted(p for p in Path(release).rglob("*") if p.is_file())
     return {
         "path": str(Path(release).resolve()),
@@ -68,7 +67,7 @@ def lookup(cache: Path, key: str) -> CachedIndex | None:
         meta = json.loads((entry / BUILD_JSON).read_text())
     except (OSError, ValueError):
         return None
-    return CachedIndex(entry / INDEX_DIR, float(meta["build_seconds"]), True)
+    return CachedIndex(entry / INDEX_DIR, float(meta["build_seconds"]))
 
 
 def staging(cache: Path) -> Path:
@@ -91,7 +90,7 @@ def publish(cache: Path, key: str, tmp: Path, identity: dict, build_seconds: flo
         tmp.rename(cache / key)
     except OSError:  # the key exists already: keep that one
         shutil.rmtree(tmp, ignore_errors=True)
-    return CachedIndex(cache / key / INDEX_DIR, build_seconds, False)
+    return CachedIndex(cache / key / INDEX_DIR, build_seconds)
 
 
 def get_or_build(
@@ -99,14 +98,15 @@ def get_or_build(
 ) -> CachedIndex:
     """The index of ``context``: reused from ``cache``, or made by ``build(index folder)`` (timed), in
     ``workdir`` without a cache, else in a staging folder then published under its key."""
+    if cache is None:
+        t0 = time.perf_counter()
+        build(workdir / INDEX_DIR)
+        return CachedIndex(workdir / INDEX_DIR, time.perf_counter() - t0)
     key = cache_key(context, identity)
-    hit = lookup(cache, key) if cache is not None else None
+    hit = lookup(cache, key)
     if hit is not None:
         return hit
-    staged = staging(cache) if cache is not None else workdir
+    staged = staging(cache)
     t0 = time.perf_counter()
     build(staged / INDEX_DIR)
-    seconds = time.perf_counter() - t0
-    if cache is None:
-        return CachedIndex(staged / INDEX_DIR, seconds, False)
-    return publish(cache, key, staged, identity, seconds)
+    return publish(cache, key, staged, identity, time.perf_counter() - t0)

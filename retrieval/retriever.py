@@ -161,6 +161,23 @@ class Retriever:
         queries = head_queries(codes, self.store, self.cfg.query)
         return score_tokens(self.store, queries, self.cfg.query), queries
 
+    def s3_spans(self, scores: np.ndarray, budget: int) -> list[Span]:
+        """Per-token S3 scores -> S3 spans within ``budget`` (the sink tokens get no score; ``scores`` is
+        changed in place)."""
+        cfg = self.cfg
+        scores[self._sink_positions] = 0.0
+        spans = select(
+            scores,
+            budget=budget,
+            window=cfg.window,
+            min_distance=cfg.min_distance,
+            frac=cfg.frac,
+            max_len=cfg.max_span,
+            min_len=cfg.min_span,
+            boundaries=self._doc_starts,
+        )
+        return [s for s in spans if SOURCE_S3 in s.source]
+
     def retrieve(
         self, question: str, mode: str = "hybrid", budget: int = 2048, *, explain: bool = False
     ) -> list[RetrievedSpan]:
@@ -183,18 +200,7 @@ class Retriever:
                 bm25 = _normalised(fuse([hits], cap)) if hits else []
             if mode in ("s3", "hybrid"):
                 scores, queries = self.s3_scores(question)
-                scores[self._sink_positions] = 0.0
-                s3 = select(
-                    scores,
-                    budget=budget,
-                    window=cfg.window,
-                    min_distance=cfg.min_distance,
-                    frac=cfg.frac,
-                    max_len=cfg.max_span,
-                    min_len=cfg.min_span,
-                    boundaries=self._doc_starts,
-                )
-                s3 = _normalised([s for s in s3 if SOURCE_S3 in s.source])
+                s3 = _normalised(self.s3_spans(scores, budget))
                 if mode == "hybrid":
                     s3 = [s for s in s3 if s.score >= cfg.s3_min_relevance]
                 if explain:
