@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from s3attn.retrieval.retriever import MODES
+from s3attn.retrieval.fusion import FUSIONS
+from s3attn.retrieval.retriever import MODES, RetrievalConfig
 
 
 def add_ask_parser(sub) -> None:
@@ -15,6 +16,12 @@ def add_ask_parser(sub) -> None:
     p.add_argument("question", help="the question")
     p.add_argument("--mode", default="hybrid", help=f"one of {', '.join(MODES)} (default: hybrid)")
     p.add_argument("--budget", type=int, default=2048, help="context tokens fed to the model (default: 2048)")
+    p.add_argument(
+        "--fusion",
+        default=None,
+        help=f"how hybrid ranks BM25 passages against S3 spans: {', '.join(FUSIONS)} "
+        f"(default: {RetrievalConfig.fusion})",
+    )
     p.add_argument("--show-spans", action="store_true", help="print each span and why it was chosen")
     p.add_argument("--json", action="store_true", help="print the answer and spans as JSON")
     p.add_argument("--no-generate", action="store_true", help="retrieve only, do not generate an answer")
@@ -27,11 +34,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     if args.mode not in MODES:
         raise S3Error(f"--mode {args.mode}: choose one of {', '.join(MODES)}")
+    if args.fusion is not None and args.fusion not in FUSIONS:
+        raise S3Error(f"--fusion {args.fusion}: choose one of {', '.join(FUSIONS)}")
     if args.budget < 1:
         raise S3Error(f"--budget {args.budget}: must be at least 1 token")
     if not args.question.strip():
         raise S3Error("the question is empty; ask something")
-    retriever = Retriever(args.index)
+    cfg = RetrievalConfig() if args.fusion is None else RetrievalConfig(fusion=args.fusion)
+    retriever = Retriever(args.index, cfg=cfg)
     if args.no_generate:
         spans = retriever.retrieve(args.question, args.mode, args.budget, explain=args.show_spans)
         text, n_prompt, secs = None, 0, 0.0

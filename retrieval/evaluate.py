@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from s3attn.errors import S3Error
 from s3attn.retrieval import tasks as T
+from s3attn.retrieval.fusion import FUSIONS
 
 TASKS = (
     "niah",
@@ -90,6 +91,11 @@ class EvalConfig:
     """Output folder: results.json, results.md, scores.png."""
     progress: bool = True
     """Show a progress bar over samples x methods."""
+    fusion: str | None = None
+    """How hybrid ranks BM25 passages against S3 spans: tiered, linear or rrf; default: the retriever's
+    (RetrievalConfig.fusion)."""
+    bm25_weight: float | None = None
+    """hybrid with linear fusion: weight of the normalised BM25 score; default: the retriever's."""
     index_cache: str | None = None
     """Folder keeping each sample's built index for later runs (keyed by the context, the build options and
     the SAE release), so a run that changes only retrieval settings skips the builds; a reused index reports
@@ -159,6 +165,10 @@ def check_config(cfg: EvalConfig) -> EvalConfig:
             raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     if cfg.max_context is not None and cfg.max_context < 1:
         raise S3Error(f"--max-context {cfg.max_context}: must be at least 1 token")
+    if cfg.fusion is not None and cfg.fusion not in FUSIONS:
+        raise S3Error(f"--fusion {cfg.fusion}: choose one of {', '.join(FUSIONS)}")
+    if cfg.bm25_weight is not None and not 0.0 <= cfg.bm25_weight <= 1.0:
+        raise S3Error(f"--bm25-weight {cfg.bm25_weight}: must be in [0, 1]")
     if cfg.haystack not in HAYSTACKS:
         raise S3Error(f"--haystack {cfg.haystack}: choose essay or noise")
     cfg.tasks, cfg.methods = _unique(cfg.tasks), _unique(cfg.methods)
@@ -194,6 +204,16 @@ def make_sample(item: EvalItem, tokenizer_len: Callable[[str], int], haystack: s
     if task == "multidoc_qa":
         return T.multidoc_qa(T.public_domain_passages(), n, tokenizer_len, seed)
     raise S3Error(f"--tasks {task}: choose from {', '.join(TASKS)}")
+
+
+def retrieval_config(cfg: EvalConfig, max_new_tokens: int):
+    """The RetrievalConfig of a run: the retriever's defaults, with the options ``cfg`` sets."""
+    from s3attn.retrieval.retriever import RetrievalConfig
+
+    chosen = {"fusion": cfg.fusion, "bm25_weight": cfg.bm25_weight}
+    return RetrievalConfig(
+        max_new_tokens=max_new_tokens, **{k: v for k, v in chosen.items() if v is not None}
+    )
 
 
 def new_tokens_for(task: str, cfg: EvalConfig) -> int:
@@ -286,7 +306,7 @@ def answer_sample(
     from s3attn.index_builder.pipeline import build_index
     from s3attn.retrieval import index_cache as C
     from s3attn.retrieval.metrics import score
-    from s3attn.retrieval.retriever import RetrievalConfig, Retriever, generate
+    from s3attn.retrieval.retriever import Retriever, generate
 
     corpus = workdir / "corpus"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -303,7 +323,7 @@ def answer_sample(
     cache = Path(cfg.index_cache) if cfg.index_cache else None
     index, build_seconds = C.get_or_build(cache, sample.context, identity or {}, workdir, build)
     new_tokens = new_tokens_for(item.task, cfg)
-    retriever = Retriever(index, cfg=RetrievalConfig(max_new_tokens=new_tokens), stack=stack)
+    retriever = Retriever(index, cfg=retrieval_config(cfg, new_tokens), stack=stack)
     tok = retriever.tokenizer
     rows = []
     try:

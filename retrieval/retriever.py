@@ -17,6 +17,7 @@ import torch
 
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
+from s3attn.retrieval.fusion import FUSIONS, hybrid_spans, normalised
 from s3attn.retrieval.query import (
     QueryConfig,
     QueryEncoder,
@@ -25,7 +26,7 @@ from s3attn.retrieval.query import (
     score_tokens,
     top_features_near,
 )
-from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, SOURCE_S3, Span, bias_spans, fuse, select
+from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
 
 MODES = ("s3", "bm25", "hybrid", "full")
 ANSWER_INSTRUCTION = "Answer the question using the text above. Answer briefly."
@@ -51,12 +52,22 @@ class RetrievalConfig:
     """Tokens kept from the start of the text (hybrid)."""
     bias_last: int = 64
     """Tokens kept from the end of the text (hybrid)."""
+    fusion: str = "tiered"
+    """How hybrid ranks BM25 passages against S3 spans: tiered (BM25 first, up to bm25_share of the budget,
+    then S3 spans), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each max-normalised, every
+    candidate scored by both) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
     bm25_share: float = 0.6
-    """Share of the budget left after the bias spans that BM25 passages take first in hybrid mode (S3 spans
+    """tiered: share of the budget left after the bias spans that BM25 passages take first (S3 spans
     fill the rest, and any of it BM25 leaves unused)."""
     s3_min_relevance: float = 0.5
-    """hybrid: S3 spans scoring below this fraction of the best S3 span are dropped (0 keeps all), so weak
+    """tiered: S3 spans scoring below this fraction of the best S3 span are dropped (0 keeps all), so weak
     co-activation does not fill the budget with noise; the budget may then be left partly unused."""
+    bm25_weight: float = 0.5
+    """linear: weight of the normalised BM25 score in the fused score (the S3 score gets the rest)."""
+    rrf_k: float = 60.0
+    """rrf: the rank constant k of 1 / (k + rank)."""
+    min_relevance: float = 0.0
+    """linear, rrf: candidates whose fused score is below this fraction of the best are dropped."""
     max_new_tokens: int = 48
     """Generated tokens at most."""
 
@@ -77,11 +88,6 @@ class Answer(NamedTuple):
     spans: list[RetrievedSpan]
     prompt_tokens: int
     seconds: float
-
-
-def _normalised(spans: list[Span]) -> list[Span]:
-    top = max((s.score for s in spans), default=0.0)
-    return [s._replace(score=s.score / top) for s in spans] if top > 0 else spans
 
 
 class Retriever:
@@ -161,22 +167,26 @@ class Retriever:
         queries = head_queries(codes, self.store, self.cfg.query)
         return score_tokens(self.store, queries, self.cfg.query), queries
 
-    def s3_spans(self, scores: np.ndarray, budget: int) -> list[Span]:
-        """Per-token S3 scores -> S3 spans within ``budget`` (the sink tokens get no score; ``scores`` is
-        changed in place)."""
+    def s3_candidates(self, scores: np.ndarray, budget: int) -> tuple[list[Span], np.ndarray]:
+        """Per-token S3 scores -> (S3 spans within ``budget``, the smoothed scores they were read from).
+        The sink tokens get no score (``scores`` is changed in place)."""
         cfg = self.cfg
         scores[self._sink_positions] = 0.0
-        spans = select(
-            scores,
+        sm_T = smooth(scores, cfg.window)
+        peaks = peak_spans(
+            sm_T,
             budget=budget,
-            window=cfg.window,
             min_distance=cfg.min_distance,
             frac=cfg.frac,
             max_len=cfg.max_span,
             min_len=cfg.min_span,
             boundaries=self._doc_starts,
         )
-        return [s for s in spans if SOURCE_S3 in s.source]
+        return [s for s in fuse([peaks], budget) if SOURCE_S3 in s.source], sm_T
+
+    def s3_spans(self, scores: np.ndarray, budget: int) -> list[Span]:
+        """Per-token S3 scores -> S3 spans within ``budget`` (see :meth:`s3_candidates`)."""
+        return self.s3_candidates(scores, budget)[0]
 
     def retrieve(
         self, question: str, mode: str = "hybrid", budget: int = 2048, *, explain: bool = False
@@ -184,37 +194,42 @@ class Retriever:
         if mode not in MODES:
             raise S3Error(f"--mode {mode}: choose one of {', '.join(MODES)}")
         self._check_question(question, budget)
-        n = self.store.num_tokens
         cfg = self.cfg
+        if cfg.fusion not in FUSIONS:
+            raise S3Error(f"fusion {cfg.fusion!r}: choose one of {', '.join(FUSIONS)}")
         if mode == "full":
-            spans = self._full_spans(budget)
-        else:
-            bias = bias_spans([(0, n)], cfg.bias_first, cfg.bias_last) if mode == "hybrid" else []
-            rest = max(0, budget - sum(s.end - s.start for s in bias))
-            bm25 = []
-            if mode in ("bm25", "hybrid"):
-                from s3attn.index_builder.bm25 import to_spans
+            return [self._materialise(s) for s in self._full_spans(budget)]
+        hits: list[Span] = []
+        if mode in ("bm25", "hybrid"):
+            from s3attn.index_builder.bm25 import to_spans
 
-                hits = to_spans(self.bm25.search(question, top_k=64))
-                cap = rest if mode == "bm25" else int(rest * cfg.bm25_share)
-                bm25 = _normalised(fuse([hits], cap)) if hits else []
-            if mode in ("s3", "hybrid"):
-                scores, queries = self.s3_scores(question)
-                s3 = _normalised(self.s3_spans(scores, budget))
-                if mode == "hybrid":
-                    s3 = [s for s in s3 if s.score >= cfg.s3_min_relevance]
-                if explain:
-                    s3 = [
-                        s._replace(
-                            why={**s.why, "features": top_features_near(queries, self.store, s.start, s.end)}
-                        )
-                        for s in s3
-                    ]
-                # BM25's passages (capped at their share) are kept whole; S3 spans fill the rest
-                spans = fuse([bias, bm25, s3], budget, first=(SOURCE_BIAS, SOURCE_BM25))
-            else:
-                spans = fuse([bm25], budget) if bm25 else []
-            spans = [s for s in spans if s.source != SOURCE_BM25 or mode != "s3"]
+            hits = to_spans(self.bm25.search(question, top_k=64))
+        if mode == "bm25":
+            return [self._materialise(s) for s in (normalised(fuse([hits], budget)) if hits else [])]
+        scores, queries = self.s3_scores(question)
+        s3, sm_T = self.s3_candidates(scores, budget)
+        if explain:
+            s3 = [
+                s._replace(why={**s.why, "features": top_features_near(queries, self.store, s.start, s.end)})
+                for s in s3
+            ]
+        if mode == "s3":
+            spans = normalised(s3)
+        else:
+            bias = bias_spans([(0, self.store.num_tokens)], cfg.bias_first, cfg.bias_last)
+            spans = hybrid_spans(
+                bias,
+                hits,
+                s3,
+                sm_T,
+                budget,
+                fusion=cfg.fusion,
+                bm25_share=cfg.bm25_share,
+                s3_min_relevance=cfg.s3_min_relevance,
+                bm25_weight=cfg.bm25_weight,
+                rrf_k=cfg.rrf_k,
+                min_relevance=cfg.min_relevance,
+            )
         return [self._materialise(s) for s in spans]
 
     def _full_spans(self, budget: int) -> list[Span]:

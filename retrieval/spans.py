@@ -1,7 +1,7 @@
 """Model-free span selection: dense co-activation scores -> smoothing -> peaks -> spans -> budgeted fusion.
 
 Everything here works on global token positions of the index and plain numpy arrays; no model, no BM25.
-The flow used by :func:`select`::
+The flow used by :func:`select` (:func:`peak_spans` is its middle part)::
 
     dense_scores(positions, weights)    IDF-weighted co-activation density, one float per token
     smooth(scores, window)              centred moving average
@@ -371,11 +371,10 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
     return out
 
 
-def select(
-    scores: np.ndarray,
+def peak_spans(
+    smoothed: np.ndarray,
     *,
     budget: int,
-    window: int,
     min_distance: int,
     frac: float,
     max_len: int,
@@ -383,16 +382,30 @@ def select(
     min_len: int = 16,
     max_peaks: int | None = None,
     min_score: float = 0.0,
-    extra: list[list[Span]] | None = None,
 ) -> list[Span]:
-    """Raw dense scores -> smooth -> peaks -> grow -> fuse within ``budget`` (document order).
+    """Smoothed scores -> NMS peaks -> grown s3 spans (best peak first, not yet budgeted).
 
-    ``max_peaks`` defaults to ``budget // min_len + 1`` (more spans could not fit). ``extra``: other
-    span lists (bias, bm25) fused with the s3 spans under the same budget.
+    ``max_peaks`` defaults to ``budget // min_len + 1`` (more spans could not fit).
     """
-    sm_T = smooth(scores, window)
     if max_peaks is None:
         max_peaks = max(1, budget // max(1, min(min_len, max_len)) + 1)
-    peaks = find_peaks_nms(sm_T, min_distance=min_distance, max_peaks=max_peaks, min_score=min_score)
-    s3 = grow_spans(sm_T, peaks, frac=frac, max_len=max_len, min_len=min_len, boundaries=boundaries)
+    peaks = find_peaks_nms(smoothed, min_distance=min_distance, max_peaks=max_peaks, min_score=min_score)
+    return grow_spans(smoothed, peaks, frac=frac, max_len=max_len, min_len=min_len, boundaries=boundaries)
+
+
+def select(
+    scores: np.ndarray,
+    *,
+    budget: int,
+    window: int,
+    extra: list[list[Span]] | None = None,
+    **peak_options,
+) -> list[Span]:
+    """Raw dense scores -> smooth -> :func:`peak_spans` -> fuse within ``budget`` (document order).
+
+    ``peak_options``: the keyword arguments of :func:`peak_spans` (``min_distance``, ``frac``, ``max_len``,
+    ``boundaries``, ...). ``extra``: other span lists (bias, bm25) fused with the s3 spans under the same
+    budget.
+    """
+    s3 = peak_spans(smooth(scores, window), budget=budget, **peak_options)
     return fuse([s3, *(extra or [])], budget)

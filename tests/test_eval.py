@@ -172,6 +172,8 @@ def test_end_to_end_full_and_streaming_keep_head_and_tail(e2e):
         (["--sae", "/nonexistent/release"], "--sae /nonexistent/release"),
         (["--depths", "120"], "--depths"),
         (["--index-cache", "/dev/null/cache"], "--index-cache /dev/null/cache"),
+        (["--fusion", "sum"], "--fusion sum"),
+        (["--bm25-weight", "1.5"], "--bm25-weight 1.5"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
@@ -201,6 +203,16 @@ def test_plan_counts_and_stable_seeds():
     assert new_tokens_for("ruler_cwe", cfg) == 2 * new_tokens_for("niah", cfg)
     with pytest.raises(S3Error, match="--samples"):
         check_config(EvalConfig(samples=0))
+
+
+def test_retrieval_config_takes_only_the_options_given():
+    from s3attn.retrieval.evaluate import retrieval_config
+    from s3attn.retrieval.retriever import RetrievalConfig
+
+    default = retrieval_config(EvalConfig(), 7)
+    assert default == RetrievalConfig(max_new_tokens=7)
+    chosen = retrieval_config(EvalConfig(fusion="rrf", bm25_weight=0.8), 7)
+    assert (chosen.fusion, chosen.bm25_weight, chosen.max_new_tokens) == ("rrf", 0.8, 7)
 
 
 def test_method_plan():

@@ -214,6 +214,8 @@ def test_ask_cli_bad_input(tiny_index, tmp_path, capsys):
     assert code == 2 and "corrupt" in err
     code, err = _ask(["ask", index, "paris", "--mode", "magic"], capsys)
     assert code == 2 and "--mode" in err
+    code, err = _ask(["ask", index, "paris", "--fusion", "sum"], capsys)
+    assert code == 2 and "--fusion sum" in err and len(err.strip().splitlines()) == 1
 
 
 def test_index_for_another_model_is_refused(tiny_index, tmp_path):
@@ -272,6 +274,20 @@ def test_attention_sink_gets_no_s3_score(retriever):
     """The first token of every document is excluded from S3 scoring (its key is the attention sink)."""
     starts = [s for _, _, s, _ in retriever.doc_table]
     np.testing.assert_array_equal(np.sort(retriever._sink_positions), starts)
+
+
+@pytest.mark.parametrize("fusion", ["tiered", "linear", "rrf"])
+def test_hybrid_fusions_keep_budget_bias_and_find_the_planted_words(tiny_index, retriever, fusion):
+    from s3attn.retrieval.retriever import RetrievalConfig
+
+    stack = (retriever.loaded, retriever.saes, retriever.geom)
+    r = Retriever(tiny_index["index"], cfg=RetrievalConfig(fusion=fusion), stack=stack)
+    spans = r.retrieve("paris queen", "hybrid", 300)
+    assert sum(s.end - s.start for s in spans) <= 300
+    assert spans[0].start == 0 and spans[0].source.startswith("bias")
+    assert any("paris queen" in s.text for s in spans)
+    if fusion != "tiered":
+        assert all("fused" in s.why for s in spans if s.source != "bias")
 
 
 def test_hybrid_drops_weak_s3_spans(tiny_index, retriever):

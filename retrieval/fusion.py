@@ -1,0 +1,154 @@
+"""Hybrid fusion: BM25 passages + S3 spans + bias anchors -> one budgeted span list (``hybrid`` mode).
+
+Three ways to rank the candidates of the two retrievers (``RetrievalConfig.fusion``):
+
+``tiered``  BM25's best passages first, up to ``bm25_share`` of the budget left after the bias spans, then
+            the S3 spans scoring at least ``s3_min_relevance`` of the best S3 span into what is left.
+``linear``  a convex combination of the two retrievers' max-normalised scores (as in Elasticsearch's linear
+            retriever and OpenSearch's normalisation processor; Bruch et al. 2023, "An Analysis of Fusion
+            Functions for Hybrid Retrieval"): every candidate, whoever found it, is scored by both,
+            ``fused = w * bm25 + (1 - w) * s3``, ``w = bm25_weight``. A candidate's BM25 score is its own
+            (a passage) or that of the best BM25 passage overlapping it (an S3 span; 0 if none); its S3
+            score is its own (an S3 span) or the highest smoothed S3 score inside it (a passage), both over
+            the best of their retriever. Candidates below ``min_relevance`` of the best fused score are
+            dropped; the rest fill the budget by fused score.
+``rrf``     reciprocal rank fusion (Cormack et al. 2009; Elasticsearch's and Lucene's default hybrid):
+            ``sum over the two rankings of 1 / (rrf_k + rank)``, a candidate taking in the other ranking the
+            best rank of the items that overlap it.
+
+Everything is model-free numpy over global token positions; the chosen spans come back merged, in document
+order, through :func:`s3attn.retrieval.spans.fuse`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from s3attn.errors import S3Error
+from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
+
+FUSIONS = ("tiered", "linear", "rrf")
+
+
+def normalised(spans: list[Span]) -> list[Span]:
+    """Scores divided by the best one (unchanged when none is positive)."""
+    top = max((s.score for s in spans), default=0.0)
+    return [s._replace(score=s.score / top) for s in spans] if top > 0 else spans
+
+
+def _bounds(spans: list[Span]) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.array([s.start for s in spans], dtype=np.int64),
+        np.array([s.end for s in spans], dtype=np.int64),
+    )
+
+
+def overlap_max(spans: list[Span], others: list[Span], values: np.ndarray) -> np.ndarray:
+    """float64 [len(spans)]: per span, the max of ``values`` (one per ``others`` item) over the ``others``
+    that share at least one token with it; 0 where none does."""
+    if not spans or not others:
+        return np.zeros(len(spans))
+    a0, a1 = _bounds(spans)
+    b0, b1 = _bounds(others)
+    hit_AB = (a0[:, None] < b1[None, :]) & (b0[None, :] < a1[:, None])
+    vals = np.where(hit_AB, np.asarray(values, dtype=np.float64)[None, :], 0.0)
+    return vals.max(axis=1)
+
+
+def range_max(spans: list[Span], scores_T: np.ndarray) -> np.ndarray:
+    """float64 [len(spans)]: the max of ``scores_T`` inside each span (one reduceat, no Python loop)."""
+    if not spans:
+        return np.zeros(0)
+    a0, a1 = _bounds(spans)
+    n = scores_T.size
+    a0, a1 = np.clip(a0, 0, n), np.clip(a1, 0, n)
+    out = np.zeros(len(spans))
+    ok = a1 > a0
+    if ok.any():
+        # reduceat over interleaved [start, end) pairs: the even slots are the spans' maxima
+        edges = np.stack([a0[ok], a1[ok]], axis=1).ravel()
+        padded = np.append(np.asarray(scores_T, dtype=np.float64), 0.0)
+        out[ok] = np.maximum.reduceat(padded, edges)[::2]
+    return out
+
+
+def _ranks(spans: list[Span]) -> np.ndarray:
+    """1-based rank of each span by score (descending, ties by start)."""
+    order = sorted(range(len(spans)), key=lambda i: (-spans[i].score, spans[i].start))
+    rank = np.empty(len(spans), dtype=np.float64)
+    rank[order] = np.arange(1, len(spans) + 1)
+    return rank
+
+
+def fused_candidates(
+    bm25: list[Span],
+    s3: list[Span],
+    smoothed_T: np.ndarray,
+    *,
+    fusion: str,
+    bm25_weight: float = 0.5,
+    rrf_k: float = 60.0,
+) -> list[Span]:
+    """Both retrievers' candidates, each scored by ``fusion`` (``linear`` or ``rrf``); ``why`` gains
+    ``fused`` (the score) and, for ``linear``, the ``bm25_norm`` / ``s3_norm`` it was made of.
+
+    ``bm25``: passages, scores raw or normalised; ``s3``: S3 spans whose score is their smoothed peak;
+    ``smoothed_T``: the smoothed S3 score of every token (what the S3 spans' peaks were read from).
+    """
+    if fusion not in ("linear", "rrf"):
+        raise S3Error(f"fusion {fusion!r}: fused_candidates takes linear or rrf")
+    if not 0.0 <= bm25_weight <= 1.0:
+        raise S3Error(f"bm25_weight={bm25_weight} must be in [0, 1]")
+    s3_top = max((x.score for x in s3), default=0.0)  # the best smoothed peak
+    bm25, s3 = normalised(bm25), normalised(s3)
+    cands = bm25 + s3
+    if not cands:
+        return []
+    own_b = np.array([x.score for x in bm25], dtype=np.float64)
+    own_s = np.array([x.score for x in s3], dtype=np.float64)
+    if fusion == "linear":
+        inside_s = range_max(bm25, smoothed_T) / s3_top if s3_top > 0 else np.zeros(len(bm25))
+        b = np.concatenate([own_b, overlap_max(s3, bm25, own_b)])
+        s = np.clip(np.concatenate([inside_s, own_s]), 0.0, 1.0)
+        fused = bm25_weight * b + (1.0 - bm25_weight) * s
+        extra = [{"bm25_norm": round(float(x), 4), "s3_norm": round(float(y), 4)} for x, y in zip(b, s)]
+    else:
+        inv_b, inv_s = 1.0 / (rrf_k + _ranks(bm25)), 1.0 / (rrf_k + _ranks(s3))
+        b = np.concatenate([inv_b, overlap_max(s3, bm25, inv_b)])
+        s = np.concatenate([overlap_max(bm25, s3, inv_s), inv_s])
+        fused = b + s
+        extra = [{} for _ in cands]
+    return [
+        c._replace(score=float(f), why={**c.why, **e, "fused": round(float(f), 5)})
+        for c, f, e in zip(cands, fused, extra)
+    ]
+
+
+def hybrid_spans(
+    bias: list[Span],
+    bm25_hits: list[Span],
+    s3: list[Span],
+    smoothed_T: np.ndarray,
+    budget: int,
+    *,
+    fusion: str = "linear",
+    bm25_share: float = 0.6,
+    s3_min_relevance: float = 0.5,
+    bm25_weight: float = 0.5,
+    rrf_k: float = 60.0,
+    min_relevance: float = 0.0,
+) -> list[Span]:
+    """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
+    ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``fusion`` (see the module docstring)."""
+    if fusion not in FUSIONS:
+        raise S3Error(f"fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
+    if fusion == "tiered":
+        rest = max(0, budget - sum(s.length for s in bias))
+        bm25 = normalised(fuse([bm25_hits], int(rest * bm25_share))) if bm25_hits else []
+        strong = [s for s in normalised(s3) if s.score >= s3_min_relevance]
+        # BM25's passages (capped at their share) are kept whole; S3 spans fill the rest
+        return fuse([bias, bm25, strong], budget, first=(SOURCE_BIAS, SOURCE_BM25))
+    cands = fused_candidates(bm25_hits, s3, smoothed_T, fusion=fusion, bm25_weight=bm25_weight, rrf_k=rrf_k)
+    best = max((c.score for c in cands), default=0.0)
+    cands = [c for c in cands if c.score >= min_relevance * best]
+    return fuse([bias, cands], budget, first=(SOURCE_BIAS,))
