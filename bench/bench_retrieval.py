@@ -160,6 +160,27 @@ def stage_times(retriever: Retriever) -> dict[str, float]:
     return {k: 1000 * statistics.median(v) for k, v in parts.items()}
 
 
+def fusion_times(retriever: Retriever) -> dict[str, float]:
+    """p50 ms of a hybrid retrieval per fusion, the fusions alternating question by question (side by side,
+    so that load on the machine falls on all of them alike)."""
+    from dataclasses import replace
+
+    from s3attn.retrieval.fusion import FUSIONS
+
+    base = retriever.cfg
+    times: dict[str, list[float]] = {f: [] for f in FUSIONS}
+    try:
+        for q in QUESTIONS:
+            for f in FUSIONS:
+                retriever.cfg = replace(base, fusion=f)
+                t = time.perf_counter()
+                retriever.retrieve(q, "hybrid", 2048)
+                times[f].append(time.perf_counter() - t)
+    finally:
+        retriever.cfg = base
+    return {f: 1000 * statistics.median(v) for f, v in times.items()}
+
+
 def answer_ratio(stack, release: Path, work: Path, args: argparse.Namespace, res: dict) -> None:
     """Index a ``--doc-tokens`` document once, then answer with full context and with S3-Hybrid @2048."""
     from s3attn.index_builder.pipeline import build_index
@@ -226,6 +247,12 @@ def main() -> None:
         print(
             "retrieve s3 by stage, p50 ms: "
             + ", ".join(f"{k} {v:.1f}" for k, v in res["s3_stage_p50_ms"].items())
+        )
+        res["hybrid_p50_ms_by_fusion"] = fusion_times(r)
+        by = res["hybrid_p50_ms_by_fusion"]
+        print(
+            "retrieve hybrid by fusion, side by side, p50 ms: "
+            + ", ".join(f"{k} {v:.1f} ({v / by['tiered']:.2f}x tiered)" for k, v in by.items())
         )
         if args.answer_questions > 0:
             answer_ratio(stack, release, work, args, res)
