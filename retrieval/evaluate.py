@@ -18,19 +18,11 @@ Each answer gives one ``EvalRow``; ``s3attn.retrieval.report`` turns rows into t
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
-import platform
-import resource
 import shutil
-import sys
 import tempfile
 import time
-import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,6 +30,7 @@ from typing import Any, NamedTuple
 from s3attn.errors import S3Error
 from s3attn.retrieval import tasks as T
 from s3attn.retrieval.fusion import FUSIONS
+from s3attn.retrieval.runtime import environment, peak_rss_mb, quiet_build
 
 TASKS = (
     "niah",
@@ -265,32 +258,6 @@ def method_plan(method: str, budget: int, full_room: int) -> tuple[str, int]:
     return method, budget
 
 
-@contextlib.contextmanager
-def quiet_build() -> Iterator[None]:
-    """Silence one index build (its banner, Lightning's per-Trainer logs and warnings); shown on failure."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    buf = io.StringIO()
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stderr(buf), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    except BaseException:
-        sys.stderr.write(buf.getvalue())
-        raise
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def peak_rss_mb() -> float:
-    """The process's resident-set high-water mark in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
 def answer_sample(
     item: EvalItem,
     sample: T.Sample,
@@ -373,36 +340,6 @@ def answer_sample(
 # ---- the whole run ---------------------------------------------------------------------------------------
 
 
-def environment(stack, cfg: EvalConfig, release: Path) -> dict[str, Any]:
-    import subprocess
-
-    import torch
-    import transformers
-
-    loaded, saes, _ = stack
-    try:
-        git = ["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "HEAD"]
-        commit = subprocess.run(git, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "device": str(loaded.model.device),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "model_id": loaded.model_id,
-        "model_window": model_window(loaded.model, cfg.max_context),
-        "sae_release": str(release.resolve()),
-        "sae_layers": sorted(saes),
-        "git_commit": commit or None,
-    }
-
-
 def load_eval_stack(cfg: EvalConfig):
     """(stack, release path): the model + SAEs every sample shares, as build_index would load them."""
     from s3attn.index_builder.pipeline import load_stack, resolve_release
@@ -435,7 +372,7 @@ def run_eval(
     def tokenizer_len(text: str) -> int:
         return count_tokens(tokenizer, text)
 
-    env = environment(stack, cfg, release)
+    env = environment(stack, model_window(stack[0].model, cfg.max_context), release)
     identity = index_identity(stack, cfg, release) if cfg.index_cache else None
     rows: list[EvalRow] = []
     bar = tqdm(total=len(items) * len(cfg.methods), desc="s3-eval", unit="answer", disable=not cfg.progress)
