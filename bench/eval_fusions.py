@@ -103,12 +103,16 @@ def run(args: argparse.Namespace) -> list[dict]:
             new_tokens = new_tokens_for(item.task, cfg)
             r = Retriever(hit.index, cfg=RetrievalConfig(max_new_tokens=new_tokens), stack=stack)
             line = []
+            todo = []
             for name in names:
                 mode, options = VARIANTS[name]
                 r.cfg = RetrievalConfig(max_new_tokens=new_tokens, **options)
                 spans = r.retrieve(sample.question, mode, cfg.budget)
                 context = SEPARATOR.join(s.text.strip() for s in spans)
                 key = _key(item.seed, item.task, item.length, [[s.start, s.end] for s in spans])
+                if key not in answers and args.kept_only:
+                    todo.append(name)
+                    continue
                 if key not in answers:
                     prompt = build_prompt(tok, sample, context, r.prompt)
                     answers[key] = generate(r.model, tok, prompt, new_tokens)[0]
@@ -132,6 +136,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                 )
                 line.append(f"{name}={rows[-1]['score']:.2f}")
             r.store.close()
+            if todo:  # --kept-only: a sample some variant has no kept answer for is left out whole
+                rows = [x for x in rows if (x["item_seed"], x["length"]) != (item.seed, item.length)]
+                print(f"seed {seed} {item.task} {item.length} {item.depth} #{item.number}: skipped ({todo})")
+                continue
             print(f"seed {seed} {item.task} {item.length} {item.depth} #{item.number}: " + " ".join(line))
     return rows
 
@@ -172,6 +180,9 @@ def main() -> None:
     ap.add_argument("--variants", default="bm25,tiered.6,tiered.8,linear.6,rrf")
     ap.add_argument("--reuse", default="docs/results,runs", help="folders of earlier s3-eval results")
     ap.add_argument("--answers", default="runs/fusion-answers.json", help="answers kept between runs")
+    ap.add_argument(
+        "--kept-only", action="store_true", help="generate nothing: skip samples without kept answers"
+    )
     ap.add_argument("--out", default="runs/fusions")
     args = ap.parse_args()
     rows = run(args)
