@@ -89,6 +89,9 @@ class EvalConfig:
     (RetrievalConfig.fusion)."""
     bm25_weight: float | None = None
     """hybrid with linear fusion: weight of the normalised BM25 score; default: the retriever's."""
+    min_relevance: float | None = None
+    """hybrid with linear or rrf fusion: candidates below this fraction of the best fused score are dropped;
+    default: the retriever's."""
     index_cache: str | None = None
     """Folder keeping each sample's built index for later runs (keyed by the context, the build options and
     the SAE release), so a run that changes only retrieval settings skips the builds; a reused index reports
@@ -162,6 +165,8 @@ def check_config(cfg: EvalConfig) -> EvalConfig:
         raise S3Error(f"--fusion {cfg.fusion}: choose one of {', '.join(FUSIONS)}")
     if cfg.bm25_weight is not None and not 0.0 <= cfg.bm25_weight <= 1.0:
         raise S3Error(f"--bm25-weight {cfg.bm25_weight}: must be in [0, 1]")
+    if cfg.min_relevance is not None and not 0.0 <= cfg.min_relevance <= 1.0:
+        raise S3Error(f"--min-relevance {cfg.min_relevance}: must be in [0, 1]")
     if cfg.haystack not in HAYSTACKS:
         raise S3Error(f"--haystack {cfg.haystack}: choose essay or noise")
     cfg.tasks, cfg.methods = _unique(cfg.tasks), _unique(cfg.methods)
@@ -203,7 +208,7 @@ def retrieval_config(cfg: EvalConfig, max_new_tokens: int):
     """The RetrievalConfig of a run: the retriever's defaults, with the options ``cfg`` sets."""
     from s3attn.retrieval.retriever import RetrievalConfig
 
-    chosen = {"fusion": cfg.fusion, "bm25_weight": cfg.bm25_weight}
+    chosen = {"fusion": cfg.fusion, "bm25_weight": cfg.bm25_weight, "min_relevance": cfg.min_relevance}
     return RetrievalConfig(
         max_new_tokens=max_new_tokens, **{k: v for k, v in chosen.items() if v is not None}
     )

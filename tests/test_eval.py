@@ -174,6 +174,7 @@ def test_end_to_end_full_and_streaming_keep_head_and_tail(e2e):
         (["--index-cache", "/dev/null/cache"], "--index-cache /dev/null/cache"),
         (["--fusion", "sum"], "--fusion sum"),
         (["--bm25-weight", "1.5"], "--bm25-weight 1.5"),
+        (["--min-relevance", "-0.1"], "--min-relevance -0.1"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
@@ -211,8 +212,13 @@ def test_retrieval_config_takes_only_the_options_given():
 
     default = retrieval_config(EvalConfig(), 7)
     assert default == RetrievalConfig(max_new_tokens=7)
-    chosen = retrieval_config(EvalConfig(fusion="rrf", bm25_weight=0.8), 7)
-    assert (chosen.fusion, chosen.bm25_weight, chosen.max_new_tokens) == ("rrf", 0.8, 7)
+    chosen = retrieval_config(EvalConfig(fusion="rrf", bm25_weight=0.8, min_relevance=0.5), 7)
+    assert (chosen.fusion, chosen.bm25_weight, chosen.min_relevance, chosen.max_new_tokens) == (
+        "rrf",
+        0.8,
+        0.5,
+        7,
+    )
 
 
 def test_method_plan():
