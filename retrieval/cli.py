@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from s3attn.retrieval.fusion import FUSIONS
+from s3attn.retrieval.fusion import FUSIONS, check_fusion
 from s3attn.retrieval.retriever import MODES, RetrievalConfig
 
 
@@ -34,8 +34,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     if args.mode not in MODES:
         raise S3Error(f"--mode {args.mode}: choose one of {', '.join(MODES)}")
-    if args.fusion is not None and args.fusion not in FUSIONS:
-        raise S3Error(f"--fusion {args.fusion}: choose one of {', '.join(FUSIONS)}")
+    if args.fusion is not None:
+        check_fusion(args.fusion, "--fusion")
     if args.budget < 1:
         raise S3Error(f"--budget {args.budget}: must be at least 1 token")
     if not args.question.strip():

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from s3attn.errors import S3Error
 from s3attn.retrieval import tasks as T
-from s3attn.retrieval.fusion import FUSIONS
+from s3attn.retrieval.fusion import check_fusion
 from s3attn.retrieval.runtime import environment, peak_rss_mb, quiet_build
 
 TASKS = (
@@ -161,8 +161,8 @@ def check_config(cfg: EvalConfig) -> EvalConfig:
             raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     if cfg.max_context is not None and cfg.max_context < 1:
         raise S3Error(f"--max-context {cfg.max_context}: must be at least 1 token")
-    if cfg.fusion is not None and cfg.fusion not in FUSIONS:
-        raise S3Error(f"--fusion {cfg.fusion}: choose one of {', '.join(FUSIONS)}")
+    if cfg.fusion is not None:
+        check_fusion(cfg.fusion, "--fusion")
     if cfg.bm25_weight is not None and not 0.0 <= cfg.bm25_weight <= 1.0:
         raise S3Error(f"--bm25-weight {cfg.bm25_weight}: must be in [0, 1]")
     if cfg.min_relevance is not None and not 0.0 <= cfg.min_relevance <= 1.0:

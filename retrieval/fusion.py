@@ -30,6 +30,13 @@ from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
 FUSIONS = ("tiered", "linear", "rrf")
 
 
+def check_fusion(fusion: str, option: str = "fusion") -> str:
+    """``fusion`` if it is one of FUSIONS, else a one-line S3Error naming ``option``."""
+    if fusion not in FUSIONS:
+        raise S3Error(f"{option} {fusion}: choose one of {', '.join(FUSIONS)}")
+    return fusion
+
+
 def normalised(spans: list[Span]) -> list[Span]:
     """Scores divided by the best one (unchanged when none is positive)."""
     top = max((s.score for s in spans), default=0.0)
@@ -140,9 +147,7 @@ def hybrid_spans(
 ) -> list[Span]:
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
     ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``fusion`` (see the module docstring)."""
-    if fusion not in FUSIONS:
-        raise S3Error(f"fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
-    if fusion == "tiered":
+    if check_fusion(fusion) == "tiered":
         rest = max(0, budget - sum(s.length for s in bias))
         bm25 = normalised(fuse([bm25_hits], int(rest * bm25_share))) if bm25_hits else []
         strong = [s for s in normalised(s3) if s.score >= s3_min_relevance]
