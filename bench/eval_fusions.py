@@ -46,12 +46,12 @@ VARIANTS = {
     "s3": ("s3", {}),
     "tiered.6": ("hybrid", {"fusion": "tiered", "bm25_share": 0.6}),
     "tiered.8": ("hybrid", {"fusion": "tiered", "bm25_share": 0.8}),
-    "linear.5": ("hybrid", {"fusion": "linear", "bm25_weight": 0.5}),
-    "linear.6": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6}),
-    "linear.7": ("hybrid", {"fusion": "linear", "bm25_weight": 0.7}),
-    "linear.8": ("hybrid", {"fusion": "linear", "bm25_weight": 0.8}),
+    "linear.5": ("hybrid", {"fusion": "linear", "bm25_weight": 0.5, "min_relevance": 0.0}),
+    "linear.6": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.0}),
+    "linear.7": ("hybrid", {"fusion": "linear", "bm25_weight": 0.7, "min_relevance": 0.0}),
+    "linear.8": ("hybrid", {"fusion": "linear", "bm25_weight": 0.8, "min_relevance": 0.0}),
     "linear.6-floor.5": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.5}),
-    "rrf": ("hybrid", {"fusion": "rrf"}),
+    "rrf": ("hybrid", {"fusion": "rrf", "min_relevance": 0.0}),
 }
 
 
@@ -192,7 +192,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fusions.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     command = "python bench/eval_fusions.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k, v in vars(args).items()
+        if v is not False
     )
     (out / "fusions.md").write_text(f"# Hybrid fusions side by side\n\n`{command}`\n{md}")
 

@@ -146,7 +146,10 @@ def hybrid_spans(
     min_relevance: float = 0.0,
 ) -> list[Span]:
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
-    ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``fusion`` (see the module docstring)."""
+    ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``fusion`` (see the module docstring).
+
+    The keyword defaults are the plain fusions (no relevance floor); the shipped defaults are
+    :class:`s3attn.retrieval.retriever.RetrievalConfig`'s, which :class:`Retriever` passes in full."""
     if check_fusion(fusion) == "tiered":
         rest = max(0, budget - sum(s.length for s in bias))
         bm25 = normalised(fuse([bm25_hits], int(rest * bm25_share))) if bm25_hits else []

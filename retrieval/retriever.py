@@ -52,22 +52,23 @@ class RetrievalConfig:
     """Tokens kept from the start of the text (hybrid)."""
     bias_last: int = 64
     """Tokens kept from the end of the text (hybrid)."""
-    fusion: str = "tiered"
-    """How hybrid ranks BM25 passages against S3 spans: tiered (BM25 first, up to bm25_share of the budget,
-    then S3 spans), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each max-normalised, every
-    candidate scored by both) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
+    fusion: str = "linear"
+    """How hybrid ranks BM25 passages against S3 spans: linear (bm25_weight x BM25 + (1 - bm25_weight) x S3,
+    each max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the
+    budget, then S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
     bm25_share: float = 0.6
     """tiered: share of the budget left after the bias spans that BM25 passages take first (S3 spans
     fill the rest, and any of it BM25 leaves unused)."""
     s3_min_relevance: float = 0.5
     """tiered: S3 spans scoring below this fraction of the best S3 span are dropped (0 keeps all), so weak
     co-activation does not fill the budget with noise; the budget may then be left partly unused."""
-    bm25_weight: float = 0.5
+    bm25_weight: float = 0.6
     """linear: weight of the normalised BM25 score in the fused score (the S3 score gets the rest)."""
     rrf_k: float = 60.0
     """rrf: the rank constant k of 1 / (k + rank)."""
-    min_relevance: float = 0.0
-    """linear, rrf: candidates whose fused score is below this fraction of the best are dropped."""
+    min_relevance: float = 0.5
+    """linear, rrf: candidates whose fused score is below this fraction of the best are dropped (0 keeps
+    all), so the budget is not filled with weak candidates; hybrid may then feed fewer tokens than it."""
     max_new_tokens: int = 48
     """Generated tokens at most."""
 

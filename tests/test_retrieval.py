@@ -92,9 +92,15 @@ def test_bm25_finds_planted_words(retriever):
     assert "queen" in spans[0].why["terms"] or "paris" in spans[0].why["terms"]
 
 
-def test_hybrid_holds_bias_and_explains(retriever):
+def test_hybrid_holds_bias_and_explains(tiny_index, retriever):
+    from s3attn.retrieval.retriever import RetrievalConfig
+
+    # no relevance floor and room past the bias and the best BM25 passages, so that S3 spans of the random
+    # tiny model are fed and their explanations checked
+    stack = (retriever.loaded, retriever.saes, retriever.geom)
+    retriever = Retriever(tiny_index["index"], cfg=RetrievalConfig(min_relevance=0.0), stack=stack)
     n = retriever.store.num_tokens
-    spans = retriever.retrieve("paris queen", "hybrid", 200, explain=True)
+    spans = retriever.retrieve("paris queen", "hybrid", 600, explain=True)
     covered = np.zeros(n, bool)
     for s in spans:
         covered[s.start : s.end] = True
@@ -291,12 +297,14 @@ def test_hybrid_fusions_keep_budget_bias_and_find_the_planted_words(tiny_index, 
 
 
 def test_hybrid_drops_weak_s3_spans(tiny_index, retriever):
-    """hybrid keeps only S3 spans scoring at least s3_min_relevance of the best one; 0 keeps them all."""
+    """tiered hybrid keeps only S3 spans scoring at least s3_min_relevance of the best one; 0 keeps all."""
     from s3attn.retrieval.retriever import RetrievalConfig
 
     def s3_only(min_rel: float) -> list:
         stack = (retriever.loaded, retriever.saes, retriever.geom)
-        r = Retriever(tiny_index["index"], cfg=RetrievalConfig(s3_min_relevance=min_rel), stack=stack)
+        r = Retriever(
+            tiny_index["index"], cfg=RetrievalConfig(fusion="tiered", s3_min_relevance=min_rel), stack=stack
+        )
         return [s for s in r.retrieve("where is the queen of paris", "hybrid", 400) if s.source == "s3"]
 
     every, strong = s3_only(0.0), s3_only(0.9)
