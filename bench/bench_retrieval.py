@@ -249,10 +249,10 @@ def main() -> None:
             + ", ".join(f"{k} {v:.1f}" for k, v in res["s3_stage_p50_ms"].items())
         )
         res["hybrid_p50_ms_by_fusion"] = fusion_times(r)
-        by = res["hybrid_p50_ms_by_fusion"]
+        by, default = res["hybrid_p50_ms_by_fusion"], r.cfg.fusion
         print(
             "retrieve hybrid by fusion, side by side, p50 ms: "
-            + ", ".join(f"{k} {v:.1f} ({v / by['tiered']:.2f}x tiered)" for k, v in by.items())
+            + ", ".join(f"{k} {v:.1f} ({v / by[default]:.2f}x {default}, the default)" for k, v in by.items())
         )
         if args.answer_questions > 0:
             answer_ratio(stack, release, work, args, res)

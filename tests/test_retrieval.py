@@ -15,7 +15,7 @@ from s3attn.errors import S3Error
 from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.pipeline import build_index
 from s3attn.retrieval.query import idf_weights, pool_features, question_token_range
-from s3attn.retrieval.retriever import Retriever
+from s3attn.retrieval.retriever import RetrievalConfig, Retriever
 from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
 from s3attn.saes.models import load_model
 
@@ -69,6 +69,12 @@ def retriever(tiny_index) -> Retriever:
     return Retriever(tiny_index["index"])
 
 
+def configured(tiny_index, retriever: Retriever, **options) -> Retriever:
+    """A retriever on the tiny index with RetrievalConfig(**options), sharing the loaded model and SAEs."""
+    stack = (retriever.loaded, retriever.saes, retriever.geom)
+    return Retriever(tiny_index["index"], cfg=RetrievalConfig(**options), stack=stack)
+
+
 @pytest.mark.parametrize("mode", ["s3", "bm25", "hybrid", "full"])
 def test_modes_respect_budget_and_order(retriever, mode):
     spans = retriever.retrieve("where is the queen of paris", mode, 96)
@@ -93,12 +99,9 @@ def test_bm25_finds_planted_words(retriever):
 
 
 def test_hybrid_holds_bias_and_explains(tiny_index, retriever):
-    from s3attn.retrieval.retriever import RetrievalConfig
-
     # no relevance floor and room past the bias and the best BM25 passages, so that S3 spans of the random
     # tiny model are fed and their explanations checked
-    stack = (retriever.loaded, retriever.saes, retriever.geom)
-    retriever = Retriever(tiny_index["index"], cfg=RetrievalConfig(min_relevance=0.0), stack=stack)
+    retriever = configured(tiny_index, retriever, min_relevance=0.0)
     n = retriever.store.num_tokens
     spans = retriever.retrieve("paris queen", "hybrid", 600, explain=True)
     covered = np.zeros(n, bool)
@@ -284,10 +287,7 @@ def test_attention_sink_gets_no_s3_score(retriever):
 
 @pytest.mark.parametrize("fusion", ["tiered", "linear", "rrf"])
 def test_hybrid_fusions_keep_budget_bias_and_find_the_planted_words(tiny_index, retriever, fusion):
-    from s3attn.retrieval.retriever import RetrievalConfig
-
-    stack = (retriever.loaded, retriever.saes, retriever.geom)
-    r = Retriever(tiny_index["index"], cfg=RetrievalConfig(fusion=fusion), stack=stack)
+    r = configured(tiny_index, retriever, fusion=fusion)
     spans = r.retrieve("paris queen", "hybrid", 300)
     assert sum(s.end - s.start for s in spans) <= 300
     assert spans[0].start == 0 and spans[0].source.startswith("bias")
@@ -298,13 +298,9 @@ def test_hybrid_fusions_keep_budget_bias_and_find_the_planted_words(tiny_index, 
 
 def test_hybrid_drops_weak_s3_spans(tiny_index, retriever):
     """tiered hybrid keeps only S3 spans scoring at least s3_min_relevance of the best one; 0 keeps all."""
-    from s3attn.retrieval.retriever import RetrievalConfig
 
     def s3_only(min_rel: float) -> list:
-        stack = (retriever.loaded, retriever.saes, retriever.geom)
-        r = Retriever(
-            tiny_index["index"], cfg=RetrievalConfig(fusion="tiered", s3_min_relevance=min_rel), stack=stack
-        )
+        r = configured(tiny_index, retriever, fusion="tiered", s3_min_relevance=min_rel)
         return [s for s in r.retrieve("where is the queen of paris", "hybrid", 400) if s.source == "s3"]
 
     every, strong = s3_only(0.0), s3_only(0.9)
