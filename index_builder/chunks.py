@@ -18,7 +18,9 @@ store either way.
 
 from __future__ import annotations
 
+import mmap
 import os
+import resource
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +34,9 @@ from s3attn.index_builder.schema import concat_ranges
 
 DECODED_CACHE_BYTES = 64 << 20
 """Decoded chunks kept per reader (LRU), in bytes."""
+MAX_OPEN_FILES = min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+"""Chunk files a reader keeps open (descriptors plus memory maps, each holding one): past it, all are
+closed and reopened as needed, so a large index stays well inside the process's descriptor limit."""
 
 _EMPTY = np.uint64(2**64 - 1)  # shard index entry of an inner chunk that was not written (fill value)
 
@@ -89,7 +94,12 @@ def _direct_layout(arr: zarr.Array) -> Layout | None:
 
 
 class ChunkReader:
-    """Concatenated ranges of 1-D Zarr arrays, read from their files with a shared decoded-chunk LRU."""
+    """Concatenated ranges of 1-D Zarr arrays, read from their files with a shared decoded-chunk LRU.
+
+    Ranges are cut at chunk edges with array arithmetic; the only Python loop is one slice copy per piece.
+    File descriptors stay open (and raw chunk files memory-mapped) until :meth:`close`: segments are
+    immutable, and a file a merge deletes stays readable through an open descriptor.
+    """
 
     def __init__(self, max_bytes: int = DECODED_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -97,6 +107,15 @@ class ChunkReader:
         self._bytes = 0
         self._layouts: dict[str, Layout | None] = {}
         self._shard_index: dict[tuple[str, int], np.ndarray] = {}
+        self._files: dict[Path, _Files] = {}
+        self._maps: dict[tuple[str, int], np.ndarray] = {}
+
+    def close(self) -> None:
+        """Close every descriptor and mapping (a later read opens them again)."""
+        for files in self._files.values():
+            files.close()
+        self._files.clear()
+        self._maps.clear()
 
     def read(self, arr: zarr.Array, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """``concatenate([arr[s:s + n] for s, n in zip(starts, lens)])``."""
@@ -109,37 +128,52 @@ class ChunkReader:
         if layout is None:
             idx = concat_ranges(starts, lens)
             return np.asarray(arr.get_orthogonal_selection(idx)) if idx.size else np.zeros(0, arr.dtype)
+        keep = lens > 0
+        starts, lens = starts[keep], lens[keep]
         out = np.empty(int(lens.sum()), dtype=arr.dtype)
-        with _Files(layout.folder) as files:
-            at = 0
-            for s, n in zip(starts.tolist(), lens.tolist()):
-                pos, end = s, s + n
-                while pos < end:
-                    c = pos // layout.chunk
-                    stop = min(end, (c + 1) * layout.chunk)
-                    dest = out[at : at + stop - pos]
-                    if layout.kind == "raw":
-                        self._read_raw(arr, layout, files, c, pos - c * layout.chunk, dest)
-                    else:
-                        dest[:] = self._chunk(arr, layout, files, c)[
-                            pos - c * layout.chunk : stop - c * layout.chunk
-                        ]
-                    at += stop - pos
-                    pos = stop
+        if not out.size:
+            return out
+        # pieces: each range cut at chunk edges (chunk id, first and end entry inside it, where it goes)
+        size = layout.chunk
+        first_c, last_c = starts // size, (starts + lens - 1) // size
+        per_range = last_c - first_c + 1
+        chunk_P = concat_ranges(first_c, per_range)
+        range_P = np.repeat(np.arange(starts.size), per_range)
+        lo_P = np.maximum(starts[range_P], chunk_P * size) - chunk_P * size
+        hi_P = np.minimum((starts + lens)[range_P], (chunk_P + 1) * size) - chunk_P * size
+        at_P = np.cumsum(hi_P - lo_P) - (hi_P - lo_P)
+        if sum(len(f) for f in self._files.values()) + len(self._maps) > MAX_OPEN_FILES:
+            self.close()
+        files = self._files.get(layout.folder)
+        if files is None:
+            files = self._files[layout.folder] = _Files(layout.folder)
+        view = self._mapped if layout.kind == "raw" else self._chunk
+        views = {c: view(arr, layout, files, c) for c in np.unique(chunk_P).tolist()}
+        for c, lo, hi, at in zip(chunk_P.tolist(), lo_P.tolist(), hi_P.tolist(), at_P.tolist()):
+            data = views[c]
+            if hi > data.size:
+                raise ValueError(f"{layout.folder / str(c)}: chunk file is short; run s3-index verify")
+            out[at : at + hi - lo] = data[lo:hi]
         return out
 
-    @staticmethod
-    def _read_raw(
-        arr: zarr.Array, layout: Layout, files: _Files, c: int, first: int, dest: np.ndarray
-    ) -> None:
-        fd = files.get(c)
-        if fd is None:  # never written: zarr leaves chunks equal to the fill value out
-            dest[:] = arr.fill_value
-            return
-        data = os.pread(fd, dest.nbytes, first * dest.itemsize)
-        if len(data) != dest.nbytes:
-            raise ValueError(f"{layout.folder / str(c)}: chunk file is short; run s3-index verify")
-        dest[:] = np.frombuffer(data, dtype=dest.dtype)
+    def _mapped(self, arr: zarr.Array, layout: Layout, files: _Files, c: int) -> np.ndarray:
+        """Raw chunk ``c`` as a read-only memory map (its file's bytes in place; kept until close)."""
+        key = (str(layout.folder), c)
+        data = self._maps.get(key)
+        if data is None:
+            try:
+                fd = os.open(layout.folder / str(c), os.O_RDONLY)
+            except FileNotFoundError:  # never written: zarr leaves chunks equal to the fill value out
+                data = np.full(layout.chunk, arr.fill_value, dtype=arr.dtype)
+            else:
+                try:
+                    nbytes = os.fstat(fd).st_size
+                    buf = mmap.mmap(fd, nbytes, prot=mmap.PROT_READ) if nbytes else b""
+                finally:
+                    os.close(fd)  # the map holds its own descriptor
+                data = np.frombuffer(buf, dtype=arr.dtype, count=nbytes // arr.dtype.itemsize)
+            self._maps[key] = data
+        return data
 
     def _chunk(self, arr: zarr.Array, layout: Layout, files: _Files, c: int) -> np.ndarray:
         """Decoded (inner) chunk ``c`` (LRU-cached)."""
@@ -193,7 +227,7 @@ class ChunkReader:
 
 
 class _Files:
-    """File descriptors of one array's chunk (or shard) files, opened on first use, closed on exit."""
+    """File descriptors of one array's chunk (or shard) files, opened on first use, closed by close()."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -208,10 +242,11 @@ class _Files:
                 self._fds[i] = None
         return self._fds[i]
 
-    def __enter__(self) -> _Files:
-        return self
+    def __len__(self) -> int:
+        return len(self._fds)
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         for fd in self._fds.values():
             if fd is not None:
                 os.close(fd)
+        self._fds.clear()

@@ -178,7 +178,8 @@ class IndexStore:
         return fd
 
     def close(self) -> None:
-        """Release the writer lock (if held)."""
+        """Release the writer lock (if held) and the chunk files held open for reads."""
+        self._chunks.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from s3attn.errors import S3Error
+from s3attn.index_builder.schema import concat_ranges
 from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
 
 FUSIONS = ("tiered", "linear", "rrf")
@@ -72,10 +73,10 @@ def range_max(spans: list[Span], scores_T: np.ndarray) -> np.ndarray:
     out = np.zeros(len(spans))
     ok = a1 > a0
     if ok.any():
-        # reduceat over interleaved [start, end) pairs: the even slots are the spans' maxima
-        edges = np.stack([a0[ok], a1[ok]], axis=1).ravel()
-        padded = np.append(np.asarray(scores_T, dtype=np.float64), 0.0)
-        out[ok] = np.maximum.reduceat(padded, edges)[::2]
+        # the spans' tokens gathered end to end (not the whole score array), then one reduceat
+        lens = a1[ok] - a0[ok]
+        vals = np.asarray(scores_T)[concat_ranges(a0[ok], lens)].astype(np.float64)
+        out[ok] = np.maximum.reduceat(vals, np.cumsum(lens) - lens)
     return out
 
 

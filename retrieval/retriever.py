@@ -120,7 +120,7 @@ class Retriever:
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model
         self._bm25 = None
-        self.encoder = QueryEncoder(self.model, self.saes, self.geom.kv_head_of_query, self.cfg.query.site)
+        self._encoders: dict[tuple[str, bool], QueryEncoder] = {}
         self.doc_table = self._doc_table()
         self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
         ends = np.array([e for _, _, _, e in self.doc_table], dtype=np.int64)
@@ -133,6 +133,16 @@ class Retriever:
 
         paths = {d.doc_id: d.path for d in self.store.documents()}
         return [(d, paths[d], s, e) for d, s, e in doc_ranges(self.store)]
+
+    @property
+    def encoder(self) -> QueryEncoder:
+        """The question encoder for the current ``cfg.query`` (site, half weights), made on first use."""
+        key = (self.cfg.query.site, self.cfg.query.half_weights)
+        if key not in self._encoders:
+            self._encoders[key] = QueryEncoder(
+                self.model, self.saes, self.geom.kv_head_of_query, key[0], half_weights=key[1]
+            )
+        return self._encoders[key]
 
     @property
     def bm25(self):

@@ -70,7 +70,7 @@ def dense_scores(
 
 
 def smooth(scores: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average of ``window`` tokens (cumulative sum), same length; ``window`` 1 = identity.
+    """Centred moving average of ``window`` tokens (a direct convolution), same length; ``window`` 1 = identity.
 
     Token ``i`` averages ``scores[i - window // 2 : i + (window - 1) // 2 + 1]`` (the alignment of
     ``np.convolve(scores, ones(window) / window, "same")``); at the edges it divides by the number of
@@ -89,30 +89,59 @@ def smooth(scores: np.ndarray, window: int) -> np.ndarray:
         idx = np.arange(n)
         lo, hi = np.maximum(idx - before, 0), np.minimum(idx + after, n)
         return ((csum[hi] - csum[lo]) / (hi - lo)).astype(out_dtype)
-    c = np.empty(n + 1, dtype=np.float64)  # slices only, no index arrays: ~3x faster on 1M tokens
-    c[0] = 0.0
-    np.cumsum(x_T, dtype=np.float64, out=c[1:])
-    out = np.empty(n, dtype=np.float64)
-    inner = slice(before, n - after + 1)  # windows wholly inside the array
-    np.subtract(c[window:], c[: n + 1 - window], out=out[inner])
-    out[inner] /= window
-    out[:before] = c[after : after + before] / np.arange(after, after + before)
-    out[n - after + 1 :] = (c[n] - c[n - after + 1 - before : n - before]) / np.arange(window - 1, before, -1)
-    return out.astype(out_dtype)
+    # window sums by direct convolution in the output dtype: one pass, ~4x faster than a float64 cumsum
+    # on 1M tokens, and no cancellation error growing with the position
+    out = np.convolve(x_T.astype(out_dtype, copy=False), np.ones(window, dtype=out_dtype), "same")
+    out[before : n - after + 1] /= window
+    out[:before] /= np.arange(after, after + before, dtype=out_dtype)
+    out[n - after + 1 :] /= np.arange(window - 1, before, -1, dtype=out_dtype)
+    return out
 
 
-def _blocks_by_score(x_T: np.ndarray, cand_C: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-    """Yield ``cand_C`` (position order) in blocks sorted by score descending, ties by position; every
-    score in a block is above every score in later blocks. Blocks hold at least ``chunk`` candidates."""
-    rest = cand_C
-    while rest.size:
-        if rest.size > 2 * chunk:
-            neg = -x_T[rest]
-            sel = neg <= np.partition(neg, chunk)[chunk]  # the best chunk+1, with all their ties
-            block, rest = rest[sel], rest[~sel]
-        else:
-            block, rest = rest, rest[:0]
-        yield block[np.argsort(-x_T[block], kind="stable")]
+_BLOCK = 256  # tokens per block of the block maxima that find_peaks_nms narrows its candidates with
+
+
+def _local_maxima(x_T: np.ndarray, pos_P: np.ndarray, min_score: float) -> np.ndarray:
+    """The positions of ``pos_P`` holding a local maximum (``>=`` both neighbours) above ``min_score``."""
+    v_P = x_T[pos_P]
+    ok = v_P > min_score
+    left, right = pos_P > 0, pos_P < x_T.size - 1
+    ok[left] &= v_P[left] >= x_T[pos_P[left] - 1]
+    ok[right] &= v_P[right] >= x_T[pos_P[right] + 1]
+    return pos_P[ok]
+
+
+def _candidates_by_score(x_T: np.ndarray, min_score: float, chunk: int) -> Iterator[np.ndarray]:
+    """Yield the local maxima of ``x_T`` above ``min_score`` in blocks sorted by score descending, ties by
+    position; every score in a block is above every score in later blocks.
+
+    Only the tokens of the best-scoring 256-token blocks are looked at: the candidates scoring at least
+    ``tau`` all lie in blocks whose maximum is at least ``tau``. ``tau`` is lowered (the number of blocks
+    looked at doubles) only when more candidates are asked for, so a whole-index pass is the block maxima.
+    """
+    n, B = x_T.size, _BLOCK
+    full = n // B
+    bmax = x_T[: full * B].reshape(full, B).max(axis=1) if full else np.zeros(0, x_T.dtype)
+    if n > full * B:
+        bmax = np.append(bmax, x_T[full * B :].max())
+    order = np.argsort(-bmax, kind="stable")
+    upper = np.inf  # candidates scoring >= upper were yielded already
+    want = max(1, chunk // 2)  # blocks to look at first
+    while True:
+        last = want >= order.size
+        tau = -np.inf if last else float(bmax[order[want - 1]])
+        if tau <= min_score:
+            tau, last = -np.inf, True
+        blocks = np.sort(order[bmax[order] >= tau] if not last else order)
+        pos_P = (blocks[:, None] * B + np.arange(B)[None, :]).ravel()
+        cand = _local_maxima(x_T, pos_P[pos_P < n], min_score)
+        v = x_T[cand]
+        cand = cand[(v >= tau) & (v < upper)]  # position order
+        if cand.size:
+            yield cand[np.argsort(-x_T[cand], kind="stable")]
+        if last:
+            return
+        upper, want = tau, 2 * want
 
 
 def find_peaks_nms(
@@ -130,17 +159,13 @@ def find_peaks_nms(
         x_T = x_T.astype(np.float64)
     if max_peaks <= 0 or x_T.size == 0:
         return np.zeros(0, dtype=np.int64)
-    is_max = x_T > min_score
-    is_max[1:] &= x_T[1:] >= x_T[:-1]
-    is_max[:-1] &= x_T[:-1] >= x_T[1:]
-    cand_C = np.flatnonzero(is_max)  # position order
     dist = max(int(min_distance), 1)
     accepted: list[int] = []
-    # Candidates are consumed in score-ordered blocks (only the blocks needed get sorted), and each
-    # accepted peak filters one short block; a new block is first cleared of everything near the peaks
-    # accepted so far. Same result as one pass over all candidates sorted by score.
+    # Candidates are consumed in score-ordered blocks (only the blocks needed are found and sorted), and
+    # each accepted peak filters one short block; a new block is first cleared of everything near the
+    # peaks accepted so far. Same result as one pass over all candidates sorted by score.
     chunk = max(64, 4 * max_peaks)
-    for block in _blocks_by_score(x_T, cand_C, chunk):
+    for block in _candidates_by_score(x_T, min_score, chunk):
         if accepted:
             acc = np.sort(np.asarray(accepted, dtype=np.int64))
             j = np.searchsorted(acc, block)
@@ -296,6 +321,17 @@ def _anchor(span: Span) -> float:
     return (span.start + span.end - 1) / 2
 
 
+def _islands(start_S: np.ndarray, end_S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union of intervals [start, end) as sorted disjoint islands (lo, hi); touching ones join."""
+    order = np.argsort(start_S, kind="stable")
+    s, e = start_S[order].astype(np.int64), np.maximum.accumulate(end_S[order].astype(np.int64))
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = s[1:] > e[:-1]  # starts after everything before it ends: a new island
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], s.size) - 1
+    return s[first], e[last]
+
+
 def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = (SOURCE_BIAS,)) -> list[Span]:
     """Budgeted union of spans from several sources, merged and in document order.
 
@@ -321,36 +357,44 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
         return (tier, -s.score, s.start, i)
 
     order = sorted(range(len(spans)), key=priority)
-    lo = min(s.start for s in spans)
-    hi = max(s.end for s in spans)
-    covered = np.zeros(hi - lo, dtype=bool)
+    # Token coverage is kept in compact coordinates: the union of the spans as disjoint islands laid end
+    # to end, one uncovered token between islands (so runs never join across a gap), not the whole range
+    # the spans are spread over (up to the index's length).
+    isl_lo, isl_hi = _islands(np.array([s.start for s in spans]), np.array([s.end for s in spans]))
+    base = np.cumsum(isl_hi - isl_lo + 1) - (isl_hi - isl_lo + 1)  # compact start of each island
+    where = np.searchsorted(isl_lo, [s.start for s in spans], side="right") - 1
+    at = (base[where] + np.array([s.start for s in spans]) - isl_lo[where]).tolist()  # compact span starts
+    covered = np.zeros(int(base[-1] + isl_hi[-1] - isl_lo[-1]), dtype=bool)
     left = int(budget)
     taken: list[tuple[Span, int, int]] = []  # span, effective start, end (global)
     for i in order:
         if left <= 0:
             break
         s = spans[i]
-        a, b = s.start - lo, s.end - lo
-        new_K = np.flatnonzero(~covered[a:b]) + a
+        a = at[i]
+        new_K = np.flatnonzero(~covered[a : a + s.length]) + a
         if new_K.size <= left:
             covered[new_K] = True
             left -= new_K.size
             taken.append((s, s.start, s.end))
             continue
-        dist = np.abs(new_K + lo - _anchor(s))
+        shift = s.start - a  # compact -> global inside this span
+        dist = np.abs(new_K + shift - _anchor(s))
         keep = new_K[np.argsort(dist, kind="stable")[:left]]
         covered[keep] = True
         left = 0
-        taken.append((s, int(keep.min()) + lo, int(keep.max()) + lo + 1))
-    # maximal runs of covered tokens
+        taken.append((s, int(keep.min()) + shift, int(keep.max()) + shift + 1))
+    # maximal runs of covered tokens, back in global positions
     edges = np.diff(np.concatenate([[False], covered, [False]]).astype(np.int8))
-    run_s = np.flatnonzero(edges == 1)
-    run_e = np.flatnonzero(edges == -1)
+    run_s, run_e = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    k_s = np.searchsorted(base, run_s, side="right") - 1
+    k_e = np.searchsorted(base, run_e - 1, side="right") - 1
+    run_s, run_e = isl_lo[k_s] + run_s - base[k_s], isl_lo[k_e] + run_e - base[k_e]
     members: list[list[Span]] = [[] for _ in range(run_s.size)]
     for s, a, b in taken:
         # runs overlapping [a, b): first run whose end > a .. last run whose start < b
-        r0 = int(np.searchsorted(run_e, a - lo, side="right"))
-        r1 = int(np.searchsorted(run_s, b - lo, side="left"))
+        r0 = int(np.searchsorted(run_e, a, side="right"))
+        r1 = int(np.searchsorted(run_s, b, side="left"))
         for r in range(r0, r1):
             members[r].append(s)
     out: list[Span] = []
@@ -361,8 +405,8 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
             why = merge_why(why, s.why)
         out.append(
             Span(
-                int(run_s[r]) + lo,
-                int(run_e[r]) + lo,
+                int(run_s[r]),
+                int(run_e[r]),
                 max((s.score for s in group), default=0.0),
                 _join_sources([s.source for s in group]),
                 why,

@@ -57,6 +57,37 @@ def test_direct_reads_equal_zarr(tmp_path, kind):
     assert reader._bytes <= max(3000, 1024 * data.itemsize)
 
 
+@pytest.mark.parametrize("kind", sorted(LAYOUTS))
+def test_open_files_stay_under_the_cap_and_close_reopens(tmp_path, kind, monkeypatch):
+    """Descriptors and maps are kept between reads but never more than MAX_OPEN_FILES (then all are
+    closed and reopened); reads after close() open them again; a short raw chunk file is refused."""
+    import s3attn.index_builder.chunks as ch
+
+    monkeypatch.setattr(ch, "MAX_OPEN_FILES", 2)
+    dtype, kwargs, _ = LAYOUTS[kind]
+    data = np.random.default_rng(2).integers(1, 200, 5000).astype(dtype)
+    arr = zarr.open_group(tmp_path / "g.zarr", mode="w").create_array(
+        "a", shape=data.shape, dtype=dtype, fill_value=0, **kwargs
+    )
+    arr[...] = data
+    reader = ChunkReader()
+    starts, lens = np.array([0, 1500, 4000, 2500]), np.array([1100, 800, 1000, 10])  # every file
+    for i in range(3):
+        np.testing.assert_array_equal(reader.read(arr, starts, lens), _expected(data, starts, lens))
+        held = sum(len(f) for f in reader._files.values()) + len(reader._maps)
+        assert held <= 5  # one read may open all (5) it needs, the next one closes them first
+        assert held > 0 or i > 0
+    reader.close()
+    assert not reader._files and not reader._maps
+    np.testing.assert_array_equal(reader.read(arr, starts, lens), _expected(data, starts, lens))
+    if kind == "raw":
+        chunk = tmp_path / "g.zarr" / "a" / "c" / "4"
+        chunk.write_bytes(chunk.read_bytes()[:10])
+        reader.close()
+        with pytest.raises(ValueError, match="chunk file is short"):
+            reader.read(arr, np.array([4090]), np.array([50]))
+
+
 def test_corrupt_shard_index_is_refused(tmp_path):
     data = np.arange(4096, dtype=np.uint32)
     arr = zarr.open_group(tmp_path / "g.zarr", mode="w").create_array(

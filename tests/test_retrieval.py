@@ -153,6 +153,29 @@ def test_query_encoder_reuses_the_prompt_prefix(retriever, monkeypatch):
     assert len(calls) == 1
 
 
+def test_encoder_follows_the_query_config(tiny_index, retriever):
+    """The question encoder uses fp16 weights when cfg.query.half_weights (CPU), the model as it is when
+    off; switching the config switches the encoder, and both give nearly the same features."""
+    from dataclasses import replace
+
+    from s3attn.retrieval.query_model import HalfLinear, half_weights_supported
+
+    r = configured(tiny_index, retriever)
+    prompt = r.prompt("", "where is the queen of paris")
+    ids = torch.tensor(r.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    span = question_token_range(r.tokenizer, prompt, "where is the queen of paris")
+    half = r.encoder
+    assert any(isinstance(m, HalfLinear) for m in half.model.modules()) == half_weights_supported(r.model)
+    r.cfg = replace(r.cfg, query=replace(r.cfg.query, half_weights=False))
+    full = r.encoder
+    assert full is not half and full.model is r.model
+    got, ref = half.codes(ids, span), full.codes(ids, span)
+    assert got.keys() == ref.keys()
+    for key, (idx, _) in got.items():
+        shared = [len(set(a) & set(b)) / len(a) for a, b in zip(idx.tolist(), ref[key][0].tolist())]
+        assert sum(shared) / len(shared) > 0.95, key
+
+
 def test_full_mode_truncates_middle(retriever):
     n = retriever.store.num_tokens
     spans = retriever.retrieve("paris", "full", 100)

@@ -74,11 +74,11 @@ def test_smooth_every_position_bruteforce(window, n):
 # ---- peaks ---------------------------------------------------------------------------------------------
 
 
-def _nms_reference(x: np.ndarray, min_distance: int, max_peaks: int) -> list[int]:
+def _nms_reference(x: np.ndarray, min_distance: int, max_peaks: int, min_score: float = 0.0) -> list[int]:
     cands = [
         i
         for i in range(len(x))
-        if (i == 0 or x[i] >= x[i - 1]) and (i == len(x) - 1 or x[i] >= x[i + 1]) and x[i] > 0
+        if (i == 0 or x[i] >= x[i - 1]) and (i == len(x) - 1 or x[i] >= x[i + 1]) and x[i] > min_score
     ]
     cands.sort(key=lambda i: (-x[i], i))
     out: list[int] = []
@@ -108,6 +108,31 @@ def test_nms_with_many_ties_matches_reference(min_distance, max_peaks):
     x = np.random.default_rng(min_distance).integers(0, 5, 3000).astype(np.float32)
     got = find_peaks_nms(x, min_distance=min_distance, max_peaks=max_peaks)
     assert got.tolist() == _nms_reference(x, min_distance, max_peaks)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_on_sparse_clustered_scores_matches_reference(seed, monkeypatch):
+    """Scores like a real index's: mostly zero, a dense cluster of high maxima that suppress each other
+    (so the best blocks run out and more are looked at), a length that is no multiple of the block."""
+    import s3attn.retrieval.spans as sp
+
+    tiers: list[int] = []
+    real = sp._candidates_by_score
+    monkeypatch.setattr(sp, "_candidates_by_score", lambda *a: (tiers.append(1) or b for b in real(*a)))
+    rng = np.random.default_rng(seed)
+    n = 40_000 + int(rng.integers(1, 255))
+    x = rng.random(n) * (rng.random(n) < 0.05)
+    at = int(rng.integers(0, n - 2000))
+    x[at : at + 2000] += 5 + rng.random(2000)  # one cluster: ~1000 local maxima above everything else
+    x[-1] = 7.0  # the last token is a candidate too
+    min_score = [0.0, 0.5][seed % 2]
+    for min_distance, max_peaks in ((64, 20), (3, 300), (1000, 30)):
+        tiers.clear()
+        got = find_peaks_nms(x, min_distance=min_distance, max_peaks=max_peaks, min_score=min_score)
+        want = _nms_reference(x, min_distance, max_peaks, min_score)
+        assert got.tolist() == want, (min_distance, max_peaks)
+        if min_distance == 1000:
+            assert len(tiers) > 1  # the first blocks did not suffice: the lowering path ran
 
 
 def test_nms_finds_three_bump_centres():

@@ -1,0 +1,73 @@
+"""The question's forward on CPU with fp16-packed linear weights: ``half_weight_view(model, last_layer)``.
+
+A question is a handful of tokens, so its forward to the deepest indexed layer is a chain of skinny
+matrix products whose cost is reading the weights (about 230 MB of fp32 for SmolLM2-135M's first 17
+layers). fbgemm's fp16 GEMM (``torch.ops.quantized.linear_dynamic_fp16``) keeps the weights packed in
+fp16 and computes in fp32: half the bytes to read, activations untouched, outputs within ~2e-4 of fp32
+(relative), so the question's SAE codes match the fp32 ones (see ``bench/bench_retrieval.py``, which
+measures both side by side). Index builds keep the full-precision model; only the question uses this.
+
+The view is a copy of the module tree along the paths to those linears; every other module and tensor
+(embeddings, norms, later layers) is shared with the model, so it costs the packed weights only (~115 MB).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from s3attn.saes.taps import decoder_layers
+
+
+class HalfLinear(nn.Module):
+    """``nn.Linear`` with its weight (and bias) packed for fbgemm's fp16 GEMM; input and output fp32."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
+
+    def forward(self, x_NI: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x_NI, self.packed)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weights=fp16 (fbgemm)"
+
+
+def half_weights_supported(model: nn.Module) -> bool:
+    """fp16-packed linears apply to an fp32 model on CPU with the fbgemm (x86) quantized engine."""
+    param = next(model.parameters(), None)
+    engines = torch.backends.quantized.supported_engines
+    return (
+        param is not None
+        and param.device.type == "cpu"
+        and param.dtype == torch.float32
+        and any(e in engines for e in ("fbgemm", "x86"))
+    )
+
+
+def half_weight_view(model: nn.Module, last_layer: int) -> nn.Module:
+    """``model`` with every ``nn.Linear`` of decoder layers ``0..last_layer`` replaced by :class:`HalfLinear`.
+
+    The model itself is not changed. Where fp16 packing does not apply (:func:`half_weights_supported`: a
+    GPU, a bf16 model, no fbgemm) the model is returned as it is.
+    """
+    if not half_weights_supported(model):
+        return model
+    decoder = decoder_layers(model)
+    chosen = {id(m) for i in range(last_layer + 1) for m in decoder[i].modules() if type(m) is nn.Linear}
+
+    def rebuilt(module: nn.Module) -> nn.Module:
+        if id(module) in chosen:
+            return HalfLinear(module)
+        children = {name: rebuilt(c) for name, c in module._modules.items() if c is not None}
+        if all(children[name] is c for name, c in module._modules.items() if c is not None):
+            return module  # nothing below it changes: shared as it is
+        view = copy.copy(module)  # shallow: shares parameters and buffers
+        view._modules = {**module._modules, **children}  # its own child table, so the model keeps its own
+        return view
+
+    return rebuilt(model)
