@@ -6,7 +6,9 @@
    shuffled blocks, to ``--index-tokens`` tokens (so feature document frequencies are the real ones), written as
    an index with BM25; then ``Retriever.retrieve`` (question forward pass + postings + scoring + spans, no
    generation) is timed on 20 questions per mode after one warm-up question: p50 / p90 (goal: p50 <= 100 ms);
-   the first question on a freshly opened index is reported apart ("cold").
+   the first question on a freshly opened index is reported apart ("cold"). Then, side by side: the question
+   forward with fp16-packed against fp32 weights (and the share of SAE features they agree on), and hybrid
+   retrieval under each fusion. ``--tiled-index DIR`` keeps the tiled index there (reused when present).
 2. Answering: a ``--doc-tokens`` document is indexed (build time reported apart), then the same questions are
    answered with full context (middle-truncated to the window) and with S3-Hybrid at a 2k budget, alternating;
    prints the median time ratio hybrid/full (goal <= 0.25). Writes bench/out/retrieval.json.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -160,6 +163,42 @@ def stage_times(retriever: Retriever) -> dict[str, float]:
     return {k: 1000 * statistics.median(v) for k, v in parts.items()}
 
 
+def forward_precision(retriever: Retriever) -> dict[str, float]:
+    """The question forward + SAE codes with fp16-packed weights against the model's own fp32, side by side
+    (alternating question by question): p50 ms of each and the share of top-k features they agree on."""
+    from dataclasses import replace
+
+    from s3attn.retrieval.query import question_token_range
+
+    r, base = retriever, retriever.cfg
+    encoders = {}
+    for half in (False, True):
+        r.cfg = replace(base, query=replace(base.query, half_weights=half))
+        encoders[half] = r.encoder
+    r.cfg = base
+    times: dict[bool, list[float]] = {False: [], True: []}
+    shared: list[float] = []
+    for q in QUESTIONS:
+        prompt = r.prompt("", q)
+        ids = torch.tensor(r.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        span = question_token_range(r.tokenizer, prompt, q)
+        codes = {}
+        for half, enc in encoders.items():
+            t = time.perf_counter()
+            codes[half] = enc.codes(ids, span)
+            times[half].append(time.perf_counter() - t)
+        for key, (idx, _) in codes[True].items():
+            ref = codes[False][key][0]
+            shared += [len(set(a) & set(b)) / len(a) for a, b in zip(idx.tolist(), ref.tolist())]
+    fp32, fp16 = (1000 * statistics.median(times[h]) for h in (False, True))
+    return {
+        "fp32_ms": fp32,
+        "fp16_weights_ms": fp16,
+        "ratio": fp16 / fp32,
+        "topk_shared": float(np.mean(shared)),
+    }
+
+
 def fusion_times(retriever: Retriever) -> dict[str, float]:
     """p50 ms of a hybrid retrieval per fusion, the fusions alternating question by question (side by side,
     so that load on the machine falls on all of them alike)."""
@@ -217,6 +256,9 @@ def main() -> None:
     ap.add_argument("--index-tokens", type=int, default=1_000_000)
     ap.add_argument("--doc-tokens", type=int, default=32768)
     ap.add_argument("--answer-questions", type=int, default=3, help="0: latency only")
+    ap.add_argument(
+        "--tiled-index", default=None, help="keep the tiled index in this folder; reuse it if there"
+    )
     args = ap.parse_args()
     release, rel_cfg, layers = resolve_release(args.sae or str(default_release()), None)
     stack = load_stack(release, rel_cfg, layers, None)
@@ -224,8 +266,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t = time.perf_counter()
-        big = tiled_index(stack, release, layers, work, args.seed_tokens, args.index_tokens)
-        res["tiled_index_build_s"] = time.perf_counter() - t
+        kept = Path(args.tiled_index) if args.tiled_index else None
+        if kept is not None and (kept / "manifest.json").is_file():
+            big = kept
+        else:
+            big = tiled_index(stack, release, layers, work, args.seed_tokens, args.index_tokens)
+            if kept is not None:
+                shutil.copytree(big, kept)
+                big = kept
+            res["tiled_index_build_s"] = time.perf_counter() - t
         r = Retriever(big, stack=stack)
         res["index_tokens"] = r.store.num_tokens
         t = time.perf_counter()
@@ -247,6 +296,12 @@ def main() -> None:
         print(
             "retrieve s3 by stage, p50 ms: "
             + ", ".join(f"{k} {v:.1f}" for k, v in res["s3_stage_p50_ms"].items())
+        )
+        res["question_forward_by_precision"] = fp = forward_precision(r)
+        print(
+            f"question forward + codes, side by side, p50: fp32 weights {fp['fp32_ms']:.1f} ms, fp16-packed "
+            f"weights {fp['fp16_weights_ms']:.1f} ms ({fp['ratio']:.2f}x); top-k features shared "
+            f"{fp['topk_shared']:.4f} (default: {'fp16' if r.cfg.query.half_weights else 'fp32'})"
         )
         res["hybrid_p50_ms_by_fusion"] = fusion_times(r)
         by, default = res["hybrid_p50_ms_by_fusion"], r.cfg.fusion

@@ -18,6 +18,7 @@ store either way.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import resource
@@ -93,6 +94,33 @@ def _direct_layout(arr: zarr.Array) -> Layout | None:
     return Layout("blosc", folder, size, 1) if _names(codecs[1:]) == ["BloscCodec"] else None
 
 
+def _pieces(starts: np.ndarray, lens: np.ndarray, size: int) -> tuple[list[int], ...]:
+    """Ranges (all non-empty) cut at chunk edges: per piece its chunk id, first and end entry inside that
+    chunk, and where it goes in the concatenated output. Array arithmetic for many ranges, plain Python
+    for a few (a span's tokens), where numpy's per-call cost would dominate."""
+    if starts.size <= 4:
+        out: tuple[list[int], ...] = ([], [], [], [])
+        at = 0
+        for s, n in zip(starts.tolist(), lens.tolist()):
+            pos, end = s, s + n
+            while pos < end:
+                c = pos // size
+                stop = min(end, (c + 1) * size)
+                for column, value in zip(out, (c, pos - c * size, stop - c * size, at)):
+                    column.append(value)
+                at += stop - pos
+                pos = stop
+        return out
+    first_c, last_c = starts // size, (starts + lens - 1) // size
+    per_range = last_c - first_c + 1
+    chunk_P = concat_ranges(first_c, per_range)
+    range_P = np.repeat(np.arange(starts.size), per_range)
+    lo_P = np.maximum(starts[range_P], chunk_P * size) - chunk_P * size
+    hi_P = np.minimum((starts + lens)[range_P], (chunk_P + 1) * size) - chunk_P * size
+    at_P = np.cumsum(hi_P - lo_P) - (hi_P - lo_P)
+    return chunk_P.tolist(), lo_P.tolist(), hi_P.tolist(), at_P.tolist()
+
+
 class ChunkReader:
     """Concatenated ranges of 1-D Zarr arrays, read from their files with a shared decoded-chunk LRU.
 
@@ -108,6 +136,7 @@ class ChunkReader:
         self._layouts: dict[str, Layout | None] = {}
         self._shard_index: dict[tuple[str, int], np.ndarray] = {}
         self._files: dict[Path, _Files] = {}
+        self._held = [0]  # descriptors open in self._files
         self._maps: dict[tuple[str, int], np.ndarray] = {}
 
     def close(self) -> None:
@@ -116,6 +145,10 @@ class ChunkReader:
             files.close()
         self._files.clear()
         self._maps.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def read(self, arr: zarr.Array, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """``concatenate([arr[s:s + n] for s, n in zip(starts, lens)])``."""
@@ -133,23 +166,15 @@ class ChunkReader:
         out = np.empty(int(lens.sum()), dtype=arr.dtype)
         if not out.size:
             return out
-        # pieces: each range cut at chunk edges (chunk id, first and end entry inside it, where it goes)
-        size = layout.chunk
-        first_c, last_c = starts // size, (starts + lens - 1) // size
-        per_range = last_c - first_c + 1
-        chunk_P = concat_ranges(first_c, per_range)
-        range_P = np.repeat(np.arange(starts.size), per_range)
-        lo_P = np.maximum(starts[range_P], chunk_P * size) - chunk_P * size
-        hi_P = np.minimum((starts + lens)[range_P], (chunk_P + 1) * size) - chunk_P * size
-        at_P = np.cumsum(hi_P - lo_P) - (hi_P - lo_P)
-        if sum(len(f) for f in self._files.values()) + len(self._maps) > MAX_OPEN_FILES:
+        chunk_ids, lo_P, hi_P, at_P = _pieces(starts, lens, layout.chunk)
+        if self._held[0] + len(self._maps) > MAX_OPEN_FILES:
             self.close()
         files = self._files.get(layout.folder)
         if files is None:
-            files = self._files[layout.folder] = _Files(layout.folder)
+            files = self._files[layout.folder] = _Files(layout.folder, self._held)
         view = self._mapped if layout.kind == "raw" else self._chunk
-        views = {c: view(arr, layout, files, c) for c in np.unique(chunk_P).tolist()}
-        for c, lo, hi, at in zip(chunk_P.tolist(), lo_P.tolist(), hi_P.tolist(), at_P.tolist()):
+        views = {c: view(arr, layout, files, c) for c in dict.fromkeys(chunk_ids)}
+        for c, lo, hi, at in zip(chunk_ids, lo_P, hi_P, at_P):
             data = views[c]
             if hi > data.size:
                 raise ValueError(f"{layout.folder / str(c)}: chunk file is short; run s3-index verify")
@@ -229,24 +254,24 @@ class ChunkReader:
 class _Files:
     """File descriptors of one array's chunk (or shard) files, opened on first use, closed by close()."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, held: list[int]) -> None:
         self.folder = folder
         self._fds: dict[int, int | None] = {}
+        self._held = held  # descriptors open in all of one reader's _Files, shared
 
     def get(self, i: int) -> int | None:
         """Descriptor of file ``i``, or None when it does not exist."""
         if i not in self._fds:
             try:
                 self._fds[i] = os.open(self.folder / str(i), os.O_RDONLY)
+                self._held[0] += 1
             except FileNotFoundError:
                 self._fds[i] = None
         return self._fds[i]
-
-    def __len__(self) -> int:
-        return len(self._fds)
 
     def close(self) -> None:
         for fd in self._fds.values():
             if fd is not None:
                 os.close(fd)
+                self._held[0] -= 1
         self._fds.clear()

@@ -286,35 +286,38 @@ def read_postings(
 ) -> Postings:
     """Posting lists of ``features`` (int64, any order, repeats allowed) over ``readers`` (token order).
 
-    Each distinct feature's list is read once per segment (whole chunks, see :mod:`chunks`); gaps decoded by
-    one cumulative sum; output slot-major, so every slot's list is in global position order.
+    Per segment the lists are read in slot order (whole chunks, see :mod:`chunks`), gaps decoded by one
+    cumulative sum; output slot-major, so every slot's list is in global position order. One segment needs
+    no reordering at all; several are interleaved by one scatter.
     """
-    uniq, inv = np.unique(features, return_inverse=True)
+    features = np.asarray(features, dtype=np.int64)
     n_slots = features.size
     parts = []
     for r in readers:
         off = r.offsets(layer, kv)
-        lens_u = off[uniq + 1] - off[uniq]
-        if not lens_u.sum():
-            parts.append((r, lens_u, None, None))
+        lens = off[features + 1] - off[features]
+        if not lens.sum():
             continue
-        gaps = chunks.read(r.array(head_array(layer, kv, INDEX_GAPS_ARRAY)), off[uniq], lens_u)
-        q = chunks.read(r.array(head_array(layer, kv, INDEX_ACT_ARRAY)), off[uniq], lens_u)
-        parts.append((r, lens_u, gaps, q))
-    lens_SJ = np.stack([p[1][inv] for p in parts]) if parts else np.zeros((0, n_slots), np.int64)
+        gaps = chunks.read(r.array(head_array(layer, kv, INDEX_GAPS_ARRAY)), off[features], lens)
+        q = chunks.read(r.array(head_array(layer, kv, INDEX_ACT_ARRAY)), off[features], lens)
+        positions = decode_gaps(gaps, lens)
+        positions += r.token_start
+        parts.append((lens, positions, dequantize_acts(q, r.act_scale(layer, kv))))
+    if not parts:
+        return Postings(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    lens_SJ = np.stack([p[0] for p in parts])
+    slots = np.repeat(np.arange(n_slots, dtype=np.int32), lens_SJ.sum(axis=0))
+    if len(parts) == 1:
+        return Postings(parts[0][1], slots, parts[0][2])
     flat = lens_SJ.T.ravel()
     start_JS = (np.cumsum(flat) - flat).reshape(n_slots, len(parts))
     total = int(lens_SJ.sum())
     positions = np.empty(total, dtype=np.int64)
     acts = np.empty(total, dtype=np.float32)
-    for s, (r, lens_u, gaps, q) in enumerate(parts):
-        if gaps is None:
-            continue
-        src = concat_ranges((np.cumsum(lens_u) - lens_u)[inv], lens_SJ[s])
-        dest = concat_ranges(start_JS[:, s], lens_SJ[s])
-        positions[dest] = decode_gaps(gaps, lens_u)[src] + r.token_start
-        acts[dest] = dequantize_acts(q[src], r.act_scale(layer, kv))
-    slots = np.repeat(np.arange(n_slots, dtype=np.int32), lens_SJ.sum(axis=0))
+    for s, (lens, pos, act) in enumerate(parts):
+        dest = concat_ranges(start_JS[:, s], lens)
+        positions[dest] = pos
+        acts[dest] = act
     return Postings(positions, slots, acts)
 
 

@@ -231,16 +231,20 @@ def grow_spans(
         raise S3Error(f"grow_spans: peak positions must be in [0, {n})")
     lo_P, hi_P = _doc_bounds(peaks_P, n, boundaries)
     min_len = min(max(int(min_len), 1), max_len)
+    # every peak's window [p - max_len + 1, p + max_len) at once: a token below the threshold or outside
+    # the peak's document stops the growth; the left run starts after the last stop before the peak, the
+    # right run ends at the first stop from the peak on
+    L = max_len
+    pos_PW = peaks_P[:, None] + np.arange(-(L - 1), L)[None, :]
+    stop_PW = (pos_PW < lo_P[:, None]) | (pos_PW >= hi_P[:, None])
+    stop_PW |= x_T[np.clip(pos_PW, 0, max(n - 1, 0))] < (frac * x_T[peaks_P])[:, None]
+    left, right = stop_PW[:, :L], stop_PW[:, L - 1 :]
+    last_left = L - 1 - np.argmax(left[:, ::-1], axis=1)  # column of the last stop left of the peak
+    starts = np.where(left.any(axis=1), peaks_P - (L - 1) + last_left + 1, peaks_P - (L - 1))
+    ends = np.where(right.any(axis=1), peaks_P + np.argmax(right, axis=1), peaks_P + L)
     out: list[Span] = []
-    for p, lo, hi in zip(peaks_P.tolist(), lo_P.tolist(), hi_P.tolist()):
+    for p, lo, hi, start, end in zip(*(a.tolist() for a in (peaks_P, lo_P, hi_P, starts, ends))):
         peak = float(x_T[p])
-        thr = frac * peak
-        base = max(lo, p - max_len + 1)
-        below = np.flatnonzero(x_T[base : p + 1] < thr)
-        start = base + int(below[-1]) + 1 if below.size else base
-        stop = min(hi, p + max_len)
-        below = np.flatnonzero(x_T[p:stop] < thr)
-        end = p + int(below[0]) if below.size else stop
         start = min(start, p)  # a negative peak score would put p itself below threshold
         end = max(end, p + 1)
         if end - start > max_len:  # centre on the peak inside the run
