@@ -38,6 +38,7 @@ from s3attn.retrieval.evaluate import (
     plan,
 )
 from s3attn.retrieval.metrics import score
+from s3attn.retrieval.query import QueryConfig
 from s3attn.retrieval.retriever import RetrievalConfig, Retriever, generate
 
 TASKS = "niah,ruler_niah_multikey,ruler_niah_multivalue,ruler_niah_multiquery,ruler_vt,multidoc_qa"
@@ -52,6 +53,16 @@ VARIANTS = {
     "linear.8": ("hybrid", {"fusion": "linear", "bm25_weight": 0.8, "min_relevance": 0.0}),
     "linear.6-floor.5": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.5}),
     "rrf": ("hybrid", {"fusion": "rrf", "min_relevance": 0.0}),
+    # the default hybrid with the question's forward in the model's own fp32 weights (not fp16-packed)
+    "linear.6-floor.5-fp32": (
+        "hybrid",
+        {
+            "fusion": "linear",
+            "bm25_weight": 0.6,
+            "min_relevance": 0.5,
+            "query": QueryConfig(half_weights=False),
+        },
+    ),
 }
 
 

@@ -91,6 +91,15 @@ class Answer(NamedTuple):
     seconds: float
 
 
+def decode_many(tokenizer, ids: list[list[int]]) -> list[str]:
+    """``[tokenizer.decode(x) for x in ids]``, in one call to a fast tokenizer's backend where that is the
+    same thing (no clean-up of tokenization spaces), which skips transformers' per-token input checks."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if getattr(tokenizer, "clean_up_tokenization_spaces", True) is False and hasattr(backend, "decode_batch"):
+        return backend.decode_batch(ids, skip_special_tokens=False)
+    return [tokenizer.decode(x) for x in ids]
+
+
 class Retriever:
     """Opens an index with its model and SAEs (checked to match) and answers questions from it."""
 
@@ -207,14 +216,14 @@ class Retriever:
         self._check_question(question, budget)
         cfg = self.cfg
         if mode == "full":
-            return [self._materialise(s) for s in self._full_spans(budget)]
+            return self._materialise(self._full_spans(budget))
         hits: list[Span] = []
         if mode in ("bm25", "hybrid"):
             from s3attn.index_builder.bm25 import to_spans
 
             hits = to_spans(self.bm25.search(question, top_k=64))
         if mode == "bm25":
-            return [self._materialise(s) for s in (normalised(fuse([hits], budget)) if hits else [])]
+            return self._materialise(normalised(fuse([hits], budget)) if hits else [])
         scores, queries = self.s3_scores(question)
         s3, sm_T = self.s3_candidates(scores, budget)
         if explain:
@@ -239,7 +248,7 @@ class Retriever:
                 rrf_k=cfg.rrf_k,
                 min_relevance=cfg.min_relevance,
             )
-        return [self._materialise(s) for s in spans]
+        return self._materialise(spans)
 
     def _full_spans(self, budget: int) -> list[Span]:
         n = self.store.num_tokens
@@ -251,14 +260,20 @@ class Retriever:
             Span(n - (budget - half), n, 1.0, "full", {"truncated": "middle"}),
         ]
 
-    def _materialise(self, span: Span) -> RetrievedSpan:
-        i = int(np.searchsorted(self._doc_starts, span.start, side="right")) - 1
-        inside = 0 <= i and self.doc_table[i][2] <= span.start < self.doc_table[i][3]
-        doc = self.doc_table[i] if inside else (-1, "?", 0, 0)
-        text = self.tokenizer.decode(self.store.tokens(span.start, span.end).tolist())
-        return RetrievedSpan(
-            doc[0], doc[1], span.start, span.end, text, float(span.score), span.source, span.why
-        )
+    def _materialise(self, spans: list[Span]) -> list[RetrievedSpan]:
+        """Spans -> their documents and text (all decoded in one call)."""
+        texts = decode_many(self.tokenizer, [self.store.tokens(s.start, s.end).tolist() for s in spans])
+        out = []
+        for span, text in zip(spans, texts):
+            i = int(np.searchsorted(self._doc_starts, span.start, side="right")) - 1
+            inside = 0 <= i and self.doc_table[i][2] <= span.start < self.doc_table[i][3]
+            doc = self.doc_table[i] if inside else (-1, "?", 0, 0)
+            out.append(
+                RetrievedSpan(
+                    doc[0], doc[1], span.start, span.end, text, float(span.score), span.source, span.why
+                )
+            )
+        return out
 
     # ---- generation ---------------------------------------------------------------------------------
     def answer(

@@ -46,6 +46,20 @@ def test_view_taps_match_fp32(arch):
             assert cos.min() > 0.9999
 
 
+def test_view_is_made_once_per_model_and_layer_and_dies_with_the_model():
+    import gc
+
+    import s3attn.retrieval.query_model as qm
+
+    model = tiny_model("llama")
+    view = half_weight_view(model, 1)
+    assert half_weight_view(model, 1) is view and half_weight_view(model, 2) is not view
+    assert model in qm._VIEWS
+    del model, view
+    gc.collect()
+    assert not any(type(m).__name__ == "LlamaForCausalLM" for m in qm._VIEWS.keys())
+
+
 def test_view_falls_back_where_fp16_packing_does_not_apply():
     model = tiny_model("llama").to(torch.bfloat16)
     assert not half_weights_supported(model)

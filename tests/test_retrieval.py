@@ -176,6 +176,17 @@ def test_encoder_follows_the_query_config(tiny_index, retriever):
         assert sum(shared) / len(shared) > 0.95, key
 
 
+@pytest.mark.parametrize("clean_up", [False, True])
+def test_decode_many_is_decode(retriever, clean_up, monkeypatch):
+    from s3attn.retrieval.retriever import decode_many
+
+    tok = retriever.tokenizer
+    monkeypatch.setattr(tok, "clean_up_tokenization_spaces", clean_up)
+    ids = [retriever.store.tokens(a, a + n).tolist() for a, n in ((0, 40), (310, 9), (500, 1), (0, 0))]
+    assert decode_many(tok, ids) == [tok.decode(x) for x in ids]
+    assert decode_many(tok, ids)[0].strip()
+
+
 def test_full_mode_truncates_middle(retriever):
     n = retriever.store.num_tokens
     spans = retriever.retrieve("paris", "full", 100)
