@@ -18,7 +18,6 @@ store either way.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import resource
@@ -147,8 +146,10 @@ class ChunkReader:
         self._maps.clear()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.close()
+        except Exception:  # at interpreter exit the os module may be gone already
+            pass
 
     def read(self, arr: zarr.Array, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """``concatenate([arr[s:s + n] for s, n in zip(starts, lens)])``."""
