@@ -173,8 +173,10 @@ class ChunkReader:
         files = self._files.get(layout.folder)
         if files is None:
             files = self._files[layout.folder] = _Files(layout.folder, self._held)
-        view = self._mapped if layout.kind == "raw" else self._chunk
-        views = {c: view(arr, layout, files, c) for c in dict.fromkeys(chunk_ids)}
+        if layout.kind == "raw":
+            views = {c: self._mapped(arr, layout, c) for c in dict.fromkeys(chunk_ids)}
+        else:
+            views = {c: self._chunk(arr, layout, files, c) for c in dict.fromkeys(chunk_ids)}
         for c, lo, hi, at in zip(chunk_ids, lo_P, hi_P, at_P):
             data = views[c]
             if hi > data.size:
@@ -182,7 +184,7 @@ class ChunkReader:
             out[at : at + hi - lo] = data[lo:hi]
         return out
 
-    def _mapped(self, arr: zarr.Array, layout: Layout, files: _Files, c: int) -> np.ndarray:
+    def _mapped(self, arr: zarr.Array, layout: Layout, c: int) -> np.ndarray:
         """Raw chunk ``c`` as a read-only memory map (its file's bytes in place; kept until close)."""
         key = (str(layout.folder), c)
         data = self._maps.get(key)

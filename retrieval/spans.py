@@ -364,10 +364,11 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
     # Token coverage is kept in compact coordinates: the union of the spans as disjoint islands laid end
     # to end, one uncovered token between islands (so runs never join across a gap), not the whole range
     # the spans are spread over (up to the index's length).
-    isl_lo, isl_hi = _islands(np.array([s.start for s in spans]), np.array([s.end for s in spans]))
+    start_S = np.array([s.start for s in spans])
+    isl_lo, isl_hi = _islands(start_S, np.array([s.end for s in spans]))
     base = np.cumsum(isl_hi - isl_lo + 1) - (isl_hi - isl_lo + 1)  # compact start of each island
-    where = np.searchsorted(isl_lo, [s.start for s in spans], side="right") - 1
-    at = (base[where] + np.array([s.start for s in spans]) - isl_lo[where]).tolist()  # compact span starts
+    where = np.searchsorted(isl_lo, start_S, side="right") - 1
+    at = (base[where] + start_S - isl_lo[where]).tolist()  # compact span starts
     covered = np.zeros(int(base[-1] + isl_hi[-1] - isl_lo[-1]), dtype=bool)
     left = int(budget)
     taken: list[tuple[Span, int, int]] = []  # span, effective start, end (global)
