@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from s3attn.saes.models import load_model
-from s3attn.saes.taps import forward_to_layer
+from s3attn.models.loading import load_model
+from s3attn.models.taps import forward_to_layer
 from s3attn.train.harvest import harvest
 
 

@@ -22,18 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from s3attn.evaluation.tasks import paul_graham_text
 from s3attn.index_builder.build import run_prefill
-from s3attn.index_builder.pipeline import (
-    default_release,
-    index_attrs,
-    load_stack,
-    rebuild_bm25,
-    resolve_release,
-)
+from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
 from s3attn.index_builder.prefill import plan_chunks
 from s3attn.index_builder.store import IndexStore
-from s3attn.retrieval.tasks import paul_graham_text
-from s3attn.saes.taps import forward_to_layer
+from s3attn.models.taps import forward_to_layer
+from s3attn.saes.stack import default_release, load_stack, resolve_release
 
 OUT = Path(__file__).parent / "out"
 

@@ -28,19 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s3attn.evaluation.tasks import paul_graham_text
 from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.config import BuildConfig
-from s3attn.index_builder.pipeline import (
-    default_release,
-    index_attrs,
-    load_stack,
-    rebuild_bm25,
-    resolve_release,
-)
+from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
 from s3attn.index_builder.schema import DocRecord, SegmentData
 from s3attn.index_builder.store import IndexStore
 from s3attn.retrieval.retriever import Retriever
-from s3attn.retrieval.tasks import paul_graham_text
+from s3attn.saes.stack import default_release, load_stack, resolve_release
 
 QUESTIONS = [
     "What do startups need to do to survive?",
@@ -158,7 +153,7 @@ def time_retrieval(retriever: Retriever, mode: str) -> list[float]:
 def stage_times(retriever: Retriever) -> dict[str, float]:
     """Median ms per stage of an s3 retrieval over QUESTIONS: the question's forward + SAE codes, reading
     postings and scoring every token, span selection (``Retriever.s3_spans``) and reading the spans' text."""
-    from s3attn.retrieval.query import head_queries, question_token_range, score_tokens
+    from s3attn.retrieval.question import head_features, question_token_range, score_tokens
 
     r, cfg = retriever, retriever.cfg
     parts: dict[str, list[float]] = {"forward_codes": [], "postings_score": [], "select_text": []}
@@ -168,7 +163,7 @@ def stage_times(retriever: Retriever) -> dict[str, float]:
         t0 = time.perf_counter()
         codes = r.encoder.codes(ids, question_token_range(r.tokenizer, prompt, q))
         t1 = time.perf_counter()
-        scores = score_tokens(r.store, head_queries(codes, r.store, cfg.query), cfg.query)
+        scores = score_tokens(r.store, head_features(codes, r.store, cfg.question), cfg.question)
         t2 = time.perf_counter()
         r._materialise(r.s3_spans(scores, 2048))
         t3 = time.perf_counter()
@@ -182,12 +177,12 @@ def forward_precision(retriever: Retriever) -> dict[str, float]:
     (alternating question by question): p50 ms of each and the share of top-k features they agree on."""
     from dataclasses import replace
 
-    from s3attn.retrieval.query import question_token_range
+    from s3attn.retrieval.question import question_token_range
 
     r, base = retriever, retriever.cfg
     encoders = {}
     for half in (False, True):
-        r.cfg = replace(base, query=replace(base.query, half_weights=half))
+        r.cfg = replace(base, question=replace(base.query, half_weights=half))
         encoders[half] = r.encoder
     r.cfg = base
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -317,7 +312,7 @@ def main() -> None:
         print(
             f"question forward + codes, side by side, p50: fp32 weights {fp['fp32_ms']:.1f} ms, fp16-packed "
             f"weights {fp['fp16_weights_ms']:.1f} ms ({fp['ratio']:.2f}x); top-k features shared "
-            f"{fp['topk_shared']:.4f} (default: {'fp16' if r.cfg.query.half_weights else 'fp32'})"
+            f"{fp['topk_shared']:.4f} (default: {'fp16' if r.cfg.question.half_weights else 'fp32'})"
         )
         res["hybrid_p50_ms_by_fusion"] = fusion_times(r)
         by, default = res["hybrid_p50_ms_by_fusion"], r.cfg.fusion

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from s3attn.paths import atomic_write_json
-from s3attn.retrieval import index_cache as C
-from s3attn.retrieval.evaluate import (
+from s3attn.evaluation import index_cache as C
+from s3attn.evaluation.evaluate import (
     SEPARATOR,
     EvalConfig,
     build_prompt,
@@ -37,8 +36,9 @@ from s3attn.retrieval.evaluate import (
     new_tokens_for,
     plan,
 )
-from s3attn.retrieval.metrics import score
-from s3attn.retrieval.query import QueryConfig
+from s3attn.evaluation.metrics import score
+from s3attn.paths import atomic_write_json
+from s3attn.retrieval.question import QuestionConfig
 from s3attn.retrieval.retriever import RetrievalConfig, Retriever, generate
 
 TASKS = "niah,ruler_niah_multikey,ruler_niah_multivalue,ruler_niah_multiquery,ruler_vt,multidoc_qa"
@@ -60,7 +60,7 @@ VARIANTS = {
             "fusion": "linear",
             "bm25_weight": 0.6,
             "min_relevance": 0.5,
-            "query": QueryConfig(half_weights=False),
+            "query": QuestionConfig(half_weights=False),
         },
     ),
 }

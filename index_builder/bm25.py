@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 from s3attn.constants import BM25_FORMAT_VERSION, BM25_META, BM25_PASSAGES, BM25_TEXTS
 from s3attn.errors import S3Error
 from s3attn.paths import atomic_write_json, publish_dir
-from s3attn.retrieval.spans import SOURCE_BM25, Span
 
 STOPWORDS = "en"
 STEMMER_NAME = "s-stemmer"
@@ -46,7 +45,7 @@ class Passage(NamedTuple):
 class Hit(NamedTuple):
     passage: Passage
     score: float
-    terms: list[str]  # query words (lowercased, as written) whose stem occurs in the passage
+    terms: list[str]  # question words (lowercased, as written) whose stem occurs in the passage
 
 
 def make_passages(
@@ -92,14 +91,14 @@ def _stem_words(words: list[str]) -> list[str]:  # bm25s calls the stemmer with 
     return [_stem(w) for w in words]
 
 
-def _query_words(query: str) -> list[str]:
-    """Lowercased query words without stopwords, duplicates removed (order kept)."""
-    words = bm25s.tokenize(query, stopwords=STOPWORDS, return_ids=False, show_progress=False)[0]
+def _question_words(question: str) -> list[str]:
+    """Lowercased question words without stopwords, duplicates removed (order kept)."""
+    words = bm25s.tokenize(question, stopwords=STOPWORDS, return_ids=False, show_progress=False)[0]
     return list(dict.fromkeys(w for w in words if w))
 
 
 class BM25Index:
-    """BM25 over :class:`Passage` windows. Build with :meth:`build`, query with :meth:`search`."""
+    """BM25 over :class:`Passage` windows. Build with :meth:`build`, search with :meth:`search`."""
 
     def __init__(self, passages_P3: np.ndarray, texts: list[str], retriever: bm25s.BM25 | None) -> None:
         self.passages_P3 = np.asarray(passages_P3, dtype=np.int64).reshape(-1, 3)
@@ -140,17 +139,17 @@ class BM25Index:
         params = {"k1": self.retriever.k1, "b": self.retriever.b} if self.retriever is not None else {}
         return BM25Index.build(old + list(passages), self.texts + list(texts), **params)
 
-    # ---- query ----------------------------------------------------------------------------------------
-    def search(self, query: str, top_k: int) -> list[Hit]:
+    # ---- search ---------------------------------------------------------------------------------------
+    def search(self, question: str, top_k: int) -> list[Hit]:
         """Best ``top_k`` passages with a positive score, best first (ties: lower passage index).
 
-        A query that is empty, only stopwords, or shares no term with the index returns ``[]``.
+        A question that is empty, only stopwords, or shares no term with the index returns ``[]``.
         """
         if self.retriever is None or top_k <= 0:
             return []
         vocab = self.retriever.vocab_dict
         by_stem: dict[str, list[str]] = {}
-        for w in _query_words(query):
+        for w in _question_words(question):
             stem = _stem(w)
             if stem in vocab:
                 by_stem.setdefault(stem, []).append(w)
@@ -162,7 +161,7 @@ class BM25Index:
         indptr = self.retriever.scores["indptr"]
         indices = self.retriever.scores["indices"]
         terms: list[list[str]] = [[] for _ in range(top.size)]
-        for stem, words in by_stem.items():  # loop over the few query terms, vectorised over hits
+        for stem, words in by_stem.items():  # loop over the few question terms, vectorised over hits
             c = vocab[stem]
             has = np.isin(top, indices[indptr[c] : indptr[c + 1]])
             for j in np.flatnonzero(has).tolist():
@@ -222,17 +221,3 @@ class BM25Index:
         if not meta.get("empty"):
             retriever = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False, verbosity=0)
         return cls(passages, texts, retriever)
-
-
-def to_spans(results: list[Hit]) -> list[Span]:
-    """Search hits as ``source="bm25"`` spans, ``why={"terms": [...], "bm25": score, "doc_id": id}``."""
-    return [
-        Span(
-            h.passage.start,
-            h.passage.end,
-            h.score,
-            SOURCE_BM25,
-            {"terms": list(h.terms), "bm25": h.score, "doc_id": h.passage.doc_id},
-        )
-        for h in results
-    ]

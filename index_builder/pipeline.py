@@ -6,64 +6,17 @@ import json
 import os
 import shutil
 import sys
-from importlib import resources
 from pathlib import Path
 
-from s3attn.constants import BM25_DIR, DEFAULT_MODEL, DEFAULT_RELEASE, SMOLLM2_MODEL_ID
+from s3attn.constants import BM25_DIR
 from s3attn.corpus import Corpus, Document
 from s3attn.errors import S3Error
 from s3attn.index_builder.config import BuildConfig
+from s3attn.index_builder.store import doc_ranges
 from s3attn.paths import atomic_write_json
+from s3attn.saes.stack import load_stack, model_name_for, resolve_release
 
 BM25_STATE = "bm25.json"  # how many index tokens the BM25 index covers (stale when that changes)
-
-
-def default_release() -> Path:
-    """The published SmolLM2 release shipped in ``checkpoints/``."""
-    path = Path(str(resources.files("s3attn.checkpoints").joinpath(DEFAULT_RELEASE)))
-    if not (path / "config.json").is_file():
-        raise S3Error(f"no published release at {path}; pass --sae RELEASE_DIR (train one with s3-train-sae)")
-    return path
-
-
-def model_name_for(model_id: str) -> str:
-    """The name ``load_model`` takes for a release's model id."""
-    if model_id == SMOLLM2_MODEL_ID:
-        return DEFAULT_MODEL
-    if Path(model_id).is_dir():
-        return model_id
-    raise S3Error(f"the SAE release was trained for model '{model_id}'; pass --model with its local folder")
-
-
-def resolve_release(sae: str | None, layers: list[int] | None):
-    """(release path, release config, layers to use)."""
-    from s3attn.saes.checkpoint import read_release_config
-
-    release = Path(sae) if sae else default_release()
-    if not release.is_dir():
-        raise S3Error(f"--sae {release}: no such folder; give an SAE release folder")
-    rel_cfg = read_release_config(release)
-    available = [int(x) for x in rel_cfg["layers"]]
-    chosen = sorted(set(layers)) if layers else available
-    missing = [x for x in chosen if x not in available]
-    if missing:
-        raise S3Error(f"--layers {missing}: not in the SAE release {release} (it has layers {available})")
-    return release, rel_cfg, chosen
-
-
-def load_stack(release: Path, rel_cfg: dict, layers: list[int], model: str | None):
-    """Model, tokenizer, SAEs per layer, geometry: checked to belong together."""
-    from s3attn.saes.checkpoint import check_compatible, load_many
-    from s3attn.saes.models import load_model
-    from s3attn.saes.taps import attention_geometry
-
-    loaded = load_model(model or model_name_for(rel_cfg["model_id"]))
-    geom = attention_geometry(loaded.model)
-    check_compatible(
-        release, model_id=loaded.model_id, head_dim=geom.head_dim, num_layers=geom.num_layers, layers=layers
-    )
-    saes = load_many(release, layers=layers)
-    return loaded, saes, geom
 
 
 def index_attrs(
@@ -92,17 +45,6 @@ def index_attrs(
         "sae_release_path": str(Path(release).resolve()),
         "model": model or model_name_for(rel_cfg["model_id"]),
     }
-
-
-def doc_ranges(store) -> list[tuple[int, int, int]]:
-    """(doc_id, start, end) per document, pieces of one document joined."""
-    out: list[list[int]] = []
-    for rec in store.documents():
-        if out and out[-1][0] == rec.doc_id and out[-1][2] == rec.token_start:
-            out[-1][2] = rec.token_start + rec.num_tokens
-        else:
-            out.append([rec.doc_id, rec.token_start, rec.token_start + rec.num_tokens])
-    return [tuple(x) for x in out]  # type: ignore[misc]
 
 
 def rebuild_bm25(store, tokenizer, *, passage_tokens: int, stride: int) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from s3attn.saes.taps import tap_heads
+from s3attn.models.taps import tap_heads
 
 
 class Chunk(NamedTuple):

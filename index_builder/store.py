@@ -516,3 +516,14 @@ class IndexStore:
                     shutil.rmtree(child, ignore_errors=True)
         for stray in self.path.glob(f".{INDEX_MANIFEST}.*.tmp"):
             stray.unlink(missing_ok=True)
+
+
+def doc_ranges(store: IndexStore) -> list[tuple[int, int, int]]:
+    """(doc_id, start, end) per document, pieces of one document joined."""
+    out: list[list[int]] = []
+    for rec in store.documents():
+        if out and out[-1][0] == rec.doc_id and out[-1][2] == rec.token_start:
+            out[-1][2] = rec.token_start + rec.num_tokens
+        else:
+            out.append([rec.doc_id, rec.token_start, rec.token_start + rec.num_tokens])
+    return [tuple(x) for x in out]  # type: ignore[misc]

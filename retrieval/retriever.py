@@ -18,10 +18,10 @@ import torch
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
 from s3attn.retrieval.fusion import hybrid_spans, normalised
-from s3attn.retrieval.query import (
-    QueryConfig,
-    QueryEncoder,
-    head_queries,
+from s3attn.retrieval.question import (
+    QuestionConfig,
+    QuestionEncoder,
+    head_features,
     question_token_range,
     score_tokens,
     top_features_near,
@@ -34,7 +34,7 @@ ANSWER_INSTRUCTION = "Answer the question using the text above. Answer briefly."
 
 @dataclass
 class RetrievalConfig:
-    query: QueryConfig = field(default_factory=QueryConfig)
+    question: QuestionConfig = field(default_factory=QuestionConfig)
     window: int = 9
     """Smoothing window in tokens."""
     min_distance: int = 64
@@ -104,9 +104,9 @@ class Retriever:
     """Opens an index with its model and SAEs (checked to match) and answers questions from it."""
 
     def __init__(self, index: str | Path, *, cfg: RetrievalConfig | None = None, stack=None):
-        from s3attn.index_builder.pipeline import load_stack
         from s3attn.index_builder.store import IndexStore
         from s3attn.saes.checkpoint import read_release_config
+        from s3attn.saes.stack import load_stack
 
         self.cfg = cfg or RetrievalConfig()
         self.store = IndexStore.open(index)
@@ -129,7 +129,7 @@ class Retriever:
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model
         self._bm25 = None
-        self._encoders: dict[tuple[str, bool], QueryEncoder] = {}
+        self._encoders: dict[tuple[str, bool], QuestionEncoder] = {}
         self.doc_table = self._doc_table()
         self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
         ends = np.array([e for _, _, _, e in self.doc_table], dtype=np.int64)
@@ -138,17 +138,17 @@ class Retriever:
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _doc_table(self) -> list[tuple[int, str, int, int]]:
-        from s3attn.index_builder.pipeline import doc_ranges
+        from s3attn.index_builder.store import doc_ranges
 
         paths = {d.doc_id: d.path for d in self.store.documents()}
         return [(d, paths[d], s, e) for d, s, e in doc_ranges(self.store)]
 
     @property
-    def encoder(self) -> QueryEncoder:
-        """The question encoder for the current ``cfg.query`` (site, half weights), made on first use."""
-        key = (self.cfg.query.site, self.cfg.query.half_weights)
+    def encoder(self) -> QuestionEncoder:
+        """The question encoder for the current ``cfg.question`` (site, half weights), made on first use."""
+        key = (self.cfg.question.site, self.cfg.question.half_weights)
         if key not in self._encoders:
-            self._encoders[key] = QueryEncoder(
+            self._encoders[key] = QuestionEncoder(
                 self.model, self.saes, self.geom.kv_head_of_query, key[0], half_weights=key[1]
             )
         return self._encoders[key]
@@ -184,8 +184,8 @@ class Retriever:
         prompt = self.prompt("", question)
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         codes = self.encoder.codes(ids, question_token_range(self.tokenizer, prompt, question))
-        queries = head_queries(codes, self.store, self.cfg.query)
-        return score_tokens(self.store, queries, self.cfg.query), queries
+        head_feats = head_features(codes, self.store, self.cfg.question)
+        return score_tokens(self.store, head_feats, self.cfg.question), head_feats
 
     def s3_candidates(self, scores: np.ndarray, budget: int) -> tuple[list[Span], np.ndarray]:
         """Per-token S3 scores -> (S3 spans within ``budget``, the smoothed scores they were read from).
@@ -219,16 +219,18 @@ class Retriever:
             return self._materialise(self._full_spans(budget))
         hits: list[Span] = []
         if mode in ("bm25", "hybrid"):
-            from s3attn.index_builder.bm25 import to_spans
+            from s3attn.retrieval.spans import bm25_spans
 
-            hits = to_spans(self.bm25.search(question, top_k=64))
+            hits = bm25_spans(self.bm25.search(question, top_k=64))
         if mode == "bm25":
             return self._materialise(normalised(fuse([hits], budget)) if hits else [])
-        scores, queries = self.s3_scores(question)
+        scores, head_feats = self.s3_scores(question)
         s3, sm_T = self.s3_candidates(scores, budget)
         if explain:
             s3 = [
-                s._replace(why={**s.why, "features": top_features_near(queries, self.store, s.start, s.end)})
+                s._replace(
+                    why={**s.why, "features": top_features_near(head_feats, self.store, s.start, s.end)}
+                )
                 for s in s3
             ]
         if mode == "s3":

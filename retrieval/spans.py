@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from s3attn.errors import S3Error
+from s3attn.index_builder.bm25 import Hit
 
 SOURCE_S3 = "s3"
 SOURCE_BM25 = "bm25"
@@ -458,3 +459,17 @@ def select(
     """
     s3 = peak_spans(smooth(scores, window), budget=budget, **peak_options)
     return fuse([s3, *(extra or [])], budget)
+
+
+def bm25_spans(hits: list[Hit]) -> list[Span]:
+    """BM25 search hits as ``source="bm25"`` spans, ``why={"terms": [...], "bm25": score, "doc_id": id}``."""
+    return [
+        Span(
+            h.passage.start,
+            h.passage.end,
+            h.score,
+            SOURCE_BM25,
+            {"terms": list(h.terms), "bm25": h.score, "doc_id": h.passage.doc_id},
+        )
+        for h in hits
+    ]

@@ -1,8 +1,11 @@
-"""s3attn.saes: the Top-k SAE, its published checkpoint format, K/Q taps and model loading.
+"""s3attn.saes: the Top-k SAE and its published checkpoint format; re-exports the K/Q taps and model loading of s3attn.models.
 
 Light on purpose: importing it pulls in torch and safetensors only (no lightning, zarr, datasets or
 transformers at import time).
 """
+
+from s3attn.models.loading import LoadedModel, load_model  # transformers is imported inside load_model only
+from s3attn.models.taps import AttnGeometry, Taps, attention_geometry, check_layers, prefix_cache, tap_heads
 
 from .checkpoint import (
     SaeMeta,
@@ -13,9 +16,7 @@ from .checkpoint import (
     save_sae,
     write_release,
 )
-from .models import LoadedModel, load_model  # transformers is imported inside load_model only
 from .sae import EncoderOutput, ForwardOutput, SaeConfig, TopKSAE, default_lr
-from .taps import AttnGeometry, Taps, attention_geometry, check_layers, prefix_cache, tap_heads
 
 __all__ = [
     "AttnGeometry",

@@ -126,7 +126,7 @@ def tiny_model_dir(tmp_path: Path) -> Path:
 def smollm2():
     """The real default model (SmolLM2-135M-Instruct, float32, CPU, sdpa) as a LoadedModel."""
     from s3attn.constants import SMOLLM2_PACKAGE
-    from s3attn.saes.models import load_model, smollm2_cache_dir
+    from s3attn.models.loading import load_model, smollm2_cache_dir
 
     cached = (smollm2_cache_dir() / "model.safetensors").is_file()
     if not cached and importlib.util.find_spec(SMOLLM2_PACKAGE) is None:

@@ -7,7 +7,8 @@ import pytest
 
 from s3attn.constants import BM25_META, BM25_PASSAGES, BM25_TEXTS
 from s3attn.errors import S3Error
-from s3attn.index_builder.bm25 import BM25Index, Passage, make_passages, to_spans
+from s3attn.index_builder.bm25 import BM25Index, Passage, make_passages
+from s3attn.retrieval.spans import bm25_spans as to_spans
 
 COMMON = "river stone garden window paper music yellow market engine silver forest ladder".split()
 

@@ -15,9 +15,9 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 
 from s3attn.errors import S3Error
-from s3attn.retrieval import report
-from s3attn.retrieval.eval_cli import main
-from s3attn.retrieval.evaluate import (
+from s3attn.evaluation import report
+from s3attn.evaluation.cli import main
+from s3attn.evaluation.evaluate import (
     METHODS,
     SEPARATOR_ROOM,
     EvalConfig,
@@ -29,7 +29,7 @@ from s3attn.retrieval.evaluate import (
     new_tokens_for,
     plan,
 )
-from s3attn.retrieval.tasks import Sample
+from s3attn.evaluation.tasks import Sample
 
 CHAT = (
     "{% for m in messages %}{{ m['content'] }} {% endfor %}"
@@ -41,8 +41,8 @@ BUDGET, WINDOW, NEW_TOKENS, LENGTH = 64, 160, 4, 200
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory) -> tuple[Path, Path]:
     """(model folder, SAE release): a tiny Llama with a chat template, random SAEs on layers 1 and 3."""
+    from s3attn.models.loading import load_model
     from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
-    from s3attn.saes.models import load_model
 
     root = tmp_path_factory.mktemp("eval")
     model_dir = root / "tiny-chat"
@@ -101,8 +101,8 @@ def test_end_to_end_files_and_rows(e2e):
 def test_index_cache_reuses_builds(tiny_setup, tmp_path, monkeypatch):
     """--index-cache: the first run builds and keeps one index per sample; a second run builds nothing and
     answers the same; a rewritten SAE release gets new keys."""
+    from s3attn.evaluation import index_cache
     from s3attn.index_builder import pipeline
-    from s3attn.retrieval import index_cache
 
     model_dir, release = tiny_setup
     cache = tmp_path / "cache"
@@ -207,7 +207,7 @@ def test_plan_counts_and_stable_seeds():
 
 
 def test_retrieval_config_takes_only_the_options_given():
-    from s3attn.retrieval.evaluate import retrieval_config
+    from s3attn.evaluation.evaluate import retrieval_config
     from s3attn.retrieval.retriever import RetrievalConfig
 
     default = retrieval_config(EvalConfig(), 7)

@@ -30,14 +30,15 @@ from conftest import TINY_WORDS, save_tiny_model_dir
 import s3attn.corpus as corpus_mod
 import s3attn.index_builder.build as build_mod
 import s3attn.index_builder.pipeline as pipeline_mod
+import s3attn.index_builder.store as store_module
 from s3attn.constants import BM25_DIR, INDEX_MANIFEST
 from s3attn.corpus import BLOCK_CHARS, Document
 from s3attn.index_builder.bm25 import BM25Index
 from s3attn.index_builder.cli import main
 from s3attn.index_builder.prefill import plan_chunks
 from s3attn.index_builder.store import IndexStore
+from s3attn.models.taps import tap_heads
 from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, load_many, write_release
-from s3attn.saes.taps import tap_heads
 
 LAYERS = [1, 3]
 F, K, KV = 64, 4, 2
@@ -75,7 +76,7 @@ class World:
     """Paths of the shared tiny model, releases, corpus and the reference index."""
 
     def __init__(self, root: Path) -> None:
-        from s3attn.saes.models import load_model
+        from s3attn.models.loading import load_model
 
         self.root = root
         self.model = save_tiny_model_dir(root / "m", "llama")
@@ -202,7 +203,7 @@ def doc_ranges(index: Path) -> dict[str, tuple[int, int, int]]:
     with IndexStore.open(index) as st:
         return {
             next(d.path for d in st.documents() if d.doc_id == doc_id): (doc_id, s, e)
-            for doc_id, s, e in pipeline_mod.doc_ranges(st)
+            for doc_id, s, e in store_module.doc_ranges(st)
         }
 
 

@@ -16,7 +16,8 @@ RELEASE = REPO / "checkpoints" / "smollm2-135m-k32"
 @pytest.fixture(scope="module")
 def built(smollm2, tmp_path_factory):
     from s3attn.index_builder.config import BuildConfig
-    from s3attn.index_builder.pipeline import build_index, load_stack, resolve_release
+    from s3attn.index_builder.pipeline import build_index
+    from s3attn.saes.stack import load_stack, resolve_release
 
     release, rel_cfg, layers = resolve_release(str(RELEASE), None)
     stack = load_stack(release, rel_cfg, layers, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from s3attn.errors import S3Error
-from s3attn.retrieval.metrics import (
+from s3attn.evaluation.metrics import (
     METRIC_NAMES,
     classification_score,
     code_sim_score,

@@ -12,9 +12,9 @@ from conftest import TINY_WORDS, save_tiny_model_dir
 
 from s3attn.constants import CACHE_ENV, DEFAULT_MODEL, SMOLLM2_MODEL_ID
 from s3attn.errors import S3Error
-from s3attn.saes import models
-from s3attn.saes.models import LoadedModel, load_model, smollm2_cache_dir
-from s3attn.saes.taps import attention_geometry
+from s3attn.models import loading as models
+from s3attn.models.loading import LoadedModel, load_model, smollm2_cache_dir
+from s3attn.models.taps import attention_geometry
 
 
 @pytest.fixture

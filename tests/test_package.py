@@ -20,9 +20,7 @@ def test_import_saes_stays_light():
     assert out == "", f"import s3attn.saes pulled in: {out}"
 
 
-@pytest.mark.parametrize(
-    "module", ["s3attn.train.cli", "s3attn.index_builder.cli", "s3attn.retrieval.eval_cli"]
-)
+@pytest.mark.parametrize("module", ["s3attn.train.cli", "s3attn.index_builder.cli", "s3attn.evaluation.cli"])
 def test_console_scripts_have_help(module):
     res = subprocess.run(
         [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120

@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_model
 
 from s3attn.index_builder.prefill import encode_chunk, iter_doc_chunks, plan_chunks
+from s3attn.models.taps import tap_heads
 from s3attn.saes import SaeConfig, TopKSAE
-from s3attn.saes.taps import tap_heads
 
 LAYERS = (1, 3)
 K, F = 4, 64

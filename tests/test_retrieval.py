@@ -14,10 +14,10 @@ from conftest import TINY_WORDS, save_tiny_model_dir
 from s3attn.errors import S3Error
 from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.pipeline import build_index
-from s3attn.retrieval.query import idf_weights, pool_features, question_token_range
+from s3attn.models.loading import load_model
+from s3attn.retrieval.question import idf_weights, pool_features, question_token_range
 from s3attn.retrieval.retriever import RetrievalConfig, Retriever
 from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
-from s3attn.saes.models import load_model
 
 LAYERS = (1, 3)
 
@@ -117,30 +117,30 @@ def test_hybrid_holds_bias_and_explains(tiny_index, retriever):
 
 def test_s3_scores_match_bruteforce(retriever):
     """Dense scores equal a Python loop over every posting of the chosen features."""
-    scores, queries = retriever.s3_scores("paris queen river")
+    scores, head_feats = retriever.s3_scores("paris queen river")
     ref = np.zeros(retriever.store.num_tokens)
-    for (layer, kv), hq in queries.items():
+    for (layer, kv), hq in head_feats.items():
         post = retriever.store.postings(layer, kv, hq.features)
         for p, slot, a in zip(post.positions, post.feature_slot, post.acts):
             ref[p] += hq.weights[slot] * a
     np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-5)
-    assert all(hq.features.size <= retriever.cfg.query.max_features for hq in queries.values())
+    assert all(hq.features.size <= retriever.cfg.question.max_features for hq in head_feats.values())
 
 
 def test_query_encoder_reuses_the_prompt_prefix(retriever, monkeypatch):
     """Codes from the cached prefix + question tokens equal codes from one forward over the whole prompt;
     the prefix is computed once for questions that share it."""
-    import s3attn.retrieval.query as q
+    import s3attn.retrieval.question as q
 
     calls = []
     real = q.prefix_cache
     monkeypatch.setattr(q, "prefix_cache", lambda *a: calls.append(1) or real(*a))
-    enc = q.QueryEncoder(retriever.model, retriever.saes, retriever.geom.kv_head_of_query)
+    enc = q.QuestionEncoder(retriever.model, retriever.saes, retriever.geom.kv_head_of_query)
     for question in ("paris queen river", "the north of the queen"):
         prompt = "the city of the north Question: " + question + "\nAnswer:"
         ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         span = question_token_range(retriever.tokenizer, prompt, question)
-        ref = q.query_codes(
+        ref = q.question_codes(
             retriever.model, retriever.saes, retriever.geom.kv_head_of_query, ids, (0, len(ids))
         )
         got = enc.codes(ids, span)
@@ -154,11 +154,11 @@ def test_query_encoder_reuses_the_prompt_prefix(retriever, monkeypatch):
 
 
 def test_encoder_follows_the_query_config(tiny_index, retriever):
-    """The question encoder uses fp16 weights when cfg.query.half_weights (CPU), the model as it is when
+    """The question encoder uses fp16 weights when cfg.question.half_weights (CPU), the model as it is when
     off; switching the config switches the encoder, and both give nearly the same features."""
     from dataclasses import replace
 
-    from s3attn.retrieval.query_model import HalfLinear, half_weights_supported
+    from s3attn.models.half import HalfLinear, half_weights_supported
 
     r = configured(tiny_index, retriever)
     prompt = r.prompt("", "where is the queen of paris")
@@ -166,7 +166,7 @@ def test_encoder_follows_the_query_config(tiny_index, retriever):
     span = question_token_range(r.tokenizer, prompt, "where is the queen of paris")
     half = r.encoder
     assert any(isinstance(m, HalfLinear) for m in half.model.modules()) == half_weights_supported(r.model)
-    r.cfg = replace(r.cfg, query=replace(r.cfg.query, half_weights=False))
+    r.cfg = replace(r.cfg, question=replace(r.cfg.question, half_weights=False))
     full = r.encoder
     assert full is not half and full.model is r.model
     got, ref = half.codes(ids, span), full.codes(ids, span)
@@ -264,8 +264,8 @@ def test_ask_cli_bad_input(tiny_index, tmp_path, capsys):
 def test_index_for_another_model_is_refused(tiny_index, tmp_path):
     other_dir = save_tiny_model_dir(tmp_path / "other-model", "qwen2")
     other = load_model(str(other_dir))
+    from s3attn.models.taps import attention_geometry
     from s3attn.saes.checkpoint import load_many
-    from s3attn.saes.taps import attention_geometry
 
     stack = (other, load_many(tiny_index["release"]), attention_geometry(other.model))
     with pytest.raises(S3Error, match="built with model"):
@@ -274,13 +274,13 @@ def test_index_for_another_model_is_refused(tiny_index, tmp_path):
 
 def test_query_sites_code_the_right_vectors(retriever):
     """site key: the question's key vector per KV head; query: the group's query heads; both: stacked."""
-    import s3attn.retrieval.query as q
-    from s3attn.saes.taps import tap_heads
+    import s3attn.retrieval.question as q
+    from s3attn.models.taps import tap_heads
 
     ids = torch.tensor(retriever.tokenizer("where is the queen", add_special_tokens=False)["input_ids"])
     n, kv_of_q = len(ids), retriever.geom.kv_head_of_query
     args = (retriever.model, retriever.saes, kv_of_q, ids, (0, n))
-    codes = {site: q.query_codes(*args, site=site) for site in ("key", "query", "both")}
+    codes = {site: q.question_codes(*args, site=site) for site in ("key", "query", "both")}
     taps = tap_heads(retriever.model, ids[None], sorted(retriever.saes))
     for (layer, kv), (idx, act) in codes["key"].items():
         enc = retriever.saes[layer].encode(taps.keys[layer][0, :, kv])
@@ -293,12 +293,12 @@ def test_query_sites_code_the_right_vectors(retriever):
         np.testing.assert_array_equal(both_idx, np.concatenate([q_idx, idx]))
         assert both_act.shape == both_idx.shape
     with pytest.raises(S3Error, match="query site"):
-        q.query_codes(*args, site="value")
+        q.question_codes(*args, site="value")
 
 
 def test_stop_features_are_skipped(retriever):
     """No feature with more than stop_ratio x the average postings is read; 0 keeps them."""
-    from s3attn.retrieval.query import QueryConfig, head_queries
+    from s3attn.retrieval.question import QuestionConfig, head_features
 
     store = retriever.store
     prompt = retriever.prompt("", "paris queen river")
@@ -307,8 +307,8 @@ def test_stop_features_are_skipped(retriever):
         ids, question_token_range(retriever.tokenizer, prompt, "paris queen river")
     )
     mean_df = store.num_tokens * int(store.attrs["k"]) / int(store.attrs["num_latents"])
-    kept = head_queries(codes, store, QueryConfig(stop_ratio=1.0))
-    every = head_queries(codes, store, QueryConfig(stop_ratio=0))
+    kept = head_features(codes, store, QuestionConfig(stop_ratio=1.0))
+    every = head_features(codes, store, QuestionConfig(stop_ratio=0))
     assert all((hq.df <= mean_df).all() for hq in kept.values())
     assert any((hq.df > mean_df).any() for hq in every.values())  # the cap did remove something
 

@@ -11,8 +11,7 @@ import torch
 from conftest import TINY_LAYERS, TINY_VOCAB, tiny_model
 
 from s3attn.errors import S3Error
-from s3attn.retrieval.query import _fork
-from s3attn.saes.taps import (
+from s3attn.models.taps import (
     AttnGeometry,
     attention_geometry,
     check_layers,
@@ -21,6 +20,7 @@ from s3attn.saes.taps import (
     prefix_cache,
     tap_heads,
 )
+from s3attn.retrieval.question import _fork
 
 SEQ = 12  # longer than the tiny sliding window (4), so window masks matter
 
@@ -248,7 +248,7 @@ def test_check_layers():
 
 @pytest.mark.slow
 def test_smollm2_taps_reproduce_eager_attention(smollm2):
-    from s3attn.saes.models import load_model
+    from s3attn.models.loading import load_model
 
     eager = load_model(attn_implementation="eager").model  # from the cache the fixture made
     ids = smollm2.tokenizer(

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from s3attn.errors import S3Error
-from s3attn.retrieval import tasks
-from s3attn.retrieval.metrics import score
-from s3attn.retrieval.tasks import (
+from s3attn.evaluation import tasks
+from s3attn.evaluation.metrics import score
+from s3attn.evaluation.tasks import (
     multidoc_qa,
     needle_haystack,
     paul_graham_text,

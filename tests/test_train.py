@@ -113,7 +113,7 @@ def full_run(env: Env) -> Path:
 # ---- end to end ----------------------------------------------------------------------------------------
 def test_release_written_loadable_and_trained(env: Env, full_run: Path) -> None:
     from s3attn.corpus import Corpus
-    from s3attn.saes.models import load_model
+    from s3attn.models.loading import load_model
     from s3attn.train.data import CorpusDataModule
     from s3attn.train.harvest import harvest
 
@@ -286,7 +286,7 @@ def test_activation_cache_written_then_reused_without_the_lm(env: Env, monkeypat
 
     import s3attn.train.harvest as harvest_mod
     from s3attn.corpus import Corpus
-    from s3attn.saes.models import load_model
+    from s3attn.models.loading import load_model
     from s3attn.train.data import ContextStream
 
     cache = env.root / "acts"

@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig, model, head_dim: int) -> None:
-    from s3attn.saes.taps import check_layers
+    from s3attn.models.taps import check_layers
 
     try:
         cfg.layers = check_layers(model, cfg.layers)
@@ -85,9 +85,9 @@ def train(cfg: TrainConfig) -> Path:
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from s3attn.models.loading import load_model
+    from s3attn.models.taps import attention_geometry
     from s3attn.saes.checkpoint import SaeMeta, write_release
-    from s3attn.saes.models import load_model
-    from s3attn.saes.taps import attention_geometry
     from s3attn.train.cache import ActivationCache
     from s3attn.train.callbacks import PeriodicCheckpoint
     from s3attn.train.data import CorpusDataModule

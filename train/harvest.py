@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from s3attn.saes.taps import tap_heads
+from s3attn.models.taps import tap_heads
 
 
 def queries_for(num_keys: int, q_fraction: float) -> int:

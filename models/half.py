@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
-from s3attn.saes.taps import decoder_layers
+from s3attn.models.taps import decoder_layers
 
 
 def pack_fp16(linear: nn.Linear) -> torch.Tensor:

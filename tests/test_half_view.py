@@ -8,8 +8,8 @@ import torch
 from conftest import ARCHS, TINY_LAYERS, TINY_VOCAB, tiny_model
 from torch import nn
 
-from s3attn.retrieval.query_model import HalfLinear, half_weight_view, half_weights_supported
-from s3attn.saes.taps import decoder_layers, tap_heads
+from s3attn.models.half import HalfLinear, half_weight_view, half_weights_supported
+from s3attn.models.taps import decoder_layers, tap_heads
 
 pytestmark = pytest.mark.skipif(
     not half_weights_supported(tiny_model("llama")), reason="fbgemm fp16 GEMM not available here"
@@ -49,7 +49,7 @@ def test_view_taps_match_fp32(arch):
 def test_view_is_made_once_per_model_and_layer_and_dies_with_the_model():
     import gc
 
-    import s3attn.retrieval.query_model as qm
+    import s3attn.models.half as qm
 
     model = tiny_model("llama")
     view = half_weight_view(model, 1)

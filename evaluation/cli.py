@@ -17,8 +17,8 @@ from pathlib import Path
 
 from s3attn.cliutil import build_parser, make_config
 from s3attn.errors import cli_entry
+from s3attn.evaluation.evaluate import EvalConfig, EvalRun, check_config, load_eval_stack, run_eval
 from s3attn.paths import check_writable_dir
-from s3attn.retrieval.evaluate import EvalConfig, EvalRun, check_config, load_eval_stack, run_eval
 
 PROG = "s3-eval"
 
@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_entry(PROG)
 def main(argv: list[str] | None = None) -> int:
+    from s3attn.evaluation.report import RESULTS_JSON, write_report
     from s3attn.paths import atomic_write_json
-    from s3attn.retrieval.report import RESULTS_JSON, write_report
 
     args = _parser().parse_args(argv)
     cfg = check_config(make_config(EvalConfig, args, "eval"))

@@ -2,7 +2,7 @@
 
 Every generator returns a ``Sample``: ``context`` (the long text, about ``length_tokens`` tokens as counted by
 the caller's ``tokenizer_len``, within ~1%), ``question``, ``answers`` and the ``metric`` name that
-``s3attn.retrieval.metrics.score`` understands. ``meta`` carries what the harness needs to build the prompt
+``s3attn.evaluation.metrics.score`` understands. ``meta`` carries what the harness needs to build the prompt
 (``instruction`` before the context, ``answer_prefix`` after the question, RULER style) and the ground truth
 of the construction (needle offsets, depths, chains...). Lengths are measured on ``context`` alone.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from s3attn.errors import S3Error
-from s3attn.retrieval.passages import public_domain_passages  # noqa: F401  (re-exported; data lives there)
+from s3attn.evaluation.passages import public_domain_passages  # noqa: F401  (re-exported; data lives there)
 
 TokenLen = Callable[[str], int]
 NiahKind = Literal["single", "multikey", "multivalue", "multiquery"]

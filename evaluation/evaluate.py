@@ -13,7 +13,7 @@ answers the question with each method at a matched token budget, greedy decoding
 
 The prompt follows RULER: ``instruction``, context, question in the user turn of the chat template, then
 ``answer_prefix`` opening the assistant turn (all from ``Sample.meta``); without them, ``Retriever.prompt``.
-Each answer gives one ``EvalRow``; ``s3attn.retrieval.report`` turns rows into tables and a plot.
+Each answer gives one ``EvalRow``; ``s3attn.evaluation.report`` turns rows into tables and a plot.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from s3attn.errors import S3Error
-from s3attn.retrieval import tasks as T
+from s3attn.evaluation import tasks as T
+from s3attn.evaluation.runtime import environment, peak_rss_mb, quiet_build
 from s3attn.retrieval.fusion import check_fusion
-from s3attn.retrieval.runtime import environment, peak_rss_mb, quiet_build
 
 TASKS = (
     "niah",
@@ -274,10 +274,10 @@ def answer_sample(
 ) -> list[EvalRow]:
     """Index ``sample.context`` once (with ``stack``; or reuse its index from ``cfg.index_cache``, whose
     key also covers ``identity``, what the build depends on) and answer it with every method of ``cfg``."""
+    from s3attn.evaluation import index_cache as C
+    from s3attn.evaluation.metrics import score
     from s3attn.index_builder.config import BuildConfig
     from s3attn.index_builder.pipeline import build_index
-    from s3attn.retrieval import index_cache as C
-    from s3attn.retrieval.metrics import score
     from s3attn.retrieval.retriever import Retriever, generate
 
     corpus = workdir / "corpus"
@@ -347,7 +347,7 @@ def answer_sample(
 
 def load_eval_stack(cfg: EvalConfig):
     """(stack, release path): the model + SAEs every sample shares, as build_index would load them."""
-    from s3attn.index_builder.pipeline import load_stack, resolve_release
+    from s3attn.saes.stack import load_stack, resolve_release
 
     release, rel_cfg, layers = resolve_release(cfg.sae, cfg.layers)
     return load_stack(release, rel_cfg, layers, cfg.model), release
@@ -362,14 +362,14 @@ def run_eval(
     """Run every planned sample with every method; ``on_sample(the run so far)`` after each sample."""
     from tqdm.auto import tqdm
 
-    from s3attn.retrieval.index_cache import index_identity
+    from s3attn.evaluation.index_cache import index_identity
 
     cfg = check_config(cfg)
     items = plan(cfg)
     if stack is None:
         stack, release = load_eval_stack(cfg)
     else:
-        from s3attn.index_builder.pipeline import resolve_release
+        from s3attn.saes.stack import resolve_release
 
         release = resolve_release(cfg.sae, cfg.layers)[0]
     tokenizer = stack[0].tokenizer

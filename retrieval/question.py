@@ -2,7 +2,7 @@
 
 The question, inside the chat prompt used for answering, runs through the model to the deepest indexed
 layer; the head vectors of the question's own tokens go through the same SAEs as the index keys, and
-their features are matched against the postings of the same (layer, KV head). ``QueryConfig.site`` says
+their features are matched against the postings of the same (layer, KV head). ``QuestionConfig.site`` says
 which vectors: ``query`` (the paper's way: each query head matched against its KV head's postings, GQA
 map), ``key`` (the question's own key vectors, per KV head: the default, see below) or ``both``.
 Per (layer, KV head) the activations are pooled over tokens (and the query heads of the group) with
@@ -29,13 +29,13 @@ from einops import rearrange
 
 from s3attn.constants import SITE_KEY, SITE_QUERY
 from s3attn.errors import S3Error
-from s3attn.saes.taps import prefix_cache, tap_heads
+from s3attn.models.taps import prefix_cache, tap_heads
 
-QUERY_SITES = {"key": (SITE_KEY,), "query": (SITE_QUERY,), "both": (SITE_QUERY, SITE_KEY)}
+QUESTION_SITES = {"key": (SITE_KEY,), "query": (SITE_QUERY,), "both": (SITE_QUERY, SITE_KEY)}
 
 
 @dataclass
-class QueryConfig:
+class QuestionConfig:
     site: str = "key"
     """Which head vectors of the question are coded and matched against the key postings: key (the
     question's keys, per KV head), query (its query heads, GQA map, as in the paper) or both."""
@@ -55,11 +55,11 @@ class QueryConfig:
     feature whose list no longer fits is skipped (the most frequent features go first, like stop words)."""
     half_weights: bool = True
     """On CPU, run the question's forward with fp16-packed linear weights (fbgemm, computed in fp32): about
-    1.5x faster, codes as fp32's to within ~0.1 % of features (see s3attn.retrieval.query_model); off: the
+    1.5x faster, codes as fp32's to within ~0.1 % of features (see s3attn.models.half); off: the
     model as it is."""
 
 
-class HeadQuery(NamedTuple):
+class HeadFeatures(NamedTuple):
     features: np.ndarray  # int64 [n]
     weights: np.ndarray  # float32 [n] pooled query activation x IDF
     df: np.ndarray  # int64 [n]
@@ -87,13 +87,13 @@ def idf_weights(df: np.ndarray, total_tokens: int, form: str) -> np.ndarray:
 
 
 def check_site(site: str) -> tuple[str, ...]:
-    if site not in QUERY_SITES:
-        raise S3Error(f"query site {site!r}: choose one of {', '.join(QUERY_SITES)}")
-    return QUERY_SITES[site]
+    if site not in QUESTION_SITES:
+        raise S3Error(f"query site {site!r}: choose one of {', '.join(QUESTION_SITES)}")
+    return QUESTION_SITES[site]
 
 
 @torch.no_grad()
-def query_codes(
+def question_codes(
     model,
     saes: dict[int, torch.nn.Module],
     kv_of_query: tuple[int, ...],
@@ -130,13 +130,13 @@ def query_codes(
     return {key: tuple(np.concatenate(arrays) for arrays in zip(*rows)) for key, rows in parts.items()}
 
 
-class QueryEncoder:
-    """Prompt token ids + the question's token range -> :func:`query_codes`, computing only the question.
+class QuestionEncoder:
+    """Prompt token ids + the question's token range -> :func:`question_codes`, computing only the question.
 
     Causal attention makes the question's query vectors independent of the tokens after it, so those are
     dropped; the KV cache of the tokens before it (the chat template's system prompt, constant across
     questions) is computed once and reused, so a question costs a forward over its own tokens only.
-    ``half_weights``: run it through :func:`~s3attn.retrieval.query_model.half_weight_view` (CPU only).
+    ``half_weights``: run it through :func:`~s3attn.models.half.half_weight_view` (CPU only).
     The forward runs in inference mode (no autograd bookkeeping at all).
     """
 
@@ -149,7 +149,7 @@ class QueryEncoder:
         *,
         half_weights: bool = False,
     ):
-        from s3attn.retrieval.query_model import half_weight_view
+        from s3attn.models.half import half_weight_view
 
         self.model = half_weight_view(model, max(saes)) if half_weights else model
         self.saes, self.kv_of_query = saes, kv_of_query
@@ -165,11 +165,11 @@ class QueryEncoder:
         lo, hi = token_range
         ids = input_ids[:hi].to(self.model.device)
         if lo == 0:
-            return query_codes(self.model, self.saes, self.kv_of_query, ids, (0, hi), site=self.site)
+            return question_codes(self.model, self.saes, self.kv_of_query, ids, (0, hi), site=self.site)
         prefix = tuple(ids[:lo].tolist())
         if prefix != self._prefix:
             self._cache, self._prefix = prefix_cache(self.model, ids[None, :lo]), prefix
-        return query_codes(
+        return question_codes(
             self.model, self.saes, self.kv_of_query, ids[lo:], (0, hi - lo), _fork(self._cache), self.site
         )
 
@@ -199,9 +199,9 @@ def pool_features(idx_NK: np.ndarray, act_NK: np.ndarray, num_latents: int, pool
     return np.bincount(flat_i, weights=flat_a, minlength=num_latents).astype(np.float32)
 
 
-def head_queries(
-    codes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], store, cfg: QueryConfig
-) -> dict[tuple[int, int], HeadQuery]:
+def head_features(
+    codes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], store, cfg: QuestionConfig
+) -> dict[tuple[int, int], HeadFeatures]:
     """Choose the features to read per (layer, KV head), with their weights."""
     num_latents = int(store.attrs["num_latents"])
     per_head = cfg.max_postings // max(1, len(codes))
@@ -216,7 +216,7 @@ def head_queries(
         nz = np.flatnonzero(w > 0)
         order = nz[np.argsort(-w[nz], kind="stable")]
         top = order[_fits(df[order], per_head, cfg.max_features)]
-        out[key] = HeadQuery(top.astype(np.int64), w[top].astype(np.float32), df[top])
+        out[key] = HeadFeatures(top.astype(np.int64), w[top].astype(np.float32), df[top])
     return out
 
 
@@ -232,13 +232,13 @@ def _fits(df_sorted: np.ndarray, budget: int, limit: int) -> np.ndarray:
     return keep
 
 
-def score_tokens(store, queries: dict[tuple[int, int], HeadQuery], cfg: QueryConfig) -> np.ndarray:
+def score_tokens(store, head_feats: dict[tuple[int, int], HeadFeatures], cfg: QuestionConfig) -> np.ndarray:
     """float32 [num_tokens]: the IDF-weighted co-activation density over the whole index.
 
     Each (layer, KV head)'s postings are added straight into the one dense array (unbuffered ``add.at``
     in float32: no concatenated copy of every posting, no float64 array of the index's length)."""
     scores_T = np.zeros(store.num_tokens, np.float32)
-    for (layer, kv), hq in queries.items():
+    for (layer, kv), hq in head_feats.items():
         if hq.features.size == 0:
             continue
         post = store.postings(layer, kv, hq.features)
@@ -248,11 +248,11 @@ def score_tokens(store, queries: dict[tuple[int, int], HeadQuery], cfg: QueryCon
 
 
 def top_features_near(
-    queries: dict[tuple[int, int], HeadQuery], store, start: int, end: int, limit: int = 3
+    head_feats: dict[tuple[int, int], HeadFeatures], store, start: int, end: int, limit: int = 3
 ) -> dict[str, list[int]]:
     """For ``--show-spans``: per layer/head, the query features that have postings inside [start, end)."""
     why: dict[str, list[int]] = {}
-    for (layer, kv), hq in queries.items():
+    for (layer, kv), hq in head_feats.items():
         if hq.features.size == 0:
             continue
         post = store.postings(layer, kv, hq.features)
