@@ -24,9 +24,9 @@ import numpy as np
 
 from s3attn.evaluation.tasks import paul_graham_text
 from s3attn.index_builder.build import run_prefill
+from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
 from s3attn.index_builder.prefill import plan_chunks
-from s3attn.index_builder.store import IndexStore
 from s3attn.models.taps import forward_to_layer
 from s3attn.saes.stack import default_release, load_stack, resolve_release
 
@@ -60,7 +60,7 @@ def throughput(release: Path, tokens: int, chunk: int, overlap: int, work: Path)
     bare = time.perf_counter() - t
     attrs = index_attrs((loaded, saes, geom), release, rel_cfg, layers, chunk=chunk, overlap=overlap)
     t = time.perf_counter()
-    with IndexStore.create(work / "idx", attrs) as store:
+    with IndexWriter.create(work / "idx", attrs) as store:
         run_prefill(
             loaded.model,
             saes,

@@ -31,9 +31,9 @@ import torch
 from s3attn.evaluation.tasks import paul_graham_text
 from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.config import BuildConfig
+from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
 from s3attn.index_builder.schema import DocRecord, SegmentData
-from s3attn.index_builder.store import IndexStore
 from s3attn.retrieval.retriever import Retriever
 from s3attn.saes.stack import default_release, load_stack, resolve_release
 
@@ -81,7 +81,7 @@ def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_toke
 
     loaded, saes, _ = stack
     seed = _doc_folder(work, "seed", loaded.tokenizer, seed_tokens)
-    with IndexStore.create(work / "seed_idx", _attrs(stack, release, layers)) as st:
+    with IndexWriter.create(work / "seed_idx", _attrs(stack, release, layers)) as st:
         run_prefill(
             loaded.model,
             saes,
@@ -97,11 +97,11 @@ def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_toke
         toks = st.tokens(0, n)
         # rebuild dense codes [T, k] per head from the postings of every feature
         codes = {}
-        feats = np.arange(int(st.attrs["num_latents"]))
+        feats = np.arange(int(st.meta.num_latents))
         for head in st.heads:
             post = st.postings(*head, feats)
             order = np.lexsort((post.feature_slot, post.positions))
-            k = int(st.attrs["k"])
+            k = int(st.meta.k)
             codes[head] = (
                 post.feature_slot[order].reshape(n, k).astype(np.uint16),
                 post.acts[order].reshape(n, k).astype(np.float16),
@@ -110,7 +110,7 @@ def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_toke
     block = 2048
     starts = np.arange(0, n - block + 1, block)
     seg_tokens = 1 << 18
-    with IndexStore.create(work / "big_idx", _attrs(stack, release, layers)) as big:
+    with IndexWriter.create(work / "big_idx", _attrs(stack, release, layers)) as big:
         while big.num_tokens < index_tokens:
             picks = rng.choice(starts, size=seg_tokens // block)
             sel = np.concatenate([np.arange(s, s + block) for s in picks])
@@ -182,7 +182,7 @@ def forward_precision(retriever: Retriever) -> dict[str, float]:
     r, base = retriever, retriever.cfg
     encoders = {}
     for half in (False, True):
-        r.cfg = replace(base, question=replace(base.query, half_weights=half))
+        r.cfg = replace(base, question=replace(base.question, half_weights=half))
         encoders[half] = r.encoder
     r.cfg = base
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -220,7 +220,7 @@ def fusion_times(retriever: Retriever) -> dict[str, float]:
     try:
         for q in QUESTIONS:
             for f in FUSIONS:
-                retriever.cfg = replace(base, fusion=f)
+                retriever.cfg = replace(base, hybrid=replace(base.hybrid, fusion=f))
                 t = time.perf_counter()
                 retriever.retrieve(q, "hybrid", 2048)
                 times[f].append(time.perf_counter() - t)
@@ -315,7 +315,7 @@ def main() -> None:
             f"{fp['topk_shared']:.4f} (default: {'fp16' if r.cfg.question.half_weights else 'fp32'})"
         )
         res["hybrid_p50_ms_by_fusion"] = fusion_times(r)
-        by, default = res["hybrid_p50_ms_by_fusion"], r.cfg.fusion
+        by, default = res["hybrid_p50_ms_by_fusion"], r.cfg.hybrid.fusion
         print(
             "retrieve hybrid by fusion, side by side, p50 ms: "
             + ", ".join(f"{k} {v:.1f} ({v / by[default]:.2f}x {default}, the default)" for k, v in by.items())

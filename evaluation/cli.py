@@ -1,34 +1,34 @@
 """``s3-eval``: compare full / bm25 / streaming / s3 / hybrid on synthetic long-context tasks.
 
-s3-eval --sae RELEASE [--tasks niah,ruler_vt] [--lengths 2048,8192] [--samples 2] [--budget 2048]
-        [--methods full,bm25,streaming,s3,hybrid] [--out runs/eval]
+s3-eval --sae RELEASE [--tasks niah,ruler_vt] [--lengths 2048,8192] [--samples 2] [--budget N]
+        [--methods full,bm25,streaming,s3,hybrid] [--fusion linear --bm25-weight 0.6] [--out runs/eval]
 
 Per sample the context is indexed once with the shared model + SAEs, then every method answers it.
 Writes OUT/results.json (rows, config, environment, summary), OUT/results.md and OUT/scores.png;
 results.json is rewritten after every sample, so an interrupted run keeps what it finished.
-Defaults come from configs/eval.yaml; every option is listed below.
+Every retrieval setting is an option (RetrievalConfig, nested: --fusion is --retrieval.hybrid.fusion);
+with --index-cache DIR a run that changes only those reuses the indexes an earlier run built.
+Every option is listed below with its effective default (EvalConfig, then configs/eval.yaml, then
+--config FILE).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from s3attn.cliutil import build_parser, make_config
+from s3attn.config import parse_config
 from s3attn.errors import cli_entry
 from s3attn.evaluation.evaluate import EvalConfig, EvalRun, check_config, load_eval_stack, run_eval
+from s3attn.logs import setup_cli_logging
 from s3attn.paths import check_writable_dir
 
 PROG = "s3-eval"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    build_parser(EvalConfig, parser)
-    return parser
+def parse_args(argv: Sequence[str] | None) -> EvalConfig:
+    return parse_config(EvalConfig, "eval", argv, prog=PROG, description=__doc__)
 
 
 @cli_entry(PROG)
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from s3attn.evaluation.report import RESULTS_JSON, write_report
     from s3attn.paths import atomic_write_json
 
-    args = _parser().parse_args(argv)
-    cfg = check_config(make_config(EvalConfig, args, "eval"))
+    setup_cli_logging()
+    cfg = check_config(parse_args(argv))
     out = check_writable_dir(Path(cfg.out), "--out")
     if cfg.index_cache:
         check_writable_dir(Path(cfg.index_cache), "--index-cache")

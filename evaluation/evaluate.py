@@ -23,14 +23,15 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from s3attn.config import StackOptions, flat_options
 from s3attn.errors import S3Error
 from s3attn.evaluation import tasks as T
-from s3attn.evaluation.runtime import environment, peak_rss_mb, quiet_build
-from s3attn.retrieval.fusion import check_fusion
+from s3attn.evaluation.runtime import environment, peak_rss_mb
+from s3attn.retrieval.retriever import RetrievalConfig, check_retrieval
 
 TASKS = (
     "niah",
@@ -51,6 +52,8 @@ SEPARATOR_ROOM = 16  # tokens kept free in the 'full' window for separators and 
 
 @dataclass
 class EvalConfig:
+    """Every option of ``s3-eval``."""
+
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     """Tasks to run: niah, ruler_niah_single, ruler_niah_multikey, ruler_niah_multivalue,
     ruler_niah_multiquery, ruler_vt, ruler_cwe, multidoc_qa."""
@@ -62,18 +65,10 @@ class EvalConfig:
     """Samples per (task, length), and per depth for niah."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     """Methods to compare: full, bm25, streaming, s3, hybrid."""
-    budget: int = 2048
-    """Context tokens fed to the model by bm25, streaming, s3 and hybrid (full uses the model window)."""
-    sae: str | None = None
-    """SAE release folder; default: the published SmolLM2 release in checkpoints/."""
-    model: str | None = None
-    """Model; default: the release's model ('smollm2-135m' for the published release)."""
-    layers: list[int] | None = None
-    """Layers to index (a subset of the release's); default: all of the release's layers."""
+    stack: StackOptions = field(default_factory=StackOptions)
+    """The SAE release and model every sample is indexed and answered with."""
     max_context: int | None = None
     """Model window in tokens for 'full' (prompt + answer); default: the model's max_position_embeddings."""
-    max_new_tokens: int = 32
-    """Generated tokens per answer; list-answer tasks (multivalue, multiquery, vt, cwe) get twice this."""
     haystack: str = "essay"
     """Haystack of the ruler_niah_* tasks: essay (Paul Graham) or noise (RULER's repeated sentences)."""
     chunk: int = 2048
@@ -84,18 +79,14 @@ class EvalConfig:
     """Output folder: results.json, results.md, scores.png."""
     progress: bool = True
     """Show a progress bar over samples x methods."""
-    fusion: str | None = None
-    """How hybrid ranks BM25 passages against S3 spans: tiered, linear or rrf; default: the retriever's
-    (RetrievalConfig.fusion)."""
-    bm25_weight: float | None = None
-    """hybrid with linear fusion: weight of the normalised BM25 score; default: the retriever's."""
-    min_relevance: float | None = None
-    """hybrid with linear or rrf fusion: candidates below this fraction of the best fused score are dropped;
-    default: the retriever's."""
     index_cache: str | None = None
     """Folder keeping each sample's built index for later runs (keyed by the context, the build options and
     the SAE release), so a run that changes only retrieval settings skips the builds; a reused index reports
     the build_seconds of its first build. Default: none (each index is built in a temporary folder)."""
+    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(max_new_tokens=32))
+    """Retrieval and generation settings of every method: bm25, streaming, s3 and hybrid feed budget
+    context tokens (full: the model window); list-answer tasks (multivalue, multiquery, vt, cwe) get
+    twice max_new_tokens."""
 
 
 class EvalItem(NamedTuple):
@@ -142,33 +133,36 @@ def _unique(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
-def check_config(cfg: EvalConfig) -> EvalConfig:
-    """Refuse bad options with one-line S3Errors; returns ``cfg`` with duplicate entries dropped."""
+def _check_choices(cfg: EvalConfig) -> None:
     bad = [t for t in cfg.tasks if t not in TASKS]
     if bad or not cfg.tasks:
         raise S3Error(f"--tasks {','.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad or not cfg.methods:
         raise S3Error(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
+    if cfg.haystack not in HAYSTACKS:
+        raise S3Error(f"--haystack {cfg.haystack}: choose essay or noise")
+
+
+def _check_sizes(cfg: EvalConfig) -> None:
     if not cfg.lengths:
         raise S3Error("--lengths is empty; give context lengths in tokens, e.g. --lengths 2048,8192")
     if any(n < 64 for n in cfg.lengths):
         raise S3Error(f"--lengths {cfg.lengths}: each length must be at least 64 tokens")
     if "niah" in cfg.tasks and (not cfg.depths or any(not 0 <= d <= 100 for d in cfg.depths)):
         raise S3Error(f"--depths {cfg.depths}: give depths in percent, each in [0, 100]")
-    for name in ("samples", "budget", "max_new_tokens", "chunk"):
+    for name in ("samples", "chunk"):
         if getattr(cfg, name) < 1:
-            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+            raise S3Error(f"--{name} {getattr(cfg, name)}: must be at least 1")
     if cfg.max_context is not None and cfg.max_context < 1:
         raise S3Error(f"--max-context {cfg.max_context}: must be at least 1 token")
-    if cfg.fusion is not None:
-        check_fusion(cfg.fusion, "--fusion")
-    if cfg.bm25_weight is not None and not 0.0 <= cfg.bm25_weight <= 1.0:
-        raise S3Error(f"--bm25-weight {cfg.bm25_weight}: must be in [0, 1]")
-    if cfg.min_relevance is not None and not 0.0 <= cfg.min_relevance <= 1.0:
-        raise S3Error(f"--min-relevance {cfg.min_relevance}: must be in [0, 1]")
-    if cfg.haystack not in HAYSTACKS:
-        raise S3Error(f"--haystack {cfg.haystack}: choose essay or noise")
+
+
+def check_config(cfg: EvalConfig) -> EvalConfig:
+    """Refuse bad options with one-line S3Errors; returns ``cfg`` with duplicate entries dropped."""
+    _check_choices(cfg)
+    _check_sizes(cfg)
+    check_retrieval(cfg.retrieval)
     cfg.tasks, cfg.methods = _unique(cfg.tasks), _unique(cfg.methods)
     cfg.lengths, cfg.depths = _unique(cfg.lengths), _unique(cfg.depths)
     return cfg
@@ -204,18 +198,13 @@ def make_sample(item: EvalItem, tokenizer_len: Callable[[str], int], haystack: s
     raise S3Error(f"--tasks {task}: choose from {', '.join(TASKS)}")
 
 
-def retrieval_config(cfg: EvalConfig, max_new_tokens: int):
-    """The RetrievalConfig of a run: the retriever's defaults, with the options ``cfg`` sets."""
-    from s3attn.retrieval.retriever import RetrievalConfig
-
-    chosen = {"fusion": cfg.fusion, "bm25_weight": cfg.bm25_weight, "min_relevance": cfg.min_relevance}
-    return RetrievalConfig(
-        max_new_tokens=max_new_tokens, **{k: v for k, v in chosen.items() if v is not None}
-    )
+def retrieval_config(cfg: EvalConfig, max_new_tokens: int) -> RetrievalConfig:
+    """The RetrievalConfig of a run (``cfg.retrieval``), generating ``max_new_tokens`` at most."""
+    return replace(cfg.retrieval, max_new_tokens=max_new_tokens)
 
 
 def new_tokens_for(task: str, cfg: EvalConfig) -> int:
-    return cfg.max_new_tokens * (2 if task in LIST_TASKS else 1)
+    return cfg.retrieval.max_new_tokens * (2 if task in LIST_TASKS else 1)
 
 
 # ---- prompt and per-sample answering -----------------------------------------------------------------
@@ -263,6 +252,37 @@ def method_plan(method: str, budget: int, full_room: int) -> tuple[str, int]:
     return method, budget
 
 
+class _Answering(NamedTuple):
+    """What every method of one sample shares."""
+
+    item: EvalItem
+    sample: T.Sample
+    retriever: Any  # Retriever on the sample's index
+    new_tokens: int
+    overhead: int  # prompt tokens with an empty context
+    build_seconds: float
+
+
+def answer_method(a: _Answering, method: str, mode: str, budget: int) -> EvalRow:
+    """The row of ``method``: retrieve in Retriever ``mode`` within ``budget`` tokens, answer greedily."""
+    from s3attn.evaluation.metrics import score
+    from s3attn.retrieval.retriever import generate
+
+    r, sample, tok = a.retriever, a.sample, a.retriever.tokenizer
+    t0 = time.perf_counter()
+    spans = r.retrieve(sample.question, mode, budget)
+    context = SEPARATOR.join(s.text.strip() for s in spans)
+    text, n_prompt = generate(r.model, tok, build_prompt(tok, sample, context, r.prompt), a.new_tokens)
+    return EvalRow(task=a.item.task, length=a.item.length, depth=a.item.depth, sample=a.item.number,
+                   seed=a.item.seed, method=method, budget=budget,
+                   score=score(sample.metric, text, sample.answers),
+                   recall=context_recall(context, sample.answers), prompt_tokens=n_prompt,
+                   context_tokens=sum(s.end - s.start for s in spans), overhead_tokens=a.overhead,
+                   spans=[[int(s.start), int(s.end)] for s in spans], doc_tokens=int(r.store.num_tokens),
+                   seconds=time.perf_counter() - t0, build_seconds=a.build_seconds, peak_rss_mb=peak_rss_mb(),
+                   metric=sample.metric, answer=text, answers=list(sample.answers))  # fmt: skip
+
+
 def answer_sample(
     item: EvalItem,
     sample: T.Sample,
@@ -272,28 +292,13 @@ def answer_sample(
     on_answer: Callable[[], None],
     identity: dict | None = None,
 ) -> list[EvalRow]:
-    """Index ``sample.context`` once (with ``stack``; or reuse its index from ``cfg.index_cache``, whose
-    key also covers ``identity``, what the build depends on) and answer it with every method of ``cfg``."""
-    from s3attn.evaluation import index_cache as C
-    from s3attn.evaluation.metrics import score
-    from s3attn.index_builder.config import BuildConfig
-    from s3attn.index_builder.pipeline import build_index
-    from s3attn.retrieval.retriever import Retriever, generate
+    """Index ``sample.context`` once (or reuse its index from ``cfg.index_cache``, whose key also covers
+    ``identity``, what the build depends on) and answer it with every method of ``cfg``."""
+    from s3attn.evaluation.index_cache import sample_index
+    from s3attn.retrieval.retriever import Retriever
 
-    corpus = workdir / "corpus"
     shutil.rmtree(workdir, ignore_errors=True)
-
-    def build(out: Path) -> None:
-        corpus.mkdir(parents=True)
-        (corpus / f"{item.task}.txt").write_text(sample.context, encoding="utf-8")
-        device = stack[0].model.device.type  # build where the shared model lives (queries run there)
-        build_cfg = BuildConfig(out=str(out), sae=cfg.sae, model=cfg.model, layers=cfg.layers, chunk=cfg.chunk,
-                                accelerator="gpu" if device == "cuda" else "cpu", progress=False)  # fmt: skip
-        with quiet_build():
-            build_index(str(corpus), build_cfg, stack=stack)
-
-    cache = Path(cfg.index_cache) if cfg.index_cache else None
-    index, build_seconds = C.get_or_build(cache, sample.context, identity or {}, workdir, build)
+    index, build_seconds = sample_index(item.task, sample.context, stack, cfg, workdir, identity or {})
     new_tokens = new_tokens_for(item.task, cfg)
     retriever = Retriever(index, cfg=retrieval_config(cfg, new_tokens), stack=stack)
     tok = retriever.tokenizer
@@ -303,38 +308,10 @@ def answer_sample(
         full_room = model_window(retriever.model, cfg.max_context) - overhead - new_tokens - SEPARATOR_ROOM
         if full_room < 1 and "full" in cfg.methods:
             raise S3Error(f"--max-context: the window leaves no room for context ({overhead} prompt tokens)")
+        shared = _Answering(item, sample, retriever, new_tokens, overhead, build_seconds)
         for method in cfg.methods:
-            mode, budget = method_plan(method, cfg.budget, full_room)
-            t0 = time.perf_counter()
-            spans = retriever.retrieve(sample.question, mode, budget)
-            context = SEPARATOR.join(s.text.strip() for s in spans)
-            prompt = build_prompt(tok, sample, context, retriever.prompt)
-            text, n_prompt = generate(retriever.model, tok, prompt, new_tokens)
-            seconds = time.perf_counter() - t0
-            rows.append(
-                EvalRow(
-                    task=item.task,
-                    length=item.length,
-                    depth=item.depth,
-                    sample=item.number,
-                    seed=item.seed,
-                    method=method,
-                    budget=budget,
-                    score=score(sample.metric, text, sample.answers),
-                    recall=context_recall(context, sample.answers),
-                    prompt_tokens=n_prompt,
-                    context_tokens=sum(s.end - s.start for s in spans),
-                    overhead_tokens=overhead,
-                    spans=[[int(s.start), int(s.end)] for s in spans],
-                    doc_tokens=int(retriever.store.num_tokens),
-                    seconds=seconds,
-                    build_seconds=build_seconds,
-                    peak_rss_mb=peak_rss_mb(),
-                    metric=sample.metric,
-                    answer=text,
-                    answers=list(sample.answers),
-                )
-            )
+            mode, budget = method_plan(method, cfg.retrieval.budget, full_room)
+            rows.append(answer_method(shared, method, mode, budget))
             on_answer()
     finally:
         retriever.store.close()
@@ -349,8 +326,8 @@ def load_eval_stack(cfg: EvalConfig):
     """(stack, release path): the model + SAEs every sample shares, as build_index would load them."""
     from s3attn.saes.stack import load_stack, resolve_release
 
-    release, rel_cfg, layers = resolve_release(cfg.sae, cfg.layers)
-    return load_stack(release, rel_cfg, layers, cfg.model), release
+    release, rel_cfg, layers = resolve_release(cfg.stack.sae, cfg.stack.layers)
+    return load_stack(release, rel_cfg, layers, cfg.stack.model), release
 
 
 def run_eval(
@@ -371,7 +348,7 @@ def run_eval(
     else:
         from s3attn.saes.stack import resolve_release
 
-        release = resolve_release(cfg.sae, cfg.layers)[0]
+        release = resolve_release(cfg.stack.sae, cfg.stack.layers)[0]
     tokenizer = stack[0].tokenizer
 
     def tokenizer_len(text: str) -> int:
@@ -391,6 +368,6 @@ def run_eval(
                 item, sample, stack, cfg, Path(tmp) / "sample", lambda: bar.update(1), identity
             )
             if on_sample is not None:
-                on_sample(EvalRun(rows, asdict(cfg), env))
+                on_sample(EvalRun(rows, flat_options(cfg), env))
     bar.close()
-    return EvalRun(rows, asdict(cfg), env)
+    return EvalRun(rows, flat_options(cfg), env)

@@ -1,12 +1,13 @@
-"""Built sample indexes kept between ``s3-eval`` runs (``--index-cache DIR``), so that a run that changes only
-retrieval or generation settings skips the index builds (at 64k tokens, ~100 s of a sample's ~120 s here).
+"""A sample's index: built quietly with the run's shared model stack, and kept between ``s3-eval`` runs with
+``--index-cache DIR``, so that a run that changes only retrieval or generation settings skips the index
+builds (at 64k tokens, ~100 s of a sample's ~120 s here).
 
 An entry is ``DIR/<key>/`` holding ``index/`` and ``build.json`` (what the key was made of, and how long the
 first build took). The key is a SHA-256 of the sample's context text and of everything the build depends on:
 the build options, the model, the SAE release's ``config.json`` and the size and mtime of its weight files
 (a retrained release at the same path gets new keys). An entry is built under ``DIR/.tmp-<uuid>`` and renamed
-to its key when complete, so an interrupted build leaves no entry behind; a later run removes such leftovers once they are an hour
-old.
+to its key when complete, so an interrupted build leaves no entry behind; a later run removes such leftovers
+once they are an hour old.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from s3attn.evaluation.runtime import quiet_logs
 from s3attn.paths import atomic_write_json
 
 BUILD_JSON = "build.json"
@@ -48,7 +51,7 @@ def index_identity(stack, cfg: Any, release: Path) -> dict:
     from s3attn.constants import INDEX_FORMAT_VERSION
 
     return {
-        "build": {"model": cfg.model, "layers": sorted(stack[1]), "chunk": cfg.chunk},
+        "build": {"model": cfg.stack.model, "layers": sorted(stack[1]), "chunk": cfg.chunk},
         "model_id": stack[0].model_id,
         "release": release_fingerprint(release),
         "format_version": INDEX_FORMAT_VERSION,
@@ -110,3 +113,25 @@ def get_or_build(
     t0 = time.perf_counter()
     build(staged / INDEX_DIR)
     return publish(cache, key, staged, identity, time.perf_counter() - t0)
+
+
+def sample_index(task: str, context: str, stack, cfg: Any, workdir: Path, identity: dict) -> CachedIndex:
+    """The index of one sample's ``context`` (a document named after ``task``), built quietly with
+    ``stack`` = (loaded model, SAEs, ...) and ``cfg`` (an EvalConfig: its stack options, chunk and
+    index_cache), or reused from ``cfg.index_cache`` under a key that also covers ``identity``."""
+    from s3attn.index_builder.config import BuildConfig
+    from s3attn.index_builder.pipeline import build_index
+
+    corpus = workdir / "corpus"
+
+    def build(out: Path) -> None:
+        corpus.mkdir(parents=True)
+        (corpus / f"{task}.txt").write_text(context, encoding="utf-8")
+        device = stack[0].model.device.type  # build where the shared model lives (questions run there)
+        build_cfg = BuildConfig(out=str(out), stack=replace(cfg.stack), chunk=cfg.chunk,
+                                accelerator="gpu" if device == "cuda" else "cpu", progress=False)  # fmt: skip
+        with quiet_logs():
+            build_index(str(corpus), build_cfg, stack=stack)
+
+    cache = Path(cfg.index_cache) if cfg.index_cache else None
+    return get_or_build(cache, context, identity, workdir, build)

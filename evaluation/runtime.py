@@ -1,9 +1,8 @@
-"""Where an evaluation run ran and what it cost: its environment record, the peak RSS, quiet index builds."""
+"""Where an evaluation run ran and what it cost: its environment record, the peak RSS, quiet logs during index builds."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import platform
@@ -14,22 +13,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
+
+QUIET_BUILD_LOGS = {
+    "s3attn": logging.WARNING,
+    "lightning.pytorch": logging.ERROR,
+    "lightning.fabric": logging.ERROR,
+}
+
 
 @contextlib.contextmanager
-def quiet_build() -> Iterator[None]:
-    """Silence one index build (its banner, Lightning's per-Trainer logs and warnings); shown on failure."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+def quiet_logs(levels_by_logger: dict[str, int] = QUIET_BUILD_LOGS) -> Iterator[None]:
+    """Inside (an index build): these loggers at these levels at least, and no Python warnings."""
+    loggers = [logging.getLogger(name) for name in levels_by_logger]
     levels = [lg.level for lg in loggers]
-    buf = io.StringIO()
     try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stderr(buf), warnings.catch_warnings():
+        for lg, level in zip(loggers, levels_by_logger.values()):
+            lg.setLevel(max(level, lg.getEffectiveLevel()))
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
-    except BaseException:
-        sys.stderr.write(buf.getvalue())
-        raise
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -1,36 +1,31 @@
-"""BM25 over overlapping passages in global token coordinates (bm25s, numpy backend).
+"""BM25 over overlapping passages in global token coordinates (bm25s, numpy backend): the reading side
+(:class:`BM25Index`: load, search). Building and saving is ``bm25_build``.
 
-Passages are windows of ``passage_tokens`` tokens every ``stride`` tokens inside each document; the
-caller supplies one text per passage (the detokenized window). Tokenization: bm25s' regex
-(``\\b\\w\\w+\\b``, lowercase), its English stopword list and a small suffix-stripping "S-stemmer"
-(plural forms only: ``-ies -> -y``, ``-es -> -e``, ``-s`` dropped; no extra dependency).
+Passages are windows of ``passage_tokens`` tokens every ``stride`` tokens inside each document, each indexed
+with its text (the detokenized window). Tokenization: bm25s' regex (``\\b\\w\\w+\\b``, lowercase), its
+English stopword list and a small suffix-stripping "S-stemmer" (plural forms only: ``-ies -> -y``,
+``-es -> -e``, ``-s`` dropped; no extra dependency).
 
 On disk (one folder, written to a temp folder and renamed into place)::
 
     <folder>/  bm25s files (data/indices/indptr .csc.index.npy, vocab.index.json, params.index.json)
                BM25_PASSAGES  int64 [P, 3] doc_id, start, end
-               BM25_TEXTS     passage texts (parquet, zstd), so add() can rebuild without the caller
+               BM25_TEXTS     passage texts (parquet, zstd), so a rebuild needs no caller
                BM25_META      format version, passage count, tokenizer settings
-
-bm25s has no incremental add: :meth:`BM25Index.add` rebuilds from the stored texts plus the new ones.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import bm25s
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s3attn.constants import BM25_FORMAT_VERSION, BM25_META, BM25_PASSAGES, BM25_TEXTS
 from s3attn.errors import S3Error
-from s3attn.paths import atomic_write_json, publish_dir
 
 STOPWORDS = "en"
 STEMMER_NAME = "s-stemmer"
@@ -48,32 +43,6 @@ class Hit(NamedTuple):
     terms: list[str]  # question words (lowercased, as written) whose stem occurs in the passage
 
 
-def make_passages(
-    doc_ranges: list[tuple[int, int, int]], passage_tokens: int = 128, stride: int = 64
-) -> list[Passage]:
-    """Overlapping windows inside each ``(doc_id, start, end)``; every document token is covered.
-
-    Windows start at ``start, start + stride, ...``; the last one is aligned to end exactly at ``end``.
-    A document shorter than ``passage_tokens`` is one passage. Empty documents give none.
-    """
-    if passage_tokens < 1 or stride < 1 or stride > passage_tokens:
-        raise S3Error(
-            f"make_passages: need 1 <= stride ({stride}) <= passage_tokens ({passage_tokens}) "
-            "so that windows cover every token"
-        )
-    out: list[Passage] = []
-    for doc_id, start, end in doc_ranges:
-        doc_id, start, end = int(doc_id), int(start), int(end)
-        if end <= start:
-            continue
-        last_start = max(start, end - passage_tokens)
-        starts = list(range(start, last_start + 1, stride))
-        if starts[-1] != last_start:
-            starts.append(last_start)
-        out.extend(Passage(doc_id, s, min(s + passage_tokens, end)) for s in starts)
-    return out
-
-
 def _stem(word: str) -> str:
     """Harman's S-stemmer (plural suffixes only), words of 4+ characters."""
     if len(word) < 4:
@@ -87,7 +56,7 @@ def _stem(word: str) -> str:
     return word
 
 
-def _stem_words(words: list[str]) -> list[str]:  # bm25s calls the stemmer with the whole vocabulary
+def stem_words(words: list[str]) -> list[str]:  # bm25s calls the stemmer with the whole vocabulary
     return [_stem(w) for w in words]
 
 
@@ -98,7 +67,7 @@ def _question_words(question: str) -> list[str]:
 
 
 class BM25Index:
-    """BM25 over :class:`Passage` windows. Build with :meth:`build`, search with :meth:`search`."""
+    """BM25 over :class:`Passage` windows: :meth:`load` one, :meth:`search` it (built by ``bm25_build``)."""
 
     def __init__(self, passages_P3: np.ndarray, texts: list[str], retriever: bm25s.BM25 | None) -> None:
         self.passages_P3 = np.asarray(passages_P3, dtype=np.int64).reshape(-1, 3)
@@ -111,33 +80,6 @@ class BM25Index:
     def passage(self, i: int) -> Passage:
         d, s, e = self.passages_P3[i].tolist()
         return Passage(d, s, e)
-
-    # ---- build ----------------------------------------------------------------------------------------
-    @classmethod
-    def build(
-        cls, passages: list[Passage], texts: list[str], *, k1: float = 1.5, b: float = 0.75
-    ) -> BM25Index:
-        """Index ``texts[i]`` as the text of ``passages[i]`` (Lucene BM25, English stopwords, S-stemmer)."""
-        if len(passages) != len(texts):
-            raise S3Error(
-                f"BM25Index.build: {len(passages)} passages but {len(texts)} texts; pass one text each"
-            )
-        arr = np.asarray([tuple(p) for p in passages], dtype=np.int64).reshape(-1, 3)
-        texts = [str(t) for t in texts]
-        if not texts:
-            return cls(arr, texts, None)
-        tokens = bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=_stem_words, show_progress=False)
-        if not tokens.vocab:  # only stopwords / no words at all: nothing can match
-            return cls(arr, texts, None)
-        retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
-        retriever.index(tokens, show_progress=False)
-        return cls(arr, texts, retriever)
-
-    def add(self, passages: list[Passage], texts: list[str]) -> BM25Index:
-        """A new index over the old passages plus these (a full rebuild from the stored texts)."""
-        old = [self.passage(i) for i in range(len(self))]
-        params = {"k1": self.retriever.k1, "b": self.retriever.b} if self.retriever is not None else {}
-        return BM25Index.build(old + list(passages), self.texts + list(texts), **params)
 
     # ---- search ---------------------------------------------------------------------------------------
     def search(self, question: str, top_k: int) -> list[Hit]:
@@ -168,33 +110,7 @@ class BM25Index:
                 terms[j].extend(words)
         return [Hit(self.passage(int(i)), float(scores_P[i]), t) for i, t in zip(top.tolist(), terms)]
 
-    # ---- disk -----------------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> None:
-        """Write the whole index into a temp folder next to ``folder``, then rename it into place."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:
-            if self.retriever is not None:
-                self.retriever.save(str(tmp), show_progress=False)
-            np.save(tmp / BM25_PASSAGES, self.passages_P3)
-            pq.write_table(
-                pa.table({"text": pa.array(self.texts, pa.string())}), tmp / BM25_TEXTS, compression="zstd"
-            )
-            meta = {
-                "format_version": BM25_FORMAT_VERSION,
-                "num_passages": len(self),
-                "stopwords": STOPWORDS,
-                "stemmer": STEMMER_NAME,
-                "method": "lucene",
-                "empty": self.retriever is None,
-            }
-            atomic_write_json(tmp / BM25_META, meta)
-            publish_dir(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
+    # ---- disk -------------------------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str | Path) -> BM25Index:
         folder = Path(folder)

@@ -9,6 +9,8 @@ the segment size whatever the corpus or document size.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from s3attn.corpus import Document
+from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.prefill import ChunkCodes, encode_chunk, iter_doc_chunks
 from s3attn.index_builder.schema import DocRecord, SegmentData
 
@@ -73,7 +76,7 @@ class SegmentAccumulator:
     pieces flagged ``open_doc`` (a crash leaves an open tail that ``--resume`` drops and redoes).
     """
 
-    def __init__(self, store, docs: list[Document], *, segment_tokens: int):
+    def __init__(self, store: IndexWriter, docs: list[Document], *, segment_tokens: int):
         self.store, self.docs, self.segment_tokens = store, docs, segment_tokens
         self.heads = store.heads
         self.token_ids: list[np.ndarray] = []
@@ -170,7 +173,7 @@ def run_prefill(
     saes: dict[int, torch.nn.Module],
     tokenizer,
     docs: list[Document],
-    store,
+    store: IndexWriter,
     *,
     chunk: int,
     overlap: int,
@@ -180,9 +183,6 @@ def run_prefill(
     progress: bool = True,
 ) -> None:
     """Index ``docs`` into ``store`` (documents already there must have been filtered out by the caller)."""
-    import logging
-    import warnings
-
     if not docs:
         return
     for name in ("lightning.pytorch", "lightning.fabric"):  # "GPU available: ..." and tips: not for this CLI

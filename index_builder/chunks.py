@@ -2,18 +2,21 @@
 
 zarr-python spends ~0.5 ms of event-loop and codec-pipeline work per chunk it touches; a question reads a few
 hundred posting lists, each in one or two chunks, so that overhead alone would exceed the latency goal. The
-posting arrays are plain Zarr v3 arrays on a local store, in one of three layouts read here directly:
+posting arrays are plain Zarr v3 arrays on a local store, in one of three layouts (``schema.LAYOUT_*``) read
+here directly:
 
 - ``blosc``: regular 1-D chunks, codecs ``bytes`` + ``blosc``, one chunk per file (``c/<i>``): a chunk file
-  is handed to Blosc whole (format written before the sharded layout; still read);
-- ``sharded``: ``sharding_indexed`` with inner codecs ``bytes`` + ``blosc`` and the default shard index
+  is handed to Blosc whole;
+- ``sharded-blosc``: ``sharding_indexed`` with inner codecs ``bytes`` + ``blosc`` and the default shard index
   (``bytes`` + ``crc32c``, at the end of the file): a shard's index is read once, then only the inner chunks a
   range touches are read (``pread``) and decoded, so small inner chunks decode little beyond what is asked;
 - ``raw``: codec ``bytes`` only: the bytes of a range are read in place, nothing is decoded.
 
-Decoded Blosc chunks are kept in an LRU (segments are immutable, so a cached chunk never goes stale). Any
-other layout (another store, codec or chunk grid) is read through zarr, so the index stays a standard Zarr
-store either way.
+An array of format 2 names its layout in its attribute ``s3attn_layout``, and the reader dispatches on that
+name. Arrays of format 1 carry no such attribute: :func:`infer_layout_v1` (the reader of the previous format)
+recognises their layout from their codecs. Decoded Blosc chunks are kept in an LRU (segments are immutable,
+so a cached chunk never goes stale). Any other array (another store, codec, chunk grid or an unknown layout
+name) is read through zarr, so the index stays a standard Zarr store either way.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ import numpy as np
 import zarr
 from numcodecs.blosc import decompress
 
-from s3attn.index_builder.schema import concat_ranges
+from s3attn.constants import INDEX_LAYOUT_ATTR
+from s3attn.index_builder.schema import (
+    LAYOUT_BLOSC,
+    LAYOUT_RAW,
+    LAYOUT_SHARDED,
+    LAYOUTS,
+    concat_ranges,
+)
 
 DECODED_CACHE_BYTES = 64 << 20
 """Decoded chunks kept per reader (LRU), in bytes."""
@@ -44,12 +54,42 @@ _EMPTY = np.uint64(2**64 - 1)  # shard index entry of an inner chunk that was no
 class Layout(NamedTuple):
     """How a 1-D array's entries map to files: entry e is in chunk e // chunk, file chunk // per_file."""
 
-    kind: str  # "blosc" | "sharded" | "raw"
+    kind: str  # one of schema.LAYOUTS: "blosc" | "sharded-blosc" | "raw"
     folder: Path  # the array's chunk folder (``.../c``)
     chunk: int  # entries per (inner) chunk
     per_file: int  # chunks per file: 1, or inner chunks per shard
 
 
+def _chunk_folder(arr: zarr.Array) -> Path | None:
+    """The folder of a 1-D, little-endian Zarr v3 array's ``c/<i>`` chunk files on a local store, else None."""
+    meta = arr.metadata
+    if getattr(meta, "zarr_format", None) != 3 or arr.ndim != 1 or arr.dtype.byteorder == ">":
+        return None
+    root = getattr(arr.store_path.store, "root", None)
+    if root is None or meta.encode_chunk_key((0,)) != "c/0":
+        return None
+    return Path(root) / arr.store_path.path / "c"
+
+
+def array_layout(arr: zarr.Array) -> Layout | None:
+    """The :class:`Layout` of ``arr`` when it can be read from its files here, else None (read via zarr).
+
+    Dispatches on the layout the array names (``s3attn_layout``); an array without one was written in
+    format 1 and its layout is inferred from its codecs (:func:`infer_layout_v1`)."""
+    name = arr.attrs.get(INDEX_LAYOUT_ATTR)
+    if name is None:
+        return infer_layout_v1(arr)
+    folder = _chunk_folder(arr)
+    if name not in LAYOUTS or folder is None:
+        return None
+    chunk = int(arr.chunks[0])  # the inner chunk of a sharded array
+    if name != LAYOUT_SHARDED:
+        return Layout(name, folder, chunk, 1)
+    shard = int(arr.shards[0]) if arr.shards else 0
+    return Layout(name, folder, chunk, shard // chunk) if shard and shard % chunk == 0 else None
+
+
+# ---- reader of format 1 (arrays without s3attn_layout): the layout recognised from the codec classes ------
 def _little_bytes(codec: object) -> bool:
     endian = getattr(codec, "endian", None)
     return type(codec).__name__ == "BytesCodec" and (
@@ -61,38 +101,39 @@ def _names(codecs) -> list[str]:
     return [type(c).__name__ for c in codecs]
 
 
-def _direct_layout(arr: zarr.Array) -> Layout | None:
-    """The :class:`Layout` of ``arr`` when it can be read from its files here, else None."""
-    meta = arr.metadata
-    if getattr(meta, "zarr_format", None) != 3 or arr.ndim != 1 or arr.dtype.byteorder == ">":
+def _v1_sharded(arr: zarr.Array, folder: Path) -> Layout | None:
+    shard = arr.metadata.codecs[0]
+    inner, index = list(shard.codecs), list(shard.index_codecs)
+    location = getattr(shard.index_location, "value", shard.index_location)
+    if (
+        _names(inner) != ["BytesCodec", "BloscCodec"]
+        or not _little_bytes(inner[0])
+        or _names(index) != ["BytesCodec", "Crc32cCodec"]
+        or not _little_bytes(index[0])
+        or location != "end"
+    ):
         return None
-    root = getattr(arr.store_path.store, "root", None)
-    if root is None or meta.encode_chunk_key((0,)) != "c/0":
+    chunk, shard_len = int(shard.chunk_shape[0]), int(arr.metadata.chunk_grid.chunk_shape[0])
+    return Layout(LAYOUT_SHARDED, folder, chunk, shard_len // chunk) if shard_len % chunk == 0 else None
+
+
+def infer_layout_v1(arr: zarr.Array) -> Layout | None:
+    """Format 1 (no layout attribute): the :class:`Layout` recognised from the codec classes, else None."""
+    folder = _chunk_folder(arr)
+    if folder is None:
         return None
-    folder = Path(root) / arr.store_path.path / "c"
-    codecs = list(meta.codecs)
+    codecs = list(arr.metadata.codecs)
     if len(codecs) == 1 and type(codecs[0]).__name__ == "ShardingCodec":
-        shard = codecs[0]
-        inner, index = list(shard.codecs), list(shard.index_codecs)
-        location = getattr(shard.index_location, "value", shard.index_location)
-        if (
-            _names(inner) != ["BytesCodec", "BloscCodec"]
-            or not _little_bytes(inner[0])
-            or _names(index) != ["BytesCodec", "Crc32cCodec"]
-            or not _little_bytes(index[0])
-            or location != "end"
-        ):
-            return None
-        chunk, shard_len = int(shard.chunk_shape[0]), int(meta.chunk_grid.chunk_shape[0])
-        return Layout("sharded", folder, chunk, shard_len // chunk) if shard_len % chunk == 0 else None
+        return _v1_sharded(arr, folder)
     if not codecs or not _little_bytes(codecs[0]):
         return None
-    size = int(meta.chunk_grid.chunk_shape[0])
+    size = int(arr.metadata.chunk_grid.chunk_shape[0])
     if len(codecs) == 1:
-        return Layout("raw", folder, size, 1)
-    return Layout("blosc", folder, size, 1) if _names(codecs[1:]) == ["BloscCodec"] else None
+        return Layout(LAYOUT_RAW, folder, size, 1)
+    return Layout(LAYOUT_BLOSC, folder, size, 1) if _names(codecs[1:]) == ["BloscCodec"] else None
 
 
+# ---- range reads -------------------------------------------------------------------------------------------
 def _pieces(starts: np.ndarray, lens: np.ndarray, size: int) -> tuple[list[int], ...]:
     """Ranges (all non-empty) cut at chunk edges: per piece its chunk id, first and end entry inside that
     chunk, and where it goes in the concatenated output. Array arithmetic for many ranges, plain Python
@@ -158,7 +199,7 @@ class ChunkReader:
         name = str(arr.store_path)
         layout = self._layouts.get(name, False)
         if layout is False:
-            layout = self._layouts[name] = _direct_layout(arr)
+            layout = self._layouts[name] = array_layout(arr)
         if layout is None:
             idx = concat_ranges(starts, lens)
             return np.asarray(arr.get_orthogonal_selection(idx)) if idx.size else np.zeros(0, arr.dtype)
@@ -173,7 +214,7 @@ class ChunkReader:
         files = self._files.get(layout.folder)
         if files is None:
             files = self._files[layout.folder] = _Files(layout.folder, self._held)
-        if layout.kind == "raw":
+        if layout.kind == LAYOUT_RAW:
             views = {c: self._mapped(arr, layout, c) for c in dict.fromkeys(chunk_ids)}
         else:
             views = {c: self._chunk(arr, layout, files, c) for c in dict.fromkeys(chunk_ids)}
@@ -228,7 +269,7 @@ class ChunkReader:
         fd = files.get(shard)
         if fd is None:
             return None
-        if layout.kind == "blosc":
+        if layout.kind == LAYOUT_BLOSC:
             return os.pread(fd, os.fstat(fd).st_size, 0)
         index = self._index(layout, shard, fd)
         offset, nbytes = index[j]

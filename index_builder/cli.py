@@ -1,10 +1,13 @@
 """``s3-index``: build, inspect, verify, merge and query a posting-list index.
 
-s3-index build corpus/ [--out INDEX] [--sae RELEASE] [--layers 6,12] [--chunk 2048] [--resume]
+s3-index build corpus/ [--out INDEX] [--sae RELEASE] [--layers 6,12] [--chunk N] [--resume]
 s3-index info INDEX
 s3-index verify INDEX
 s3-index merge INDEX
-s3-index ask INDEX "question" [--mode s3|bm25|hybrid|full] [--budget 2048] [--show-spans] [--json]
+s3-index ask INDEX "question" [--mode s3|bm25|hybrid|full] [--budget N] [--fusion F] [--show-spans] [--json]
+
+build and ask take --config FILE (YAML); `s3-index build --help` and `s3-index ask --help` list every
+option with its effective default.
 """
 
 from __future__ import annotations
@@ -12,18 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
-from s3attn.cliutil import build_parser, make_config
+from s3attn.config import CliParser, add_config
 from s3attn.errors import S3Error, cli_entry
 from s3attn.index_builder.config import BuildConfig
+from s3attn.logs import setup_cli_logging
 
 PROG = "s3-index"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The s3-index parser; ``argv`` is read for the chosen command's ``--config FILE``."""
+    command = argv[0] if argv else None
+    parser = CliParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build = sub.add_parser(
         "build", help="index a corpus folder (streaming prefill -> Zarr posting lists + BM25)"
@@ -31,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "corpus", help="folder (read recursively) of .txt/.md/.jsonl/.parquet, or one such file"
     )
-    build_parser(BuildConfig, build)
+    add_config(build, BuildConfig, "index", argv if command == "build" else [])
     for name, text in (
         ("info", "documents, tokens, postings, bytes per posting, segments"),
         ("verify", "check offsets, positions, k postings per token, token counts, checksums"),
@@ -48,23 +53,22 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print JSON")
     from s3attn.retrieval.cli import add_ask_parser
 
-    add_ask_parser(sub)
+    add_ask_parser(sub, argv if command == "ask" else [])
     return parser
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from s3attn.index_builder.pipeline import build_index
 
-    cfg = make_config(BuildConfig, args, "index")
-    out = build_index(args.corpus, cfg)
+    out = build_index(args.corpus, args.cfg)
     print(f"{PROG}: index at {out}", file=sys.stderr)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from s3attn.index_builder.store import IndexStore
+    from s3attn.index_builder.reader import IndexReader
 
-    with IndexStore.open(args.index) as store:
+    with IndexReader.open(args.index) as store:
         info = store.info()
         # store.info counts document records; a document written in pieces has several with one doc_id
         info["documents"] = len({d.doc_id for d in store.documents()})
@@ -81,9 +85,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from s3attn.index_builder.store import IndexStore
+    from s3attn.index_builder.reader import IndexReader
 
-    with IndexStore.open(args.index) as store:
+    with IndexReader.open(args.index) as store:
         problems = store.verify()
         n = len(store.segments)
     if problems:
@@ -97,9 +101,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from s3attn.index_builder.store import IndexStore
+    from s3attn.index_builder.indexer import IndexWriter
 
-    with IndexStore.open(args.index, write=True) as store:
+    with IndexWriter.open(args.index) as store:
         before = len(store.segments)
         merged = store.merge(args.tier, into_one=args.all)
         after = len(store.segments)
@@ -109,7 +113,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 @cli_entry(PROG)
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    setup_cli_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     if args.command == "ask":
         from s3attn.retrieval.cli import cmd_ask
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from s3attn.config import StackOptions
 
 
 @dataclass
 class BuildConfig:
+    """Every option of ``s3-index build``."""
+
     out: str = "indexes/default"
     """Index folder to create or add to."""
-    sae: str | None = None
-    """SAE release folder; default: the published SmolLM2 release in checkpoints/."""
-    model: str | None = None
-    """Model to prefill with; default: the release's model ('smollm2-135m' for the published release)."""
-    layers: list[int] | None = None
-    """Layers to index (a subset of the release's); default: all of the release's layers."""
+    stack: StackOptions = field(default_factory=StackOptions)
+    """The SAE release and model to prefill with (the index records them; questions use the same)."""
     chunk: int = 2048
     """Scan chunk: tokens prefilled per forward pass (no KV cache is kept across chunks)."""
     overlap: int = 64

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from s3attn.constants import BM25_DIR
 from s3attn.corpus import Corpus, Document
 from s3attn.errors import S3Error
 from s3attn.index_builder.config import BuildConfig
-from s3attn.index_builder.store import doc_ranges
+from s3attn.index_builder.indexer import IndexWriter
+from s3attn.index_builder.meta import IndexAttrs
+from s3attn.index_builder.reader import IndexReader, doc_ranges
 from s3attn.paths import atomic_write_json
 from s3attn.saes.stack import load_stack, model_name_for, resolve_release
+
+logger = logging.getLogger(__name__)
 
 BM25_STATE = "bm25.json"  # how many index tokens the BM25 index covers (stale when that changes)
 
@@ -28,36 +32,37 @@ def index_attrs(
     chunk: int,
     overlap: int,
     model: str | None = None,
-) -> dict:
+) -> IndexAttrs:
     """Root attributes of an index built with ``stack`` = (loaded model, SAEs, geometry) from ``release``."""
     loaded, saes, geom = stack
     first = next(iter(saes.values()))
-    return {
-        "model_id": loaded.model_id,
-        "sae_release": str(rel_cfg.get("name", Path(release).name)),
-        "layers": layers,
-        "num_kv_heads": geom.num_kv_heads,
-        "k": first.cfg.k,
-        "num_latents": first.cfg.num_latents,
-        "head_dim": geom.head_dim,
-        "chunk": chunk,
-        "overlap": overlap,
-        "sae_release_path": str(Path(release).resolve()),
-        "model": model or model_name_for(rel_cfg["model_id"]),
-    }
+    return IndexAttrs(
+        model_id=str(loaded.model_id),
+        sae_release=str(rel_cfg.get("name", Path(release).name)),
+        layers=tuple(int(x) for x in layers),
+        num_kv_heads=int(geom.num_kv_heads),
+        k=int(first.cfg.k),
+        num_latents=int(first.cfg.num_latents),
+        head_dim=int(geom.head_dim),
+        chunk=int(chunk),
+        overlap=int(overlap),
+        sae_release_path=str(Path(release).resolve()),
+        model=model or model_name_for(rel_cfg["model_id"]),
+    )
 
 
-def rebuild_bm25(store, tokenizer, *, passage_tokens: int, stride: int) -> None:
-    from s3attn.index_builder.bm25 import BM25Index, make_passages
+def rebuild_bm25(store: IndexReader, tokenizer, *, passage_tokens: int, stride: int) -> None:
+    """Build the BM25 index of every document of ``store`` anew (``BM25_DIR``), and note what it covers."""
+    from s3attn.index_builder.bm25_build import BM25Writer, make_passages
 
     ranges = doc_ranges(store)
     passages = make_passages(ranges, passage_tokens=passage_tokens, stride=stride)
     texts = tokenizer.batch_decode([store.tokens(p.start, p.end).tolist() for p in passages])
-    BM25Index.build(passages, texts).save(store.path / BM25_DIR)
+    BM25Writer.build(passages, texts).save(store.path / BM25_DIR)
     atomic_write_json(store.path / BM25_STATE, {"tokens": store.num_tokens, "passages": len(passages)})
 
 
-def bm25_is_current(store) -> bool:
+def bm25_is_current(store: IndexReader) -> bool:
     try:
         state = json.loads((store.path / BM25_STATE).read_text())
     except (OSError, ValueError):
@@ -85,17 +90,17 @@ def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
             f"{err.filename or corpus_path}: cannot be read ({err.strerror or err}); "
             "fix it or move it out of the corpus"
         ) from None
-    release, rel_cfg, layers = resolve_release(cfg.sae, cfg.layers)
+    release, rel_cfg, layers = resolve_release(cfg.stack.sae, cfg.stack.layers)
     if stack is None:
-        stack = load_stack(release, rel_cfg, layers, cfg.model)
+        stack = load_stack(release, rel_cfg, layers, cfg.stack.model)
     loaded, saes, geom = stack
     if sorted(saes) != layers:
         raise S3Error(f"the loaded SAEs have layers {sorted(saes)}, the build asks for {layers}; load those")
     attrs = index_attrs(
-        stack, release, rel_cfg, layers, chunk=cfg.chunk, overlap=cfg.overlap, model=cfg.model
+        stack, release, rel_cfg, layers, chunk=cfg.chunk, overlap=cfg.overlap, model=cfg.stack.model
     )
     out = Path(cfg.out)
-    print(f"s3-index: building into {out}", file=sys.stderr)
+    logger.info("s3-index: building into %s", out)
     try:
         _write_index(out, attrs, all_docs, cfg, loaded, saes)
     except OSError as err:  # disk full, permissions, ...: every published segment is still sound
@@ -114,7 +119,7 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
 
 
-def _prefill(store, docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
+def _prefill(store: IndexWriter, docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
     from s3attn.index_builder.build import run_prefill
 
     run_prefill(
@@ -132,35 +137,35 @@ def _prefill(store, docs: list[Document], cfg: BuildConfig, loaded, saes) -> Non
     )
 
 
-def _staged_prefill(out: Path, attrs: dict, docs: list[Document], cfg: BuildConfig, loaded, saes):
+def _staged_prefill(
+    out: Path, attrs: IndexAttrs, docs: list[Document], cfg: BuildConfig, loaded, saes
+) -> list[IndexWriter]:
     """Multi-device: every rank writes its own segments into ``out/.staging/rank-<r>`` (documents dealt
-    round-robin); returns the staging stores of all ranks on rank 0 (after all ranks finished), else []."""
-    from s3attn.index_builder.store import IndexStore
-
+    round-robin); returns the staging indexes of all ranks on rank 0 (after all ranks finished), else []."""
     staging = out / STAGING_DIR
     mine = staging / f"rank-{_rank()}"
     shutil.rmtree(mine, ignore_errors=True)
-    with IndexStore.create(mine, attrs) as store:
+    with IndexWriter.create(mine, attrs) as store:
         _prefill(store, docs, cfg, loaded, saes)  # ends with a barrier: every rank's segments are written
     if _rank() != 0:
         return []
     return [
-        IndexStore.open(staging / f"rank-{r}", write=True)
+        IndexWriter.open(staging / f"rank-{r}")
         for r in range(cfg.devices)
         if (staging / f"rank-{r}").is_dir()
     ]
 
 
-def _write_index(out: Path, attrs: dict, all_docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
+def _write_index(
+    out: Path, attrs: IndexAttrs, all_docs: list[Document], cfg: BuildConfig, loaded, saes
+) -> None:
     """Open or create the index at ``out``, index the documents it lacks, merge, refresh BM25."""
-    from s3attn.index_builder.store import IndexStore
-
     if cfg.devices > 1 and _rank() > 0:  # a worker rank: read-only view of the index, its own staging store
-        with IndexStore.open(out) as main:
+        with IndexReader.open(out) as main:
             docs = [d for d in all_docs if not main.has_document(d.path, d.content_hash)]
         _staged_prefill(out, attrs, docs, cfg, loaded, saes)
         return
-    with IndexStore.create(out, attrs) as store:
+    with IndexWriter.create(out, attrs) as store:
         if store.has_open_tail():
             if not cfg.resume:
                 raise S3Error(f"{out}: an earlier build was interrupted; run the same command with --resume")
@@ -180,4 +185,4 @@ def _write_index(out: Path, attrs: dict, all_docs: list[Document], cfg: BuildCon
                 store, loaded.tokenizer, passage_tokens=cfg.passage_tokens, stride=cfg.passage_stride
             )
         if not docs:
-            print("s3-index: every document is already indexed; nothing to add", file=sys.stderr)
+            logger.info("s3-index: every document is already indexed; nothing to add")

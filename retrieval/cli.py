@@ -1,77 +1,86 @@
-"""``s3-index ask INDEX "question"``: retrieve spans and answer (wired into the ``s3-index`` command)."""
+"""``s3-index ask INDEX "question"``: retrieve spans and answer (wired into the ``s3-index`` command).
+
+Every RetrievalConfig option is one (``--budget``, ``--fusion``, ``--bm25-weight``, ``--site``, ...); the
+model and SAEs are the index's own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from s3attn.retrieval.fusion import FUSIONS, check_fusion
-from s3attn.retrieval.retriever import MODES, RetrievalConfig
+from s3attn.config import add_config
+from s3attn.errors import S3Error
+from s3attn.retrieval.retriever import DEFAULT_MODE, MODES, RetrievalConfig, check_retrieval
+
+CONFIG_NAME = "ask"  # configs/ask.yaml, if a site ships one
 
 
-def add_ask_parser(sub) -> None:
-    p = sub.add_parser("ask", help="answer a question from an index (retrieval + generation)")
+@dataclass
+class AskConfig:
+    """Every option of ``s3-index ask``."""
+
+    mode: str = DEFAULT_MODE
+    """How the context is chosen: s3 (SAE co-activation spans), bm25 (passages), hybrid (S3 + BM25 + the
+    first and last tokens) or full (the whole index text, middle-truncated)."""
+    show_spans: bool = False
+    """Print each span and why it was chosen."""
+    json: bool = False
+    """Print the answer and spans as JSON."""
+    generate: bool = True
+    """Generate an answer (--no-generate: retrieve only)."""
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    """Retrieval and generation settings."""
+
+
+def add_ask_parser(sub, argv: Sequence[str] | None) -> None:
+    """The ``ask`` subcommand; ``argv`` (the whole command line) may hold its ``--config FILE``."""
+    p = sub.add_parser(
+        "ask", help="answer a question from an index (retrieval + generation)", description=__doc__
+    )
     p.add_argument("index", help="index folder built by s3-index build")
     p.add_argument("question", help="the question")
-    p.add_argument("--mode", default="hybrid", help=f"one of {', '.join(MODES)} (default: hybrid)")
-    p.add_argument("--budget", type=int, default=2048, help="context tokens fed to the model (default: 2048)")
-    p.add_argument(
-        "--fusion",
-        default=None,
-        help=f"how hybrid ranks BM25 passages against S3 spans: {', '.join(FUSIONS)} "
-        f"(default: {RetrievalConfig.fusion})",
-    )
-    p.add_argument("--show-spans", action="store_true", help="print each span and why it was chosen")
-    p.add_argument("--json", action="store_true", help="print the answer and spans as JSON")
-    p.add_argument("--no-generate", action="store_true", help="retrieve only, do not generate an answer")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generated tokens at most (default: 48)")
+    add_config(p, AskConfig, CONFIG_NAME, argv)
+
+
+def check_ask(cfg: AskConfig, question: str) -> AskConfig:
+    if cfg.mode not in MODES:
+        raise S3Error(f"--mode {cfg.mode}: choose one of {', '.join(MODES)}")
+    check_retrieval(cfg.retrieval)
+    if not question.strip():
+        raise S3Error("the question is empty; ask something")
+    return cfg
+
+
+def print_spans(spans) -> None:
+    for i, s in enumerate(spans, 1):
+        why = json.dumps(s.why, sort_keys=True)
+        print(f"[{i}] {s.document} tokens {s.start}-{s.end} score {s.score:.3f} via {s.source} {why}")
+        print("    " + " ".join(s.text.split())[:400])
+    print()
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from s3attn.errors import S3Error
     from s3attn.retrieval.retriever import Retriever
 
-    if args.mode not in MODES:
-        raise S3Error(f"--mode {args.mode}: choose one of {', '.join(MODES)}")
-    if args.fusion is not None:
-        check_fusion(args.fusion, "--fusion")
-    if args.budget < 1:
-        raise S3Error(f"--budget {args.budget}: must be at least 1 token")
-    if not args.question.strip():
-        raise S3Error("the question is empty; ask something")
-    cfg = RetrievalConfig() if args.fusion is None else RetrievalConfig(fusion=args.fusion)
-    retriever = Retriever(args.index, cfg=cfg)
-    if args.no_generate:
-        spans = retriever.retrieve(args.question, args.mode, args.budget, explain=args.show_spans)
-        text, n_prompt, secs = None, 0, 0.0
-    else:
-        ans = retriever.answer(
-            args.question, args.mode, args.budget, max_new_tokens=args.max_new_tokens, explain=args.show_spans
-        )
+    cfg = check_ask(args.cfg, args.question)
+    retriever = Retriever(args.index, cfg=cfg.retrieval)
+    if cfg.generate:
+        ans = retriever.answer(args.question, cfg.mode, explain=cfg.show_spans)
         spans, text, n_prompt, secs = ans.spans, ans.text, ans.prompt_tokens, ans.seconds
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "question": args.question,
-                    "mode": args.mode,
-                    "budget": args.budget,
-                    "answer": text,
-                    "prompt_tokens": n_prompt,
-                    "seconds": round(secs, 3),
-                    "spans": [s._asdict() for s in spans],
-                },
-                indent=2,
-            )
-        )
+    else:
+        spans = retriever.retrieve(args.question, cfg.mode, explain=cfg.show_spans)
+        text, n_prompt, secs = None, 0, 0.0
+    if cfg.json:
+        out = {"question": args.question, "mode": cfg.mode, "budget": cfg.retrieval.budget, "answer": text,
+               "prompt_tokens": n_prompt, "seconds": round(secs, 3), "spans": [s._asdict() for s in spans]}  # fmt: skip
+        print(json.dumps(out, indent=2))
         return 0
-    if args.show_spans:
-        for i, s in enumerate(spans, 1):
-            why = json.dumps(s.why, sort_keys=True)
-            print(f"[{i}] {s.document} tokens {s.start}-{s.end} score {s.score:.3f} via {s.source} {why}")
-            print("    " + " ".join(s.text.split())[:400])
-        print()
+    if cfg.show_spans:
+        print_spans(spans)
     if text is not None:
         print(text)
         print(

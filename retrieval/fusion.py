@@ -1,6 +1,7 @@
 """Hybrid fusion: BM25 passages + S3 spans + bias anchors -> one budgeted span list (``hybrid`` mode).
 
-Three ways to rank the candidates of the two retrievers (``RetrievalConfig.fusion``):
+Three ways to rank the candidates of the two retrievers (``FusionConfig.fusion``, i.e.
+``RetrievalConfig.hybrid.fusion``):
 
 ``tiered``  BM25's best passages first, up to ``bm25_share`` of the budget left after the bias spans, then
             the S3 spans scoring at least ``s3_min_relevance`` of the best S3 span into what is left.
@@ -22,6 +23,8 @@ order, through :func:`s3attn.retrieval.spans.fuse`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from s3attn.errors import S3Error
@@ -31,11 +34,45 @@ from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
 FUSIONS = ("tiered", "linear", "rrf")
 
 
+@dataclass
+class FusionConfig:
+    """How the hybrid mode ranks BM25 passages against S3 spans (see the module docstring)."""
+
+    fusion: str = "linear"
+    """How hybrid ranks BM25 passages against S3 spans: linear (bm25_weight x BM25 + (1 - bm25_weight) x S3,
+    each max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the
+    budget, then S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
+    bm25_share: float = 0.6
+    """tiered: share of the budget left after the bias spans that BM25 passages take first (S3 spans
+    fill the rest, and any of it BM25 leaves unused)."""
+    s3_min_relevance: float = 0.5
+    """tiered: S3 spans scoring below this fraction of the best S3 span are dropped (0 keeps all), so weak
+    co-activation does not fill the budget with noise; the budget may then be left partly unused."""
+    bm25_weight: float = 0.6
+    """linear: weight of the normalised BM25 score in the fused score (the S3 score gets the rest)."""
+    rrf_k: float = 60.0
+    """rrf: the rank constant k of 1 / (k + rank)."""
+    min_relevance: float = 0.5
+    """linear, rrf: candidates whose fused score is below this fraction of the best are dropped (0 keeps
+    all), so the budget is not filled with weak candidates; hybrid may then feed fewer tokens than it."""
+
+
 def check_fusion(fusion: str, option: str = "fusion") -> str:
     """``fusion`` if it is one of FUSIONS, else a one-line S3Error naming ``option``."""
     if fusion not in FUSIONS:
         raise S3Error(f"{option} {fusion}: choose one of {', '.join(FUSIONS)}")
     return fusion
+
+
+def check_fusion_config(cfg: FusionConfig) -> FusionConfig:
+    """``cfg`` if its values are valid, else a one-line S3Error naming the option."""
+    check_fusion(cfg.fusion, "--fusion")
+    for name in ("bm25_share", "s3_min_relevance", "bm25_weight", "min_relevance"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be in [0, 1]")
+    if cfg.rrf_k <= 0:
+        raise S3Error(f"--rrf-k {cfg.rrf_k}: must be above 0")
+    return cfg
 
 
 def normalised(spans: list[Span]) -> list[Span]:
@@ -94,8 +131,8 @@ def fused_candidates(
     smoothed_T: np.ndarray,
     *,
     fusion: str,
-    bm25_weight: float = 0.5,
-    rrf_k: float = 60.0,
+    bm25_weight: float = FusionConfig.bm25_weight,
+    rrf_k: float = FusionConfig.rrf_k,
 ) -> list[Span]:
     """Both retrievers' candidates, each scored by ``fusion`` (``linear`` or ``rrf``); ``why`` gains
     ``fused`` (the score) and, for ``linear``, the ``bm25_norm`` / ``s3_norm`` it was made of.
@@ -138,26 +175,19 @@ def hybrid_spans(
     s3: list[Span],
     smoothed_T: np.ndarray,
     budget: int,
-    *,
-    fusion: str = "linear",
-    bm25_share: float = 0.6,
-    s3_min_relevance: float = 0.5,
-    bm25_weight: float = 0.5,
-    rrf_k: float = 60.0,
-    min_relevance: float = 0.0,
+    cfg: FusionConfig,
 ) -> list[Span]:
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
-    ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``fusion`` (see the module docstring).
-
-    The keyword defaults are the plain fusions (no relevance floor); the shipped defaults are
-    :class:`s3attn.retrieval.retriever.RetrievalConfig`'s, which :class:`Retriever` passes in full."""
-    if check_fusion(fusion) == "tiered":
+    ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``cfg.fusion`` (see the module docstring)."""
+    if check_fusion(cfg.fusion) == "tiered":
         rest = max(0, budget - sum(s.length for s in bias))
-        bm25 = normalised(fuse([bm25_hits], int(rest * bm25_share))) if bm25_hits else []
-        strong = [s for s in normalised(s3) if s.score >= s3_min_relevance]
+        bm25 = normalised(fuse([bm25_hits], int(rest * cfg.bm25_share))) if bm25_hits else []
+        strong = [s for s in normalised(s3) if s.score >= cfg.s3_min_relevance]
         # BM25's passages (capped at their share) are kept whole; S3 spans fill the rest
         return fuse([bias, bm25, strong], budget, first=(SOURCE_BIAS, SOURCE_BM25))
-    cands = fused_candidates(bm25_hits, s3, smoothed_T, fusion=fusion, bm25_weight=bm25_weight, rrf_k=rrf_k)
+    cands = fused_candidates(
+        bm25_hits, s3, smoothed_T, fusion=cfg.fusion, bm25_weight=cfg.bm25_weight, rrf_k=cfg.rrf_k
+    )
     best = max((c.score for c in cands), default=0.0)
-    cands = [c for c in cands if c.score >= min_relevance * best]
+    cands = [c for c in cands if c.score >= cfg.min_relevance * best]
     return fuse([bias, cands], budget, first=(SOURCE_BIAS,))

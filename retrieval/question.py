@@ -1,4 +1,4 @@
-"""Question -> query features -> postings -> per-token scores (the S3 half of retrieval).
+"""Question -> question features -> postings -> per-token scores (the S3 half of retrieval).
 
 The question, inside the chat prompt used for answering, runs through the model to the deepest indexed
 layer; the head vectors of the question's own tokens go through the same SAEs as the index keys, and
@@ -27,16 +27,14 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from s3attn.constants import SITE_KEY, SITE_QUERY
+from s3attn.constants import SITE_CODES, SITE_KEY_NAME, SITE_QUERY
 from s3attn.errors import S3Error
 from s3attn.models.taps import prefix_cache, tap_heads
-
-QUESTION_SITES = {"key": (SITE_KEY,), "query": (SITE_QUERY,), "both": (SITE_QUERY, SITE_KEY)}
 
 
 @dataclass
 class QuestionConfig:
-    site: str = "key"
+    site: str = SITE_KEY_NAME
     """Which head vectors of the question are coded and matched against the key postings: key (the
     question's keys, per KV head), query (its query heads, GQA map, as in the paper) or both."""
     pool: str = "max"
@@ -61,7 +59,7 @@ class QuestionConfig:
 
 class HeadFeatures(NamedTuple):
     features: np.ndarray  # int64 [n]
-    weights: np.ndarray  # float32 [n] pooled query activation x IDF
+    weights: np.ndarray  # float32 [n] pooled question activation x IDF
     df: np.ndarray  # int64 [n]
 
 
@@ -87,9 +85,10 @@ def idf_weights(df: np.ndarray, total_tokens: int, form: str) -> np.ndarray:
 
 
 def check_site(site: str) -> tuple[str, ...]:
-    if site not in QUESTION_SITES:
-        raise S3Error(f"query site {site!r}: choose one of {', '.join(QUESTION_SITES)}")
-    return QUESTION_SITES[site]
+    """The tap sites (``SITE_KEY`` / ``SITE_QUERY`` codes) of a question site name; S3Error for other names."""
+    if site not in SITE_CODES:
+        raise S3Error(f"question site {site!r}: choose one of {', '.join(SITE_CODES)}")
+    return SITE_CODES[site]
 
 
 @torch.no_grad()
@@ -100,7 +99,7 @@ def question_codes(
     input_ids: torch.Tensor,
     token_range: tuple[int, int],
     cache: Any = None,
-    site: str = "key",
+    site: str = SITE_KEY_NAME,
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """Per (layer, KV head): (indices [n, k], acts [n, k]) over the question's tokens: its key vector of that
     KV head (``site`` key), every query head of the group (query), or both, rows stacked.
@@ -145,7 +144,7 @@ class QuestionEncoder:
         model,
         saes: dict[int, torch.nn.Module],
         kv_of_query: tuple[int, ...],
-        site: str = "key",
+        site: str = SITE_KEY_NAME,
         *,
         half_weights: bool = False,
     ):
@@ -190,7 +189,7 @@ def _fork(cache: Any) -> Any:
 
 
 def pool_features(idx_NK: np.ndarray, act_NK: np.ndarray, num_latents: int, pool: str) -> np.ndarray:
-    """float32 [F]: pooled query activation per feature."""
+    """float32 [F]: the question's activation per feature, pooled over its rows."""
     flat_i, flat_a = idx_NK.ravel(), act_NK.ravel().astype(np.float32)
     if pool == "max":
         out = np.zeros(num_latents, np.float32)
@@ -203,9 +202,9 @@ def head_features(
     codes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], store, cfg: QuestionConfig
 ) -> dict[tuple[int, int], HeadFeatures]:
     """Choose the features to read per (layer, KV head), with their weights."""
-    num_latents = int(store.attrs["num_latents"])
+    num_latents = int(store.meta.num_latents)
     per_head = cfg.max_postings // max(1, len(codes))
-    mean_df = store.num_tokens * int(store.attrs["k"]) / num_latents
+    mean_df = store.num_tokens * int(store.meta.k) / num_latents
     stop_df = cfg.stop_ratio * mean_df if cfg.stop_ratio > 0 else np.inf
     out = {}
     for key, (idx, act) in codes.items():
@@ -250,7 +249,7 @@ def score_tokens(store, head_feats: dict[tuple[int, int], HeadFeatures], cfg: Qu
 def top_features_near(
     head_feats: dict[tuple[int, int], HeadFeatures], store, start: int, end: int, limit: int = 3
 ) -> dict[str, list[int]]:
-    """For ``--show-spans``: per layer/head, the query features that have postings inside [start, end)."""
+    """For ``--show-spans``: per layer/head, the question features that have postings inside [start, end)."""
     why: dict[str, list[int]] = {}
     for (layer, kv), hq in head_feats.items():
         if hq.features.size == 0:

@@ -17,7 +17,7 @@ import torch
 
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
-from s3attn.retrieval.fusion import hybrid_spans, normalised
+from s3attn.retrieval.fusion import FusionConfig, check_fusion_config, hybrid_spans, normalised
 from s3attn.retrieval.question import (
     QuestionConfig,
     QuestionEncoder,
@@ -29,12 +29,18 @@ from s3attn.retrieval.question import (
 from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
 
 MODES = ("s3", "bm25", "hybrid", "full")
+DEFAULT_MODE = "hybrid"
 ANSWER_INSTRUCTION = "Answer the question using the text above. Answer briefly."
 
 
 @dataclass
 class RetrievalConfig:
+    """Everything the question path reads: the budget, the S3 scoring and spans, the hybrid fusion."""
+
+    budget: int = 2048
+    """Context tokens fed to the model: the retrieved spans' total length at most."""
     question: QuestionConfig = field(default_factory=QuestionConfig)
+    """How the question is coded and matched against the index postings (the S3 side)."""
     window: int = 9
     """Smoothing window in tokens."""
     min_distance: int = 64
@@ -52,25 +58,24 @@ class RetrievalConfig:
     """Tokens kept from the start of the text (hybrid)."""
     bias_last: int = 64
     """Tokens kept from the end of the text (hybrid)."""
-    fusion: str = "linear"
-    """How hybrid ranks BM25 passages against S3 spans: linear (bm25_weight x BM25 + (1 - bm25_weight) x S3,
-    each max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the
-    budget, then S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
-    bm25_share: float = 0.6
-    """tiered: share of the budget left after the bias spans that BM25 passages take first (S3 spans
-    fill the rest, and any of it BM25 leaves unused)."""
-    s3_min_relevance: float = 0.5
-    """tiered: S3 spans scoring below this fraction of the best S3 span are dropped (0 keeps all), so weak
-    co-activation does not fill the budget with noise; the budget may then be left partly unused."""
-    bm25_weight: float = 0.6
-    """linear: weight of the normalised BM25 score in the fused score (the S3 score gets the rest)."""
-    rrf_k: float = 60.0
-    """rrf: the rank constant k of 1 / (k + rank)."""
-    min_relevance: float = 0.5
-    """linear, rrf: candidates whose fused score is below this fraction of the best are dropped (0 keeps
-    all), so the budget is not filled with weak candidates; hybrid may then feed fewer tokens than it."""
+    hybrid: FusionConfig = field(default_factory=FusionConfig)
+    """How the hybrid mode ranks BM25 passages against S3 spans."""
     max_new_tokens: int = 48
     """Generated tokens at most."""
+
+
+def check_retrieval(cfg: RetrievalConfig) -> RetrievalConfig:
+    """``cfg`` if its values are valid, else a one-line S3Error naming the option."""
+    for name in ("budget", "window", "max_span", "min_span", "max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    for name in ("min_distance", "sink_tokens", "bias_first", "bias_last"):
+        if getattr(cfg, name) < 0:
+            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 0")
+    if not 0.0 <= cfg.frac <= 1.0:
+        raise S3Error(f"--frac {cfg.frac}: must be in [0, 1]")
+    check_fusion_config(cfg.hybrid)
+    return cfg
 
 
 class RetrievedSpan(NamedTuple):
@@ -104,27 +109,25 @@ class Retriever:
     """Opens an index with its model and SAEs (checked to match) and answers questions from it."""
 
     def __init__(self, index: str | Path, *, cfg: RetrievalConfig | None = None, stack=None):
-        from s3attn.index_builder.store import IndexStore
+        from s3attn.index_builder.reader import IndexReader
         from s3attn.saes.checkpoint import read_release_config
         from s3attn.saes.stack import load_stack
 
-        self.cfg = cfg or RetrievalConfig()
-        self.store = IndexStore.open(index)
-        attrs = self.store.attrs
+        self.cfg = check_retrieval(cfg or RetrievalConfig())
+        self.store = IndexReader.open(index)
+        meta = self.store.meta
         if stack is None:
-            release = Path(attrs.get("sae_release_path", ""))
+            release = Path(meta.sae_release_path or "")
             if not release.is_dir():
                 raise S3Error(
                     f"{index}: its SAE release {release} is missing; rebuild the index or restore it"
                 )
-            stack = load_stack(
-                release, read_release_config(release), list(attrs["layers"]), attrs.get("model")
-            )
+            stack = load_stack(release, read_release_config(release), list(meta.layers), meta.model)
         self.loaded, self.saes, self.geom = stack
-        if self.loaded.model_id != attrs["model_id"]:
-            raise S3Error(f"{index}: built with model {attrs['model_id']}, not {self.loaded.model_id}")
+        if self.loaded.model_id != meta.model_id:
+            raise S3Error(f"{index}: built with model {meta.model_id}, not {self.loaded.model_id}")
         sae = next(iter(self.saes.values()))
-        if sae.cfg.num_latents != int(attrs["num_latents"]) or sae.cfg.k != int(attrs["k"]):
+        if sae.cfg.num_latents != meta.num_latents or sae.cfg.k != meta.k:
             raise S3Error(f"{index}: built with another SAE (latents/k differ from the release); rebuild it")
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model
@@ -138,7 +141,7 @@ class Retriever:
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _doc_table(self) -> list[tuple[int, str, int, int]]:
-        from s3attn.index_builder.store import doc_ranges
+        from s3attn.index_builder.reader import doc_ranges
 
         paths = {d.doc_id: d.path for d in self.store.documents()}
         return [(d, paths[d], s, e) for d, s, e in doc_ranges(self.store)]
@@ -209,8 +212,10 @@ class Retriever:
         return self.s3_candidates(scores, budget)[0]
 
     def retrieve(
-        self, question: str, mode: str = "hybrid", budget: int = 2048, *, explain: bool = False
+        self, question: str, mode: str = DEFAULT_MODE, budget: int | None = None, *, explain: bool = False
     ) -> list[RetrievedSpan]:
+        """The spans of ``mode`` for ``question`` within ``budget`` tokens (default: ``cfg.budget``)."""
+        budget = self.cfg.budget if budget is None else budget
         if mode not in MODES:
             raise S3Error(f"--mode {mode}: choose one of {', '.join(MODES)}")
         self._check_question(question, budget)
@@ -237,19 +242,7 @@ class Retriever:
             spans = normalised(s3)
         else:
             bias = bias_spans([(0, self.store.num_tokens)], cfg.bias_first, cfg.bias_last)
-            spans = hybrid_spans(
-                bias,
-                hits,
-                s3,
-                sm_T,
-                budget,
-                fusion=cfg.fusion,
-                bm25_share=cfg.bm25_share,
-                s3_min_relevance=cfg.s3_min_relevance,
-                bm25_weight=cfg.bm25_weight,
-                rrf_k=cfg.rrf_k,
-                min_relevance=cfg.min_relevance,
-            )
+            spans = hybrid_spans(bias, hits, s3, sm_T, budget, cfg.hybrid)
         return self._materialise(spans)
 
     def _full_spans(self, budget: int) -> list[Span]:
@@ -281,8 +274,8 @@ class Retriever:
     def answer(
         self,
         question: str,
-        mode: str = "hybrid",
-        budget: int = 2048,
+        mode: str = DEFAULT_MODE,
+        budget: int | None = None,
         *,
         max_new_tokens: int | None = None,
         explain: bool = False,

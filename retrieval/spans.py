@@ -1,29 +1,50 @@
-"""Model-free span selection: dense co-activation scores -> smoothing -> peaks -> spans -> budgeted fusion.
+"""Spans of global token positions: grown S3 peaks, bias anchors, BM25 hits, and their budgeted union.
 
-Everything here works on global token positions of the index and plain numpy arrays; no model, no BM25.
-The flow used by :func:`select` (:func:`peak_spans` is its middle part)::
+Everything here works on global token positions of the index and plain numpy arrays; no model, no BM25
+search. The flow of :class:`s3attn.retrieval.retriever.Retriever` (``s3_candidates``, ``retrieve``)::
 
-    dense_scores(positions, weights)    IDF-weighted co-activation density, one float per token
-    smooth(scores, window)              centred moving average
-    find_peaks_nms(...)                 greedy non-maximum suppression over local maxima
-    grow_spans(...)                     grow each peak while score >= frac * peak score, inside its document
-    fuse([s3, bm25, bias], budget)      priority selection under an exact token budget, merged, in document order
+    score_tokens(...)                  per-token S3 scores (s3attn.retrieval.question); sink tokens zeroed
+    smooth(scores, window)             centred moving average (s3attn.retrieval.peaks)
+    peak_spans(smoothed, budget, ...)  find_peaks_nms (greedy non-maximum suppression, in peaks.py), then
+                                       grow_spans: each peak grows while score >= frac * peak, inside its
+                                       document
+    fuse([s3], budget)                 the S3 spans that fit the budget (mode ``s3``)
+    bm25_spans(hits)                   BM25 passages as spans (modes ``bm25``, ``hybrid``)
+    bias_spans(...)                    the first/last-token anchors (mode ``hybrid``)
+    hybrid_spans(bias, bm25, s3, ...)  ranks the candidates (s3attn.retrieval.fusion), then
+    fuse([...], budget, first=...)     priority selection under an exact token budget, merged, in
+                                       document order
 
 ``Span.why`` conventions (callers add more keys): ``peaks`` (list of peak positions, s3), ``bias``
-(``"first"``/``"last"``), ``doc`` (document index), ``terms`` (bm25 query terms), ``features``.
+(``"first"``/``"last"``), ``doc`` (document index), ``terms`` (BM25 terms of the question), ``features``.
 When spans merge, lists are united (order kept), nested dicts merged, numbers take the max, other
 values that differ become a list of the distinct values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from s3attn.errors import S3Error
 from s3attn.index_builder.bm25 import Hit
+from s3attn.retrieval.peaks import find_peaks_nms, smooth
+
+__all__ = [
+    "SOURCE_BIAS",
+    "SOURCE_BM25",
+    "SOURCE_S3",
+    "Span",
+    "bias_spans",
+    "bm25_spans",
+    "find_peaks_nms",
+    "fuse",
+    "grow_spans",
+    "merge_why",
+    "peak_spans",
+    "smooth",
+]
 
 SOURCE_S3 = "s3"
 SOURCE_BM25 = "bm25"
@@ -41,145 +62,6 @@ class Span(NamedTuple):
     @property
     def length(self) -> int:
         return max(0, self.end - self.start)
-
-
-# ---- scores ------------------------------------------------------------------------------------------
-
-
-def dense_scores(
-    num_tokens: int, positions: np.ndarray, weights: np.ndarray, *, offset: int = 0
-) -> np.ndarray:
-    """float32 [num_tokens]: sum of ``weights`` per position ``positions - offset`` (a weighted bincount).
-
-    Positions outside ``[offset, offset + num_tokens)`` are ignored, so a caller can score a window of
-    the index from postings of a wider range.
-    """
-    if num_tokens < 0:
-        raise S3Error(f"dense_scores: num_tokens={num_tokens} must be >= 0")
-    pos_N = np.asarray(positions, dtype=np.int64).ravel() - int(offset)
-    w_N = np.asarray(weights, dtype=np.float64).ravel()
-    if w_N.size == 1 and pos_N.size != 1:
-        w_N = np.broadcast_to(w_N, pos_N.shape)
-    if w_N.shape != pos_N.shape:
-        raise S3Error(
-            f"dense_scores: {pos_N.size} positions but {w_N.size} weights; pass one weight per posting"
-        )
-    keep = (pos_N >= 0) & (pos_N < num_tokens)
-    if not keep.all():
-        pos_N, w_N = pos_N[keep], w_N[keep]
-    return np.bincount(pos_N, weights=w_N, minlength=num_tokens).astype(np.float32)
-
-
-def smooth(scores: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average of ``window`` tokens (a direct convolution), same length; ``window`` 1 = identity.
-
-    Token ``i`` averages ``scores[i - window // 2 : i + (window - 1) // 2 + 1]`` (the alignment of
-    ``np.convolve(scores, ones(window) / window, "same")``); at the edges it divides by the number of
-    tokens actually inside the array, so the first/last tokens are not pulled toward zero.
-    """
-    x_T = np.asarray(scores)
-    if window < 1:
-        raise S3Error(f"smooth: window={window} must be >= 1")
-    out_dtype = np.result_type(x_T.dtype, np.float32)
-    if window == 1 or x_T.size == 0:
-        return x_T.astype(out_dtype, copy=True)
-    n = x_T.size
-    before, after = window // 2, (window - 1) // 2 + 1  # token i sums [i - before, i + after)
-    if n <= window:
-        csum = np.concatenate([[0.0], np.cumsum(x_T, dtype=np.float64)])
-        idx = np.arange(n)
-        lo, hi = np.maximum(idx - before, 0), np.minimum(idx + after, n)
-        return ((csum[hi] - csum[lo]) / (hi - lo)).astype(out_dtype)
-    # window sums by direct convolution in the output dtype: one pass, ~4x faster than a float64 cumsum
-    # on 1M tokens, and no cancellation error growing with the position
-    out = np.convolve(x_T.astype(out_dtype, copy=False), np.ones(window, dtype=out_dtype), "same")
-    out[before : n - after + 1] /= window
-    out[:before] /= np.arange(after, after + before, dtype=out_dtype)
-    out[n - after + 1 :] /= np.arange(window - 1, before, -1, dtype=out_dtype)
-    return out
-
-
-_BLOCK = 256  # tokens per block of the block maxima that find_peaks_nms narrows its candidates with
-
-
-def _local_maxima(x_T: np.ndarray, pos_P: np.ndarray, min_score: float) -> np.ndarray:
-    """The positions of ``pos_P`` holding a local maximum (``>=`` both neighbours) above ``min_score``."""
-    v_P = x_T[pos_P]
-    ok = v_P > min_score
-    left, right = pos_P > 0, pos_P < x_T.size - 1
-    ok[left] &= v_P[left] >= x_T[pos_P[left] - 1]
-    ok[right] &= v_P[right] >= x_T[pos_P[right] + 1]
-    return pos_P[ok]
-
-
-def _candidates_by_score(x_T: np.ndarray, min_score: float, chunk: int) -> Iterator[np.ndarray]:
-    """Yield the local maxima of ``x_T`` above ``min_score`` in blocks sorted by score descending, ties by
-    position; every score in a block is above every score in later blocks.
-
-    Only the tokens of the best-scoring 256-token blocks are looked at: the candidates scoring at least
-    ``tau`` all lie in blocks whose maximum is at least ``tau``. ``tau`` is lowered (the number of blocks
-    looked at doubles) only when more candidates are asked for, so a whole-index pass is the block maxima.
-    """
-    n, B = x_T.size, _BLOCK
-    full = n // B
-    bmax = x_T[: full * B].reshape(full, B).max(axis=1) if full else np.zeros(0, x_T.dtype)
-    if n > full * B:
-        bmax = np.append(bmax, x_T[full * B :].max())
-    order = np.argsort(-bmax, kind="stable")
-    upper = np.inf  # candidates scoring >= upper were yielded already
-    want = max(1, chunk // 2)  # blocks to look at first
-    while True:
-        last = want >= order.size
-        tau = -np.inf if last else float(bmax[order[want - 1]])
-        if tau <= min_score:
-            tau, last = -np.inf, True
-        blocks = np.sort(order[bmax[order] >= tau] if not last else order)
-        pos_P = (blocks[:, None] * B + np.arange(B)[None, :]).ravel()
-        cand = _local_maxima(x_T, pos_P[pos_P < n], min_score)
-        v = x_T[cand]
-        cand = cand[(v >= tau) & (v < upper)]  # position order
-        if cand.size:
-            yield cand[np.argsort(-x_T[cand], kind="stable")]
-        if last:
-            return
-        upper, want = tau, 2 * want
-
-
-def find_peaks_nms(
-    scores: np.ndarray, *, min_distance: int, max_peaks: int, min_score: float = 0.0
-) -> np.ndarray:
-    """Greedy non-maximum suppression; int64 peak positions, highest score first.
-
-    Candidates are local maxima (``>=`` both neighbours) with score ``> min_score``, sorted by score
-    (ties: lower position first). The best remaining candidate is accepted and every candidate closer
-    than ``min_distance`` to it is dropped, until ``max_peaks`` are accepted. Accepted peaks are
-    therefore ``>= min_distance`` apart and the first one is the global maximum (when above min_score).
-    """
-    x_T = np.asarray(scores).ravel()
-    if not np.issubdtype(x_T.dtype, np.floating):
-        x_T = x_T.astype(np.float64)
-    if max_peaks <= 0 or x_T.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    dist = max(int(min_distance), 1)
-    accepted: list[int] = []
-    # Candidates are consumed in score-ordered blocks (only the blocks needed are found and sorted), and
-    # each accepted peak filters one short block; a new block is first cleared of everything near the
-    # peaks accepted so far. Same result as one pass over all candidates sorted by score.
-    chunk = max(64, 4 * max_peaks)
-    for block in _candidates_by_score(x_T, min_score, chunk):
-        if accepted:
-            acc = np.sort(np.asarray(accepted, dtype=np.int64))
-            j = np.searchsorted(acc, block)
-            near_right = np.abs(acc[np.minimum(j, acc.size - 1)] - block) < dist
-            near_left = np.abs(acc[np.maximum(j - 1, 0)] - block) < dist
-            block = block[~(near_left | near_right)]
-        while block.size and len(accepted) < max_peaks:  # one pass per accepted peak
-            p = int(block[0])
-            accepted.append(p)
-            block = block[np.abs(block - p) >= dist]
-        if len(accepted) >= max_peaks:
-            break
-    return np.asarray(accepted, dtype=np.int64)
 
 
 # ---- spans -------------------------------------------------------------------------------------------
@@ -337,21 +219,28 @@ def _islands(start_S: np.ndarray, end_S: np.ndarray) -> tuple[np.ndarray, np.nda
     return s[first], e[last]
 
 
-def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = (SOURCE_BIAS,)) -> list[Span]:
-    """Budgeted union of spans from several sources, merged and in document order.
+class _Compact(NamedTuple):
+    """Token coverage in compact coordinates: the union of the spans as disjoint islands laid end to end,
+    one uncovered token between islands (so runs never join across a gap), not the whole range the spans
+    are spread over (up to the index's length)."""
 
-    Priority: spans of the sources in ``first``, tier by tier in that order (bias spans in the order
-    given, cheap anchors; other tiers by score), then all others by score (descending; ties by start). Spans are taken in that order, each costing only the tokens not yet
-    covered, until ``budget`` tokens are covered; the span that overflows keeps only as many new tokens
-    as fit, those nearest its anchor (see :func:`_anchor`). The covered tokens are then cut into maximal
-    runs (overlapping and adjacent spans merge); each run gets the max score, the joined sources
-    (``"bias+s3+bm25"`` order) and the merged ``why`` of the taken spans touching it. Total length is
-    ``min(budget, size of the union)``. Scores of different sources are compared as they are: callers
-    mixing sources should put them on one scale first.
-    """
-    spans = [s for lst in span_lists for s in lst if s.end > s.start]
-    if budget <= 0 or not spans:
-        return []
+    lo: np.ndarray  # int64 [I] global start of each island
+    base: np.ndarray  # int64 [I] compact start of each island
+    at: list[int]  # compact start of each span
+    size: int  # compact tokens in all
+
+
+def _compact(spans: list[Span]) -> _Compact:
+    start_S = np.array([s.start for s in spans])
+    isl_lo, isl_hi = _islands(start_S, np.array([s.end for s in spans]))
+    base = np.cumsum(isl_hi - isl_lo + 1) - (isl_hi - isl_lo + 1)
+    where = np.searchsorted(isl_lo, start_S, side="right") - 1
+    at = (base[where] + start_S - isl_lo[where]).tolist()
+    return _Compact(isl_lo, base, at, int(base[-1] + isl_hi[-1] - isl_lo[-1]))
+
+
+def _priority_order(spans: list[Span], first: tuple[str, ...]) -> list[int]:
+    """Span indices in the order :func:`fuse` takes them."""
 
     def priority(i: int) -> tuple:
         s = spans[i]
@@ -361,23 +250,23 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
             return (tier, 0.0, 0, i)
         return (tier, -s.score, s.start, i)
 
-    order = sorted(range(len(spans)), key=priority)
-    # Token coverage is kept in compact coordinates: the union of the spans as disjoint islands laid end
-    # to end, one uncovered token between islands (so runs never join across a gap), not the whole range
-    # the spans are spread over (up to the index's length).
-    start_S = np.array([s.start for s in spans])
-    isl_lo, isl_hi = _islands(start_S, np.array([s.end for s in spans]))
-    base = np.cumsum(isl_hi - isl_lo + 1) - (isl_hi - isl_lo + 1)  # compact start of each island
-    where = np.searchsorted(isl_lo, start_S, side="right") - 1
-    at = (base[where] + start_S - isl_lo[where]).tolist()  # compact span starts
-    covered = np.zeros(int(base[-1] + isl_hi[-1] - isl_lo[-1]), dtype=bool)
+    return sorted(range(len(spans)), key=priority)
+
+
+def _take(
+    spans: list[Span], order: list[int], comp: _Compact, budget: int
+) -> tuple[np.ndarray, list[tuple[Span, int, int]]]:
+    """Cover the spans in ``order`` until ``budget`` tokens are covered: (covered tokens, compact; the taken
+    spans with their effective global start and end). The overflowing span keeps the tokens nearest its
+    anchor."""
+    covered = np.zeros(comp.size, dtype=bool)
     left = int(budget)
-    taken: list[tuple[Span, int, int]] = []  # span, effective start, end (global)
+    taken: list[tuple[Span, int, int]] = []
     for i in order:
         if left <= 0:
             break
         s = spans[i]
-        a = at[i]
+        a = comp.at[i]
         new_K = np.flatnonzero(~covered[a : a + s.length]) + a
         if new_K.size <= left:
             covered[new_K] = True
@@ -390,12 +279,20 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
         covered[keep] = True
         left = 0
         taken.append((s, int(keep.min()) + shift, int(keep.max()) + shift + 1))
-    # maximal runs of covered tokens, back in global positions
+    return covered, taken
+
+
+def _runs(covered: np.ndarray, comp: _Compact) -> tuple[np.ndarray, np.ndarray]:
+    """The maximal runs of covered tokens, back in global positions: (starts, ends)."""
     edges = np.diff(np.concatenate([[False], covered, [False]]).astype(np.int8))
     run_s, run_e = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    k_s = np.searchsorted(base, run_s, side="right") - 1
-    k_e = np.searchsorted(base, run_e - 1, side="right") - 1
-    run_s, run_e = isl_lo[k_s] + run_s - base[k_s], isl_lo[k_e] + run_e - base[k_e]
+    k_s = np.searchsorted(comp.base, run_s, side="right") - 1
+    k_e = np.searchsorted(comp.base, run_e - 1, side="right") - 1
+    return comp.lo[k_s] + run_s - comp.base[k_s], comp.lo[k_e] + run_e - comp.base[k_e]
+
+
+def _merged_runs(run_s: np.ndarray, run_e: np.ndarray, taken: list[tuple[Span, int, int]]) -> list[Span]:
+    """One span per run: the max score, joined sources and merged ``why`` of the taken spans touching it."""
     members: list[list[Span]] = [[] for _ in range(run_s.size)]
     for s, a, b in taken:
         # runs overlapping [a, b): first run whose end > a .. last run whose start < b
@@ -421,6 +318,27 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
     return out
 
 
+def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = (SOURCE_BIAS,)) -> list[Span]:
+    """Budgeted union of spans from several sources, merged and in document order.
+
+    Priority: spans of the sources in ``first``, tier by tier in that order (bias spans in the order
+    given, cheap anchors; other tiers by score), then all others by score (descending; ties by start).
+    Spans are taken in that order, each costing only the tokens not yet covered, until ``budget`` tokens
+    are covered; the span that overflows keeps only as many new tokens as fit, those nearest its anchor
+    (see :func:`_anchor`). The covered tokens are then cut into maximal runs (overlapping and adjacent
+    spans merge); each run gets the max score, the joined sources (``"bias+s3+bm25"`` order) and the
+    merged ``why`` of the taken spans touching it. Total length is ``min(budget, size of the union)``.
+    Scores of different sources are compared as they are: callers mixing sources should put them on one
+    scale first.
+    """
+    spans = [s for lst in span_lists for s in lst if s.end > s.start]
+    if budget <= 0 or not spans:
+        return []
+    comp = _compact(spans)
+    covered, taken = _take(spans, _priority_order(spans, first), comp, budget)
+    return _merged_runs(*_runs(covered, comp), taken)
+
+
 def peak_spans(
     smoothed: np.ndarray,
     *,
@@ -441,24 +359,6 @@ def peak_spans(
         max_peaks = max(1, budget // max(1, min(min_len, max_len)) + 1)
     peaks = find_peaks_nms(smoothed, min_distance=min_distance, max_peaks=max_peaks, min_score=min_score)
     return grow_spans(smoothed, peaks, frac=frac, max_len=max_len, min_len=min_len, boundaries=boundaries)
-
-
-def select(
-    scores: np.ndarray,
-    *,
-    budget: int,
-    window: int,
-    extra: list[list[Span]] | None = None,
-    **peak_options,
-) -> list[Span]:
-    """Raw dense scores -> smooth -> :func:`peak_spans` -> fuse within ``budget`` (document order).
-
-    ``peak_options``: the keyword arguments of :func:`peak_spans` (``min_distance``, ``frac``, ``max_len``,
-    ``boundaries``, ...). ``extra``: other span lists (bias, bm25) fused with the s3 spans under the same
-    budget.
-    """
-    s3 = peak_spans(smooth(scores, window), budget=budget, **peak_options)
-    return fuse([s3, *(extra or [])], budget)
 
 
 def bm25_spans(hits: list[Hit]) -> list[Span]:

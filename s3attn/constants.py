@@ -24,9 +24,21 @@ TENSOR_ENCODER_W = "encoder.weight"
 TENSOR_ENCODER_B = "encoder.bias"
 TENSOR_W_DEC = "W_dec"
 TENSOR_B_DEC = "b_dec"
-# The sites an SAE is trained on: attention key and query head vectors, pre-RoPE.
+# The sites an SAE is trained on: attention key and query head vectors, pre-RoPE. These codes are what a
+# release's config.json / cfg.json "sites" hold (published releases: ["k", "q"]) and name the tap sites.
 SITE_KEY = "k"
 SITE_QUERY = "q"
+SITES = (SITE_KEY, SITE_QUERY)
+# The same sites by name, as options and configs spell them (QuestionConfig.site: which head vectors of the
+# question are coded), and the codes each name stands for ("both": query rows first, then key rows).
+SITE_KEY_NAME = "key"
+SITE_QUERY_NAME = "query"
+SITE_BOTH_NAME = "both"
+SITE_CODES: dict[str, tuple[str, ...]] = {
+    SITE_KEY_NAME: (SITE_KEY,),
+    SITE_QUERY_NAME: (SITE_QUERY,),
+    SITE_BOTH_NAME: (SITE_QUERY, SITE_KEY),
+}
 
 # ---- Default model -----------------------------------------------------------------------------------
 DEFAULT_MODEL = "smollm2-135m"
@@ -44,7 +56,7 @@ TRAIN_STATE = "train_state.ckpt"  # Lightning checkpoint inside the run folder, 
 ACT_CACHE = "activations.zarr"  # optional harvested head-vector cache
 
 # ---- Index -------------------------------------------------------------------------------------------
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2: each array names its chunk layout (INDEX_LAYOUT_ATTR); 1 is still read
 INDEX_ROOT = "index.zarr"  # Zarr v3 group holding the whole index
 INDEX_MANIFEST = "manifest.json"  # live segments; written last, by atomic rename
 INDEX_KIND = "s3attn-index"
@@ -58,6 +70,7 @@ INDEX_TOKENS_ARRAY = "tokens"  # uint32[T] per segment
 INDEX_OFFSETS_ARRAY = "offsets"  # uint64[F+1] per segment and (layer, kv head)
 INDEX_GAPS_ARRAY = "pos_gaps"  # uint32[N] per segment and (layer, kv head)
 INDEX_ACT_ARRAY = "act_u8"  # uint8[N] per segment and (layer, kv head)
+INDEX_LAYOUT_ATTR = "s3attn_layout"  # array attribute: its chunk layout ("blosc", "sharded-blosc", "raw")
 
 # ---- BM25 sub-index (inside BM25_DIR; next to the bm25s files) ---------------------------------------
 BM25_FORMAT_VERSION = 1

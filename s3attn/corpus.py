@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,7 @@ PARQUET_SUFFIXES = (".parquet",)
 BLOCK_CHARS = 1 << 20
 _READ_BYTES = 1 << 20
 
-
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,36 +141,40 @@ class Corpus:
     def files(self) -> list[Path]:
         """Files that will be read, sorted; warns about the ones skipped."""
         if self.root.is_file():
-            if self.root.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES:
-                raise S3Error(f"{self.option} {self.root}: not a .txt/.md/.jsonl/.parquet file or a folder")
-            if self.root.suffix.lower() not in PARQUET_SUFFIXES and _looks_binary(self.root):
-                raise S3Error(f"{self.option} {self.root}: a binary file, not text")
-            return [self.root]
+            return [self._checked_root_file()]
         if _is_saved_dataset(self.root):
             return [self.root]
-        out: list[Path] = []
-        for path in sorted(self.root.rglob("*")):
-            rel = path.relative_to(self.root)
-            if _is_hidden(rel):
-                if not _is_hidden(rel.parent):  # warn once, for the outermost hidden file or folder
-                    warn(f"skipping hidden {'folder' if path.is_dir() else 'file'} {path}")
-                continue
-            if path.is_dir():
-                if _is_saved_dataset(path):
-                    out.append(path)
-                continue
-            if any(_is_saved_dataset(parent) for parent in path.parents if self.root in parent.parents):
-                continue
-            suffix = path.suffix.lower()
-            if suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES:
-                if path.name not in ("dataset_info.json", "state.json"):
-                    warn(f"skipping {path}: not .txt/.md/.jsonl/.parquet")
-                continue
-            if suffix != ".parquet" and _looks_binary(path):
-                warn(f"skipping binary file {path}")
-                continue
-            out.append(path)
-        return out
+        return [path for path in sorted(self.root.rglob("*")) if self._wanted(path)]
+
+    def _checked_root_file(self) -> Path:
+        """The root when it is one file of an accepted kind; S3Error otherwise."""
+        if self.root.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES:
+            raise S3Error(f"{self.option} {self.root}: not a .txt/.md/.jsonl/.parquet file or a folder")
+        if self.root.suffix.lower() not in PARQUET_SUFFIXES and _looks_binary(self.root):
+            raise S3Error(f"{self.option} {self.root}: a binary file, not text")
+        return self.root
+
+    def _wanted(self, path: Path) -> bool:
+        """Whether a path found under the root is read (a file, or a saved dataset's folder); warns about
+        the skipped ones, except the files inside saved datasets."""
+        rel = path.relative_to(self.root)
+        if _is_hidden(rel):
+            if not _is_hidden(rel.parent):  # warn once, for the outermost hidden file or folder
+                logger.warning("skipping hidden %s %s", "folder" if path.is_dir() else "file", path)
+            return False
+        if path.is_dir():
+            return _is_saved_dataset(path)
+        if any(_is_saved_dataset(parent) for parent in path.parents if self.root in parent.parents):
+            return False
+        suffix = path.suffix.lower()
+        if suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES:
+            if path.name not in ("dataset_info.json", "state.json"):
+                logger.warning("skipping %s: not .txt/.md/.jsonl/.parquet", path)
+            return False
+        if suffix != ".parquet" and _looks_binary(path):
+            logger.warning("skipping binary file %s", path)
+            return False
+        return True
 
     def __iter__(self) -> Iterator[Document]:
         found = False
@@ -192,7 +194,7 @@ class Corpus:
 
     def _bad(self, msg: str) -> None:
         if self.skip_bad:
-            warn(f"skipping {msg}")
+            logger.warning("skipping %s", msg)
         else:
             raise S3Error(f"{msg}; re-encode it as UTF-8 or pass --skip-bad-files to skip such files")
 
@@ -210,7 +212,7 @@ class Corpus:
                     self._bad(f"{file}: not UTF-8 (invalid byte at offset {err.start})")
                     return
                 if file.stat().st_size == 0:
-                    warn(f"skipping empty file {file}")
+                    logger.warning("skipping empty file %s", file)
                     return
                 yield Document(rel, file, digest)
             elif suffix in JSONL_SUFFIXES:

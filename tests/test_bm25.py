@@ -1,4 +1,4 @@
-"""Tests for s3attn.index_builder.bm25: passages, search with a planted word, save/load, add, to_spans."""
+"""Tests for s3attn.index_builder.bm25 / bm25_build: passages, search with a planted word, save/load, add, to_spans."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 from s3attn.constants import BM25_META, BM25_PASSAGES, BM25_TEXTS
 from s3attn.errors import S3Error
-from s3attn.index_builder.bm25 import BM25Index, Passage, make_passages
+from s3attn.index_builder.bm25 import BM25Index, Passage
+from s3attn.index_builder.bm25_build import BM25Writer, make_passages
 from s3attn.retrieval.spans import bm25_spans as to_spans
 
 COMMON = "river stone garden window paper music yellow market engine silver forest ladder".split()
@@ -63,7 +64,7 @@ def planted():
     words[target] = "xylophone"
     words[ranges[1][1] + 5] = "harbours"  # plural, matched by a singular query through the stemmer
     passages = make_passages(ranges, passage_tokens=64, stride=32)
-    return BM25Index.build(passages, _texts(words, passages)), target, passages
+    return BM25Writer.build(passages, _texts(words, passages)), target, passages
 
 
 def test_planted_rare_word_found_at_the_right_passage(planted):
@@ -122,15 +123,15 @@ def test_add_rebuilds_with_old_and_new_passages(planted, tmp_path):
 
 
 def test_degenerate_indexes_and_to_spans(tmp_path):
-    empty = BM25Index.build([], [])
+    empty = BM25Writer.build([], [])
     assert empty.search("anything", 3) == []
-    stop_only = BM25Index.build([Passage(0, 0, 4)], ["the and of it"])
+    stop_only = BM25Writer.build([Passage(0, 0, 4)], ["the and of it"])
     stop_only.save(tmp_path / "s")
     assert BM25Index.load(tmp_path / "s").search("the", 3) == []
     with pytest.raises(S3Error):
-        BM25Index.build([Passage(0, 0, 4)], [])
+        BM25Writer.build([Passage(0, 0, 4)], [])
 
-    index = BM25Index.build([Passage(4, 10, 20), Passage(4, 20, 30)], ["red apple tree", "green pear"])
+    index = BM25Writer.build([Passage(4, 10, 20), Passage(4, 20, 30)], ["red apple tree", "green pear"])
     spans = to_spans(index.search("pear apple", 5))
     assert sorted((s.start, s.end) for s in spans) == [(10, 20), (20, 30)]
     for s in spans:

@@ -7,7 +7,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec
 
-from s3attn.index_builder.chunks import ChunkReader, _direct_layout
+from s3attn.index_builder.chunks import ChunkReader, infer_layout_v1
 from s3attn.index_builder.schema import compressors
 
 BLOSC = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
@@ -26,7 +26,7 @@ def _expected(data: np.ndarray, starts, lens) -> np.ndarray:
 # layout name -> (dtype, create_array keyword arguments, path of a file the fill-value chunk leaves out)
 LAYOUTS = {
     "blosc": (np.uint32, {"chunks": (1024,), "compressors": [BLOSC]}, "c/1"),
-    "sharded": (
+    "sharded-blosc": (
         np.uint32,
         {"chunks": (256,), "shards": (1024,), "compressors": compressors("pos_gaps")},
         None,
@@ -47,7 +47,7 @@ def test_direct_reads_equal_zarr(tmp_path, kind):
     arr[...] = data
     if absent:
         assert not (tmp_path / "g.zarr" / "a" / absent).exists()
-    layout = _direct_layout(arr)
+    layout = infer_layout_v1(arr)
     assert layout is not None and layout.kind == kind
     reader = ChunkReader(max_bytes=3000)  # smaller than the chunks read: the LRU must evict
     for _ in range(3):
@@ -118,6 +118,34 @@ def test_other_layouts_read_through_zarr(tmp_path):
     )
     for arr in (index_first, gzip, in_memory):
         arr[...] = data
-        assert _direct_layout(arr) is None
+        assert infer_layout_v1(arr) is None
         starts, lens = _ranges(rng, data.size, 20)
+        np.testing.assert_array_equal(ChunkReader().read(arr, starts, lens), _expected(data, starts, lens))
+
+
+def test_recorded_layout_is_dispatched_on(tmp_path):
+    """Format 2 arrays name their layout (``s3attn_layout``): the reader goes by that name, not the codecs;
+    a name it does not know is read through zarr."""
+    from s3attn.constants import INDEX_LAYOUT_ATTR
+    from s3attn.index_builder.chunks import array_layout
+
+    data = np.random.default_rng(3).integers(1, 200, 5000).astype(np.uint32)
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w")
+    kwargs = dict(shape=data.shape, dtype=data.dtype, fill_value=0)
+    named = {
+        "blosc": group.create_array("b", chunks=(1024,), compressors=[BLOSC], **kwargs),
+        "sharded-blosc": group.create_array(
+            "s", chunks=(256,), shards=(1024,), compressors=[BLOSC], **kwargs
+        ),
+        "future-codec": group.create_array("f", chunks=(1024,), compressors=[BLOSC], **kwargs),
+    }
+    for name, arr in named.items():
+        arr[...] = data
+        arr.attrs[INDEX_LAYOUT_ATTR] = name
+        assert infer_layout_v1(arr) is not None  # the codecs alone would be recognised
+    assert array_layout(named["blosc"])[2:] == (1024, 1) and array_layout(named["blosc"]).kind == "blosc"
+    assert array_layout(named["sharded-blosc"])[2:] == (256, 4)
+    assert array_layout(named["future-codec"]) is None
+    starts, lens = _ranges(np.random.default_rng(4), data.size, 30)
+    for arr in named.values():
         np.testing.assert_array_equal(ChunkReader().read(arr, starts, lens), _expected(data, starts, lens))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,12 @@ def texts(corpus: Corpus) -> dict[str, str]:
     return {doc.path: doc.read_text() for doc in corpus}
 
 
-def warnings_of(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("warning: ")]
+def warnings_of(caplog) -> list[str]:
+    """The warnings logged, as the CLIs show them (``warning: ...``)."""
+    return [f"warning: {r.getMessage()}" for r in caplog.records if r.levelno == logging.WARNING]
 
 
-def test_every_format_is_read(tmp_path: Path, capsys) -> None:
+def test_every_format_is_read(tmp_path: Path, caplog) -> None:
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -46,7 +48,7 @@ def test_every_format_is_read(tmp_path: Path, capsys) -> None:
         "ds#2": "ds two",
         "sub/b.md": "# markdown\nbody",
     }
-    assert warnings_of(capsys.readouterr().err) == []  # the dataset's own files are not reported
+    assert warnings_of(caplog) == []  # the dataset's own files are not reported
     # A saved dataset or a single file can also be the corpus itself.
     assert list(texts(Corpus(root / "ds")).values()) == ["ds one", "ds two"]
     assert texts(Corpus(root / "c.jsonl")) == {"c.jsonl#1": "first row", "c.jsonl#3": "third line"}
@@ -57,7 +59,7 @@ def test_text_field_option(tmp_path: Path) -> None:
     assert texts(Corpus(tmp_path, text_field="body")) == {"x.jsonl#1": "hello there"}
 
 
-def test_hidden_binary_and_unknown_files_skipped_with_warnings(tmp_path: Path, capsys) -> None:
+def test_hidden_binary_and_unknown_files_skipped_with_warnings(tmp_path: Path, caplog) -> None:
     (tmp_path / "good.txt").write_text("kept")
     (tmp_path / ".secret.txt").write_text("hidden")
     (tmp_path / ".git").mkdir()
@@ -66,7 +68,7 @@ def test_hidden_binary_and_unknown_files_skipped_with_warnings(tmp_path: Path, c
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     corpus = Corpus(tmp_path)
     assert [p.name for p in corpus.files()] == ["good.txt"]
-    warned = warnings_of(capsys.readouterr().err)
+    warned = warnings_of(caplog)
     for name in (".secret.txt", ".git", "blob.txt", "image.png"):
         assert sum(str(tmp_path / name) in line for line in warned) == 1, (name, warned)
     assert not any("notes.txt" in line for line in warned)  # one warning for the hidden folder, not per file
@@ -109,7 +111,7 @@ def test_jsonl_line_without_field_names_file_and_line(tmp_path: Path) -> None:
         list(Corpus(tmp_path))
 
 
-def test_non_utf8_is_an_error_naming_file_and_offset_unless_skipped(tmp_path: Path, capsys) -> None:
+def test_non_utf8_is_an_error_naming_file_and_offset_unless_skipped(tmp_path: Path, caplog) -> None:
     (tmp_path / "good.txt").write_text("fine text")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("the café".encode("latin-1"))
@@ -117,9 +119,9 @@ def test_non_utf8_is_an_error_naming_file_and_offset_unless_skipped(tmp_path: Pa
         list(Corpus(tmp_path))
     msg = str(exc.value)
     assert str(bad) in msg and "offset 7" in msg and "--skip-bad-files" in msg
-    capsys.readouterr()
+    caplog.clear()
     assert texts(Corpus(tmp_path, skip_bad=True)) == {"good.txt": "fine text"}
-    assert any(str(bad) in line for line in warnings_of(capsys.readouterr().err))
+    assert any(str(bad) in line for line in warnings_of(caplog))
 
 
 def test_truncated_utf8_at_end_reports_its_offset(tmp_path: Path) -> None:

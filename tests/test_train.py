@@ -349,6 +349,49 @@ BAD_BYTES = b"the king of france " * 5 + b"caf\xe9 " + b"the queen " * 5  # lati
 BAD_OFFSET = BAD_BYTES.index(b"\xe9")
 
 
+def _input_case(name: str, tmp: Path, set_opt) -> tuple[list[str], list[str]] | None:
+    """(extra argv, substrings the error line must hold) of a bad corpus, model or option value."""
+    if name == "empty-corpus":
+        set_opt("--corpus", str(_corpus_of(tmp / "empty", {})))
+        return [], ["--corpus", "no documents"]
+    if name == "not-utf8":
+        corpus = _corpus_of(tmp / "c", {"bad.txt": BAD_BYTES})
+        set_opt("--corpus", str(corpus))
+        return [], [str(corpus / "bad.txt"), "not UTF-8", f"offset {BAD_OFFSET}", "--skip-bad-files"]
+    if name == "layer-beyond-depth":
+        set_opt("--layers", "99")
+        return [], ["--layers 99", "beyond", "4 layers"]
+    if name == "k-above-latents":
+        set_opt("--k", "200")
+        return [], ["--k 200", "128"]
+    if name == "unknown-model":
+        set_opt("--model", "no-such-model-xyz")
+        return [], ["no-such-model-xyz"]
+    if name == "bad-int":
+        set_opt("--tokens", "many")
+        return [], ["--tokens 'many'"]
+    return None
+
+
+def _state_case(name: str, tmp: Path, set_opt) -> tuple[list[str], list[str]] | None:
+    """(extra argv, substrings the error line must hold) of a bad output folder, state or config file."""
+    if name == "out-under-a-file":
+        (tmp / "plain").write_text("x")
+        set_opt("--out", str(tmp / "plain" / "rel"))
+        return [], ["--out", str(tmp / "plain")]
+    if name == "out-not-a-release":
+        (tmp / "stuff").mkdir()
+        (tmp / "stuff" / "notes.txt").write_text("mine")
+        set_opt("--out", str(tmp / "stuff"))
+        return [], ["--out", "not an SAE release"]
+    if name == "resume-without-state":
+        return ["--resume"], ["--resume", "no training state"]
+    if name == "unknown-config-key":
+        (tmp / "c.yaml").write_text("k: 8\nlayerz: [1]\n")
+        return ["--config", str(tmp / "c.yaml")], ["--config", "layerz"]
+    return None
+
+
 def _case(name: str, env: Env, tmp: Path) -> tuple[list[str], list[str]]:
     """(argv, substrings the error line must hold) for one kind of bad input."""
     out = tmp / "rel"
@@ -357,40 +400,11 @@ def _case(name: str, env: Env, tmp: Path) -> tuple[list[str], list[str]]:
     def set_opt(opt: str, value: str) -> None:
         args[args.index(opt) + 1] = value
 
-    if name == "empty-corpus":
-        set_opt("--corpus", str(_corpus_of(tmp / "empty", {})))
-        return args, ["--corpus", "no documents"]
-    if name == "not-utf8":
-        corpus = _corpus_of(tmp / "c", {"bad.txt": BAD_BYTES})
-        set_opt("--corpus", str(corpus))
-        return args, [str(corpus / "bad.txt"), "not UTF-8", f"offset {BAD_OFFSET}", "--skip-bad-files"]
-    if name == "layer-beyond-depth":
-        set_opt("--layers", "99")
-        return args, ["--layers 99", "beyond", "4 layers"]
-    if name == "k-above-latents":
-        set_opt("--k", "200")
-        return args, ["--k 200", "128"]
-    if name == "unknown-model":
-        set_opt("--model", "no-such-model-xyz")
-        return args, ["no-such-model-xyz"]
-    if name == "out-under-a-file":
-        (tmp / "plain").write_text("x")
-        set_opt("--out", str(tmp / "plain" / "rel"))
-        return args, ["--out", str(tmp / "plain")]
-    if name == "out-not-a-release":
-        (tmp / "stuff").mkdir()
-        (tmp / "stuff" / "notes.txt").write_text("mine")
-        set_opt("--out", str(tmp / "stuff"))
-        return args, ["--out", "not an SAE release"]
-    if name == "resume-without-state":
-        return [*args, "--resume"], ["--resume", "no training state"]
-    if name == "unknown-config-key":
-        (tmp / "c.yaml").write_text("k: 8\nlayerz: [1]\n")
-        return [*args, "--config", str(tmp / "c.yaml")], ["--config", "layerz"]
-    if name == "bad-int":
-        set_opt("--tokens", "many")
-        return args, ["--tokens 'many'"]
-    raise AssertionError(name)
+    found = _input_case(name, tmp, set_opt) or _state_case(name, tmp, set_opt)
+    if found is None:
+        raise AssertionError(name)
+    extra, expected = found
+    return [*args, *extra], expected
 
 
 @pytest.mark.parametrize(
@@ -439,7 +453,7 @@ def test_skip_bad_files_warns_and_skips(env: Env, tmp_path: Path, capsys) -> Non
 def test_help_lists_every_option_with_its_docstring(monkeypatch, capsys) -> None:
     import dataclasses
 
-    from s3attn.cliutil import field_docs
+    from s3attn.config import field_docs
 
     monkeypatch.setenv("COLUMNS", "1000")  # one line per option, so the text is not wrapped
     with pytest.raises(SystemExit) as exc:

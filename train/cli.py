@@ -2,32 +2,34 @@
 
 s3-train-sae --layer 16 --k 32
 s3-train-sae --layers 8,16 --tokens 2000000 --out checkpoints/smollm2-135m-k32
+
+Every option is listed below with its effective default (TrainConfig, then configs/train.yaml, then
+--config FILE); options on the command line win over all of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from s3attn.cliutil import build_parser, make_config
+from s3attn.config import parse_config
 from s3attn.errors import S3Error, cli_entry
+from s3attn.logs import setup_cli_logging
 from s3attn.train.config import TrainConfig
 
 PROG = "s3-train-sae"
 
 
-def parse_args(argv: list[str] | None) -> TrainConfig:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def parse_args(argv: Sequence[str] | None) -> TrainConfig:
+    return parse_config(
+        TrainConfig, "train", argv, prog=PROG, description=__doc__, aliases={"layers": ["--layer"]}
     )
-    build_parser(TrainConfig, parser, aliases={"layers": ["--layer"]})
-    args = parser.parse_args(argv)
-    return make_config(TrainConfig, args, "train")
 
 
 def validate(cfg: TrainConfig, model, head_dim: int) -> None:
@@ -69,33 +71,53 @@ def weights_digest(module) -> str:
     return h.hexdigest()
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training end to end; return the release folder."""
-    from s3attn.corpus import Corpus
-    from s3attn.paths import check_writable_dir
+class Run(NamedTuple):
+    """A set-up training run."""
 
-    out = Path(cfg.out)
-    run_dir = Path(cfg.resolved_run_dir)
-    check_out(out)
-    corpus = Corpus(cfg.corpus, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="--corpus")
-    docs = list(corpus)  # fail early on an empty or unreadable corpus, before the slow imports
+    trainer: Any  # lightning.Trainer
+    module: Any  # SaeTrainer
+    dm: Any  # the data module: the corpus, or the activation cache being read
+    cache: Any  # ActivationCache | None
+    reading_cache: bool
+    state_path: Path
+    contexts_per_rank: int
+    world: int
 
+
+def make_trainer(cfg: TrainConfig, run_dir: Path, state_path: Path, world: int):
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from s3attn.models.loading import load_model
-    from s3attn.models.taps import attention_geometry
-    from s3attn.saes.checkpoint import SaeMeta, write_release
-    from s3attn.train.cache import ActivationCache
     from s3attn.train.callbacks import PeriodicCheckpoint
+
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if world > 1 else "auto",
+        max_epochs=1,
+        logger=TensorBoardLogger(str(run_dir), name="tb"),
+        enable_checkpointing=False,
+        callbacks=[PeriodicCheckpoint(state_path, cfg.checkpoint_every)]
+        + ([TQDMProgressBar(refresh_rate=1)] if cfg.progress else []),
+        enable_progress_bar=cfg.progress,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+
+
+def prepare(cfg: TrainConfig, corpus, docs: list, loaded, head_dim: int, run_dir: Path) -> Run:
+    """Data, module and Trainer of a run whose options were checked against the loaded LM."""
+    import lightning as L
+
+    from s3attn.paths import check_writable_dir
+    from s3attn.train.cache import ActivationCache
     from s3attn.train.data import CorpusDataModule
     from s3attn.train.module import SaeTrainer
 
-    loaded = load_model(cfg.model)
-    geom = attention_geometry(loaded.model)
-    validate(cfg, loaded.model, geom.head_dim)
     check_writable_dir(run_dir, "--run-dir")
     state_path = run_dir / "train_state.ckpt"
     if cfg.resume and not state_path.is_file():
@@ -115,47 +137,41 @@ def train(cfg: TrainConfig) -> Path:
         docs=docs,
     )
     cache = ActivationCache.for_run(cfg, loaded.model_id, world) if cfg.cache_activations else None
-    module = SaeTrainer(cfg, loaded.model, geom.head_dim, cache_writer=cache)
+    module = SaeTrainer(cfg, loaded.model, head_dim, cache_writer=cache)
     reading_cache = cache is not None and cache.complete
     if reading_cache:
         dm = cache.datamodule(dm)  # skip the LM: stream cached head vectors
-    strategy = "ddp" if world > 1 else "auto"
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        max_epochs=1,
-        logger=TensorBoardLogger(str(run_dir), name="tb"),
-        enable_checkpointing=False,
-        callbacks=[PeriodicCheckpoint(state_path, cfg.checkpoint_every)]
-        + ([TQDMProgressBar(refresh_rate=1)] if cfg.progress else []),
-        enable_progress_bar=cfg.progress,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(cfg, run_dir, state_path, world)
+    return Run(trainer, module, dm, cache, reading_cache, state_path, contexts_per_rank, world)
+
+
+def fit(run: Run, resume: bool, run_dir: Path) -> None:
+    """Train; on Ctrl-C say where the last saved state is, then raise KeyboardInterrupt."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*")
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=str(state_path) if cfg.resume else None)
+            run.trainer.fit(run.module, datamodule=run.dm, ckpt_path=str(run.state_path) if resume else None)
         except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after its own cleanup
-            if not trainer.interrupted:
+            if not run.trainer.interrupted:
                 raise
-            if state_path.is_file():
+            if run.state_path.is_file():
                 print(
                     f"{PROG}: the training state saved last is in {run_dir}; continue with --resume",
                     file=sys.stderr,
                 )
             raise KeyboardInterrupt from None
-    if cache is not None:
-        cache.flush()  # every rank; the all_gather below waits for all of them
-    trainer.save_checkpoint(str(state_path) + ".tmp", weights_only=False)
+
+
+def save_state(run: Run, run_dir: Path) -> bool:
+    """Save the final training state and record every rank's weights digest; True on rank 0."""
+    if run.cache is not None:
+        run.cache.flush()  # every rank; the all_gather below waits for all of them
+    trainer = run.trainer
+    trainer.save_checkpoint(str(run.state_path) + ".tmp", weights_only=False)
     if trainer.global_rank == 0:
-        os.replace(str(state_path) + ".tmp", state_path)
-    digest = weights_digest(module)
+        os.replace(str(run.state_path) + ".tmp", run.state_path)
+    digest = weights_digest(run.module)
     digests = [digest]
     if trainer.world_size > 1:
         import torch.distributed as dist
@@ -163,25 +179,39 @@ def train(cfg: TrainConfig) -> Path:
         digests = [None] * trainer.world_size
         dist.all_gather_object(digests, digest)
     if trainer.global_rank != 0:
-        return out
+        return False
     (run_dir / "ranks.json").write_text(json.dumps({"weights_sha256": digests}, indent=2))
-    module.to(torch.device("cpu"))
-    module.lm.to(torch.device("cpu"))
-    holdout = cache.holdout_vectors(cfg.holdout_contexts) if reading_cache else None
+    return True
+
+
+def holdout_metrics(cfg: TrainConfig, run: Run) -> dict[int, dict[str, float]]:
+    """FVU, L0 and dead fraction per layer on the held-out contexts (on CPU)."""
+    import torch
+
+    run.module.to(torch.device("cpu"))
+    run.module.lm.to(torch.device("cpu"))
+    holdout = run.cache.holdout_vectors(cfg.holdout_contexts) if run.reading_cache else None
     if holdout is None:
-        holdout = module.holdout_vectors(dm.holdout_contexts_tensor())
-    if cache is not None:
-        cache.finish(holdout, cfg.holdout_contexts)
-    metrics = module.evaluate(holdout)
-    contexts_done = min(int(module.lm_steps) * cfg.lm_batch, contexts_per_rank)
-    tokens_seen = contexts_done * cfg.context_length * world
-    saes = {layer: module.saes[str(layer)] for layer in cfg.layers}
+        holdout = run.module.holdout_vectors(run.dm.holdout_contexts_tensor())
+    if run.cache is not None:
+        run.cache.finish(holdout, cfg.holdout_contexts)
+    return run.module.evaluate(holdout)
+
+
+def release(cfg: TrainConfig, run: Run, model_id: str, head_dim: int, out: Path) -> Path:
+    """Write the release of the trained SAEs with their held-out metrics."""
+    from s3attn.saes.checkpoint import SaeMeta, write_release
+
+    metrics = holdout_metrics(cfg, run)
+    contexts_done = min(int(run.module.lm_steps) * cfg.lm_batch, run.contexts_per_rank)
+    tokens_seen = contexts_done * cfg.context_length * run.world
+    sites = ["k", "q"] if cfg.q_fraction > 0 else ["k"]
     metas = {
         layer: SaeMeta(
-            model_id=loaded.model_id,
+            model_id=model_id,
             layer=layer,
-            sites=["k", "q"] if cfg.q_fraction > 0 else ["k"],
-            head_dim=geom.head_dim,
+            sites=sites,
+            head_dim=head_dim,
             training_tokens=tokens_seen,
             fvu=metrics.get(layer, {}).get("fvu"),
             dead_fraction=metrics.get(layer, {}).get("dead_fraction"),
@@ -189,16 +219,17 @@ def train(cfg: TrainConfig) -> Path:
         for layer in cfg.layers
     }
     info = {
-        "model_id": loaded.model_id,
+        "model_id": model_id,
         "dataset": cfg.dataset_name,
         "dataset_license": cfg.dataset_license,
         "context_length": cfg.context_length,
         "layers": list(cfg.layers),
         "q_fraction": cfg.q_fraction,
         "training_tokens": tokens_seen,
-        "training_vectors_per_layer": int(module.vectors_seen),
+        "training_vectors_per_layer": int(run.module.vectors_seen),
         "holdout": {str(k): v for k, v in metrics.items()},
     }
+    saes = {layer: run.module.saes[str(layer)] for layer in cfg.layers}
     path = write_release(out, saes, metas, info)
     print(f"{PROG}: wrote release {path}", file=sys.stderr)
     for layer, m in metrics.items():
@@ -209,8 +240,32 @@ def train(cfg: TrainConfig) -> Path:
     return path
 
 
+def train(cfg: TrainConfig) -> Path:
+    """Run training end to end; return the release folder."""
+    from s3attn.corpus import Corpus
+
+    out = Path(cfg.out)
+    run_dir = Path(cfg.resolved_run_dir)
+    check_out(out)
+    corpus = Corpus(cfg.corpus, text_field=cfg.text_field, skip_bad=cfg.skip_bad_files, option="--corpus")
+    docs = list(corpus)  # fail early on an empty or unreadable corpus, before the slow imports
+
+    from s3attn.models.loading import load_model
+    from s3attn.models.taps import attention_geometry
+
+    loaded = load_model(cfg.model)
+    head_dim = attention_geometry(loaded.model).head_dim
+    validate(cfg, loaded.model, head_dim)
+    run = prepare(cfg, corpus, docs, loaded, head_dim, run_dir)
+    fit(run, cfg.resume, run_dir)
+    if not save_state(run, run_dir):
+        return out
+    return release(cfg, run, loaded.model_id, head_dim, out)
+
+
 @cli_entry(PROG)
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     cfg = parse_args(argv)
     train(cfg)
     return 0

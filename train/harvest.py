@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from s3attn.constants import SITE_KEY, SITE_QUERY
 from s3attn.models.taps import tap_heads
 
 
@@ -26,7 +27,7 @@ def harvest(
     model, input_ids_BT: torch.Tensor, layers: list[int], q_fraction: float, generator: torch.Generator
 ) -> dict[int, torch.Tensor]:
     """Per layer, mixed K/Q head vectors [N, D] (float32, on the model's device)."""
-    sites = ("k", "q") if q_fraction > 0 else ("k",)
+    sites = (SITE_KEY, SITE_QUERY) if q_fraction > 0 else (SITE_KEY,)
     taps = tap_heads(model, input_ids_BT, layers, sites=sites)
     out: dict[int, torch.Tensor] = {}
     for layer in layers:

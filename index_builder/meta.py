@@ -1,0 +1,246 @@
+"""Typed index metadata and its JSON: the manifest (:class:`Manifest`, one :class:`SegmentMeta` per live
+segment), the root group's attributes (:class:`IndexAttrs`) and a segment group's (:class:`SegmentAttrs`).
+
+Shared by the reading and the writing side. ``from_json`` checks names and types and raises ``ValueError``
+naming the bad field; :func:`read_manifest` and the index reader turn that into a one-line ``S3Error`` naming
+the file. The same classes read format 1 (no field was removed or renamed in format 2).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from s3attn.constants import INDEX_FORMAT_VERSION, INDEX_KIND, INDEX_MANIFEST
+from s3attn.errors import S3Error
+from s3attn.index_builder.schema import CHECKSUM_ALGO, DocRecord, doc_json
+
+# ---- JSON field checks -----------------------------------------------------------------------------------
+_KIND_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "an object"}
+_REQUIRED = object()  # the default of a field that must be present
+
+
+def _get(obj: Mapping[str, Any], key: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """``obj[key]`` checked to be a ``kind`` (a bool is no int); ``default`` when absent, if one is given."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a JSON object, not {type(obj).__name__}")
+    if key not in obj:
+        if default is _REQUIRED:
+            raise ValueError(f"field {key!r} is missing")
+        return default
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"field {key!r} must be {_KIND_NAMES.get(kind, kind.__name__)}, not {value!r}")
+    return value
+
+
+def _opt(obj: Mapping[str, Any], key: str, kind: type) -> Any:
+    """An optional field: None when absent or null."""
+    return None if obj.get(key) is None else _get(obj, key, kind)
+
+
+# ---- manifest --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SegmentMeta:
+    """One live segment as the manifest lists it (in token order)."""
+
+    name: str
+    token_start: int  # global position of the segment's first token
+    num_tokens: int
+    doc_start: int  # number of document records in earlier segments
+    num_docs: int
+    num_postings: int  # num_tokens x k x (layers x kv heads)
+    checksum: str  # crc32 over the segment's checksum table (see schema.segment_checksum)
+    open_doc: bool = False  # ends inside a document that a later segment closes
+
+    @property
+    def token_end(self) -> int:
+        return self.token_start + self.num_tokens
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "token_start": int(self.token_start),
+            "num_tokens": int(self.num_tokens),
+            "doc_start": int(self.doc_start),
+            "num_docs": int(self.num_docs),
+            "num_postings": int(self.num_postings),
+            "checksum": self.checksum,
+            "open_doc": bool(self.open_doc),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SegmentMeta:
+        ints = {
+            k: _get(obj, k, int)
+            for k in ("token_start", "num_tokens", "doc_start", "num_docs", "num_postings")
+        }
+        return cls(
+            name=_get(obj, "name", str),
+            checksum=_get(obj, "checksum", str),
+            open_doc=_get(obj, "open_doc", bool, False),
+            **ints,
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: the only list of live segments; ``generation`` counts the swaps."""
+
+    generation: int = 0
+    segments: tuple[SegmentMeta, ...] = ()
+    format_version: int = INDEX_FORMAT_VERSION  # the format the index was created in; kept by later writers
+    kind: str = INDEX_KIND
+
+    def swapped(self, segments: list[SegmentMeta] | tuple[SegmentMeta, ...]) -> Manifest:
+        """The next generation, listing ``segments``."""
+        return replace(self, segments=tuple(segments), generation=self.generation + 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "format_version": int(self.format_version),
+            "generation": int(self.generation),
+            "segments": [s.to_json() for s in self.segments],
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Manifest:
+        kind = _get(obj, "kind", str)
+        if kind != INDEX_KIND:
+            raise ValueError(f"kind is {kind!r}, not {INDEX_KIND!r}")
+        segments = tuple(SegmentMeta.from_json(s) for s in _get(obj, "segments", list))
+        return cls(
+            generation=_get(obj, "generation", int),
+            segments=segments,
+            format_version=_get(obj, "format_version", int, 0),
+            kind=kind,
+        )
+
+
+def read_manifest(index_dir: Path) -> Manifest:
+    """``INDEX/manifest.json``, checked; S3Error naming the file when it is corrupt or too new."""
+    path = Path(index_dir) / INDEX_MANIFEST
+    try:
+        manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as err:
+        raise S3Error(f"{path}: corrupt or not an s3attn manifest ({err}); rebuild the index") from None
+    if manifest.format_version > INDEX_FORMAT_VERSION:
+        raise S3Error(f"{path}: index format {manifest.format_version} is newer than this s3attn; upgrade")
+    return manifest
+
+
+# ---- root group attributes -------------------------------------------------------------------------------
+IDENTITY_FIELDS = ("model_id", "sae_release", "layers", "k")
+"""Fields that must match to append to an existing index."""
+
+
+@dataclass(frozen=True)
+class IndexAttrs:
+    """Attributes of ``index.zarr``: what the index was built with. Keys not named here stay in ``extra``."""
+
+    model_id: str
+    sae_release: str
+    layers: tuple[int, ...]
+    num_kv_heads: int
+    k: int
+    num_latents: int  # F, features per SAE
+    head_dim: int
+    chunk: int | None = None  # prefill chunk, tokens
+    overlap: int | None = None  # left context of a chunk, tokens
+    sae_release_path: str | None = None
+    model: str | None = None  # model name or folder the index was built with
+    kind: str = INDEX_KIND
+    format_version: int = INDEX_FORMAT_VERSION
+    created: str | None = None  # ISO time the index was created
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def heads(self) -> list[tuple[int, int]]:
+        """Every (layer, kv head) the index holds postings for."""
+        return [(int(layer), h) for layer in self.layers for h in range(self.num_kv_heads)]
+
+    def identity_mismatch(self, other: IndexAttrs) -> str | None:
+        """The first identity field in which ``other`` differs, or None."""
+        mine, theirs = self.to_json(), other.to_json()
+        return next((k for k in IDENTITY_FIELDS if mine[k] != theirs[k]), None)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(json.dumps(dict(self.extra)))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None:
+                continue
+            out[f.name] = [int(x) for x in value] if f.name == "layers" else value
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> IndexAttrs:
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"index attrs must be a JSON object, not {type(obj).__name__}")
+        required = ("model_id", "sae_release", "layers", "num_kv_heads", "k", "num_latents", "head_dim")
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise ValueError(f"index attrs lack {missing}")
+        layers = _get(obj, "layers", list)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            raise ValueError(f"field 'layers' must be a list of integers, not {layers!r}")
+        names = {f.name for f in fields(cls)}
+        return cls(
+            model_id=_get(obj, "model_id", str),
+            sae_release=_get(obj, "sae_release", str),
+            layers=tuple(layers),
+            **{k: _get(obj, k, int) for k in ("num_kv_heads", "k", "num_latents", "head_dim")},
+            **{k: _opt(obj, k, int) for k in ("chunk", "overlap")},
+            **{k: _opt(obj, k, str) for k in ("sae_release_path", "model", "created")},
+            kind=_get(obj, "kind", str, INDEX_KIND),
+            format_version=_get(obj, "format_version", int, INDEX_FORMAT_VERSION),
+            extra={k: v for k, v in obj.items() if k not in names},
+        )
+
+
+# ---- segment group attributes ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SegmentAttrs:
+    """Attributes of ``segments/<name>``: its token range, documents table and per-array checksums."""
+
+    token_start: int
+    num_tokens: int
+    docs: tuple[DocRecord, ...]  # token_start of each GLOBAL
+    checksums: Mapping[str, str]  # array path relative to the segment -> crc32 of its raw bytes
+    checksum_algo: str = CHECKSUM_ALGO
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "token_start": int(self.token_start),
+            "num_tokens": int(self.num_tokens),
+            "docs": [doc_json(d) for d in self.docs],
+            "checksums": dict(self.checksums),
+            "checksum_algo": self.checksum_algo,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SegmentAttrs:
+        docs = tuple(
+            DocRecord(
+                _get(d, "doc_id", int),
+                _get(d, "path", str),
+                _get(d, "content_hash", str),
+                _get(d, "token_start", int),
+                _get(d, "num_tokens", int),
+            )
+            for d in _get(obj, "docs", list)
+        )
+        checksums = _get(obj, "checksums", dict)
+        if not all(isinstance(v, str) for v in checksums.values()):
+            raise ValueError("field 'checksums' must map array paths to strings")
+        return cls(
+            token_start=_get(obj, "token_start", int),
+            num_tokens=_get(obj, "num_tokens", int),
+            docs=docs,
+            checksums=checksums,
+            checksum_algo=_get(obj, "checksum_algo", str, CHECKSUM_ALGO),
+        )

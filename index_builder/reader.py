@@ -1,0 +1,248 @@
+"""``IndexReader``: read access to a posting-list index on disk (Lucene-style immutable segments in one Zarr
+v3 group, listed by ``manifest.json``). Writing is ``indexer.IndexWriter``, which extends this class.
+
+Readers take no lock: a reader sees the segments the manifest listed when it opened the index (segments are
+immutable, and a file a later merge deletes stays readable through the descriptors already open).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from s3attn.constants import INDEX_KIND, INDEX_MANIFEST, INDEX_ROOT, INDEX_TOKENS_ARRAY, SEGMENTS_DIR
+from s3attn.errors import S3Error
+from s3attn.index_builder.chunks import ChunkReader
+from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentMeta, read_manifest
+from s3attn.index_builder.schema import TOKEN_DTYPE, DocRecord, Postings, disk_usage, segment_path
+from s3attn.index_builder.segment_reader import SegmentReader, read_postings, verify_segment
+
+
+def open_index_group(path: Path, *, write: bool) -> tuple[zarr.Group, Manifest, IndexAttrs]:
+    """The root group (read-write when ``write``), the manifest and the typed root attributes of the index
+    at ``path``; S3Error naming the file when one is missing or unreadable."""
+    if not (path / INDEX_MANIFEST).is_file():
+        raise S3Error(
+            f"{path}: no s3attn index here ({INDEX_MANIFEST} missing); build one with s3-index build"
+        )
+    manifest = read_manifest(path)
+    try:
+        root = zarr.open_group(
+            LocalStore(path / INDEX_ROOT, read_only=not write), mode="r+" if write else "r"
+        )
+        raw = root.attrs.asdict()
+    except Exception as err:
+        raise S3Error(
+            f"{path / INDEX_ROOT}: unreadable index group ({type(err).__name__}); rebuild the index"
+        ) from None
+    if raw.get("kind") != INDEX_KIND:
+        raise S3Error(
+            f"{path / INDEX_ROOT}: not an s3attn index (kind={raw.get('kind')!r}); rebuild the index"
+        )
+    try:
+        meta = IndexAttrs.from_json(raw)
+    except ValueError as err:
+        raise S3Error(f"{path / INDEX_ROOT}: malformed index attributes ({err}); rebuild the index") from None
+    return root, manifest, meta
+
+
+class IndexReader:
+    """An index folder opened for reading: documents, tokens, posting lists, document frequencies, checks."""
+
+    def __init__(self, path: Path, root: zarr.Group, manifest: Manifest, meta: IndexAttrs) -> None:
+        self.path = path
+        self._root = root
+        self.meta = meta
+        self._readers: dict[str, SegmentReader] = {}
+        self._chunks = ChunkReader()  # decoded posting chunks, shared by every question on this index
+        self._set_manifest(manifest)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> IndexReader:
+        """Open the index at ``path`` for reading."""
+        path = Path(path)
+        return cls(path, *open_index_group(path, write=False))
+
+    def close(self) -> None:
+        """Release the chunk files held open for reads."""
+        self._chunks.close()
+
+    def __enter__(self) -> IndexReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ---- state -----------------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def segments(self) -> list[SegmentMeta]:
+        """The live segments, in token order."""
+        return list(self._manifest.segments)
+
+    @property
+    def generation(self) -> int:
+        return self._manifest.generation
+
+    @property
+    def format_version(self) -> int:
+        """The format the index was created in (older formats are still read)."""
+        return self._manifest.format_version
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The root attributes as JSON (a copy); :attr:`meta` holds them typed."""
+        return self.meta.to_json()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self._manifest.segments)
+
+    @property
+    def num_docs(self) -> int:
+        return sum(s.num_docs for s in self._manifest.segments)
+
+    @property
+    def heads(self) -> list[tuple[int, int]]:
+        """Every (layer, kv head) the index holds postings for."""
+        return self.meta.heads
+
+    def _closed_prefix(self) -> int:
+        """Number of leading segments that end on a document boundary (open tail excluded)."""
+        segs = self._manifest.segments
+        n = len(segs)
+        while n > 0 and segs[n - 1].open_doc:
+            n -= 1
+        return n
+
+    def has_open_tail(self) -> bool:
+        """True when the last segments hold pieces of a document that no segment closed (a killed build)."""
+        return self._closed_prefix() < len(self._manifest.segments)
+
+    def _set_manifest(self, manifest: Manifest) -> None:
+        """Make ``manifest`` the live one and drop what was cached for segments it no longer lists."""
+        self._manifest = manifest
+        live = {s.name for s in manifest.segments}
+        self._readers = {n: r for n, r in self._readers.items() if n in live}
+        self._starts = [s.token_start for s in manifest.segments]
+        self._df: dict[tuple[int, int], np.ndarray] = {}
+        self._doc_keys: set[tuple[str, str]] | None = None
+
+    def _reader(self, entry: SegmentMeta) -> SegmentReader:
+        r = self._readers.get(entry.name)
+        if r is None:
+            r = self._readers[entry.name] = SegmentReader(self._root[segment_path(entry.name)], entry)
+        return r
+
+    def _seg_dir(self, name: str) -> Path:
+        return self.path / INDEX_ROOT / SEGMENTS_DIR / name
+
+    # ---- reading ---------------------------------------------------------------------------------------
+    def documents(self) -> list[DocRecord]:
+        return [d for e in self._manifest.segments for d in self._reader(e).docs()]
+
+    def has_document(self, path: str, content_hash: str) -> bool:
+        if self._doc_keys is None:
+            self._doc_keys = {(d.path, d.content_hash) for d in self.documents()}
+        return (str(path), str(content_hash)) in self._doc_keys
+
+    def tokens(self, start: int, end: int) -> np.ndarray:
+        """Token ids of the global range [start, end), across segments."""
+        if not 0 <= start <= end <= self.num_tokens:
+            raise ValueError(f"token range [{start}, {end}) outside [0, {self.num_tokens})")
+        parts = []
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        segs = self._manifest.segments
+        while start < end and i < len(segs):
+            stop = min(end, segs[i].token_end)
+            if stop > start:
+                arr = self._reader(segs[i]).array(INDEX_TOKENS_ARRAY)
+                rel = start - segs[i].token_start
+                parts.append(self._chunks.read(arr, [rel], [stop - start]).astype(TOKEN_DTYPE))
+                start = stop
+            i += 1
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+    def doc_freq(self, layer: int, kv_head: int) -> np.ndarray:
+        """int64 [F]: number of postings of each feature, over all live segments."""
+        key = (int(layer), int(kv_head))
+        df = self._df.get(key)
+        if df is None:
+            df = np.zeros(self.meta.num_latents, dtype=np.int64)
+            for entry in self._manifest.segments:
+                df += np.diff(self._reader(entry).offsets(*key))
+            self._df[key] = df
+        return df
+
+    def postings(self, layer: int, kv_head: int, features: np.ndarray) -> Postings:
+        """All postings of ``features`` (any order, repeats allowed), grouped by slot, positions ascending.
+
+        Per segment, each distinct feature's range of ``pos_gaps`` and ``act_u8`` is read by whole chunks
+        (:class:`~s3attn.index_builder.chunks.ChunkReader`, decoded chunks cached); no per-posting loop.
+        """
+        num_f = self.meta.num_latents
+        features = np.asarray(features, dtype=np.int64).ravel()
+        if features.size and (features.min() < 0 or features.max() >= num_f):
+            raise ValueError(f"feature ids must lie in [0, {num_f})")
+        readers = [self._reader(e) for e in self._manifest.segments]
+        return read_postings(readers, int(layer), int(kv_head), features, self._chunks)
+
+    def info(self) -> dict:
+        """Sizes: documents, tokens, postings, segments, bytes on disk (total and per array kind)."""
+        total, by_kind = disk_usage(self.path)
+        postings = sum(s.num_postings for s in self._manifest.segments)
+        return {
+            "documents": self.num_docs,
+            "tokens": self.num_tokens,
+            "postings": postings,
+            "segments": len(self._manifest.segments),
+            "bytes_on_disk": total,
+            "bytes_per_posting": total / postings if postings else math.nan,
+            "bytes_by_array": by_kind,
+        }
+
+    def verify(self) -> list[str]:
+        """Check every invariant of the index; returns one line per problem (empty list = sound)."""
+        problems: list[str] = []
+        expect_start, expect_doc = 0, 0
+        for entry in self._manifest.segments:
+            name = entry.name
+            if entry.token_start != expect_start or entry.doc_start != expect_doc:
+                problems.append(f"segment {name}: token_start/doc_start do not follow the previous segment")
+            expect_start, expect_doc = entry.token_end, entry.doc_start + entry.num_docs
+            if not (self._seg_dir(name) / "zarr.json").is_file():
+                problems.append(f"segment {name}: listed in {INDEX_MANIFEST} but missing on disk")
+                continue
+            try:
+                group = zarr.open_group(self._root.store, path=segment_path(name), mode="r")
+                found = verify_segment(group, entry, self.heads, self.meta.num_latents, self.meta.k)
+                problems += [f"segment {name}: {p}" for p in found]
+            except Exception as err:
+                problems.append(f"segment {name}: unreadable ({type(err).__name__}: {err})")
+        return problems
+
+
+def doc_ranges(index: IndexReader) -> list[tuple[int, int, int]]:
+    """(doc_id, start, end) per document, pieces of one document joined."""
+    out: list[list[int]] = []
+    for rec in index.documents():
+        if out and out[-1][0] == rec.doc_id and out[-1][2] == rec.token_start:
+            out[-1][2] = rec.token_start + rec.num_tokens
+        else:
+            out.append([rec.doc_id, rec.token_start, rec.token_start + rec.num_tokens])
+    return [tuple(x) for x in out]  # type: ignore[misc]

@@ -1,0 +1,126 @@
+"""S3 scores -> smoothed scores -> peaks: the model-free numpy steps before spans are grown.
+
+``smooth`` is a centred moving average over the per-token S3 scores (one float per token of the index);
+``find_peaks_nms`` picks the peaks of the smoothed scores by greedy non-maximum suppression, reading only
+the best-scoring 256-token blocks. :func:`s3attn.retrieval.spans.peak_spans` grows spans around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from s3attn.errors import S3Error
+
+
+def smooth(scores: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average of ``window`` tokens (a direct convolution), same length; ``window`` 1 = identity.
+
+    Token ``i`` averages ``scores[i - window // 2 : i + (window - 1) // 2 + 1]`` (the alignment of
+    ``np.convolve(scores, ones(window) / window, "same")``); at the edges it divides by the number of
+    tokens actually inside the array, so the first/last tokens are not pulled toward zero.
+    """
+    x_T = np.asarray(scores)
+    if window < 1:
+        raise S3Error(f"smooth: window={window} must be >= 1")
+    out_dtype = np.result_type(x_T.dtype, np.float32)
+    if window == 1 or x_T.size == 0:
+        return x_T.astype(out_dtype, copy=True)
+    n = x_T.size
+    before, after = window // 2, (window - 1) // 2 + 1  # token i sums [i - before, i + after)
+    if n <= window:
+        csum = np.concatenate([[0.0], np.cumsum(x_T, dtype=np.float64)])
+        idx = np.arange(n)
+        lo, hi = np.maximum(idx - before, 0), np.minimum(idx + after, n)
+        return ((csum[hi] - csum[lo]) / (hi - lo)).astype(out_dtype)
+    # window sums by direct convolution in the output dtype: one pass, ~4x faster than a float64 cumsum
+    # on 1M tokens, and no cancellation error growing with the position
+    out = np.convolve(x_T.astype(out_dtype, copy=False), np.ones(window, dtype=out_dtype), "same")
+    out[before : n - after + 1] /= window
+    out[:before] /= np.arange(after, after + before, dtype=out_dtype)
+    out[n - after + 1 :] /= np.arange(window - 1, before, -1, dtype=out_dtype)
+    return out
+
+
+_BLOCK = 256  # tokens per block of the block maxima that find_peaks_nms narrows its candidates with
+
+
+def _local_maxima(x_T: np.ndarray, pos_P: np.ndarray, min_score: float) -> np.ndarray:
+    """The positions of ``pos_P`` holding a local maximum (``>=`` both neighbours) above ``min_score``."""
+    v_P = x_T[pos_P]
+    ok = v_P > min_score
+    left, right = pos_P > 0, pos_P < x_T.size - 1
+    ok[left] &= v_P[left] >= x_T[pos_P[left] - 1]
+    ok[right] &= v_P[right] >= x_T[pos_P[right] + 1]
+    return pos_P[ok]
+
+
+def _candidates_by_score(x_T: np.ndarray, min_score: float, chunk: int) -> Iterator[np.ndarray]:
+    """Yield the local maxima of ``x_T`` above ``min_score`` in blocks sorted by score descending, ties by
+    position; every score in a block is above every score in later blocks.
+
+    Only the tokens of the best-scoring 256-token blocks are looked at: the candidates scoring at least
+    ``tau`` all lie in blocks whose maximum is at least ``tau``. ``tau`` is lowered (the number of blocks
+    looked at doubles) only when more candidates are asked for, so a whole-index pass is the block maxima.
+    """
+    n, B = x_T.size, _BLOCK
+    full = n // B
+    bmax = x_T[: full * B].reshape(full, B).max(axis=1) if full else np.zeros(0, x_T.dtype)
+    if n > full * B:
+        bmax = np.append(bmax, x_T[full * B :].max())
+    order = np.argsort(-bmax, kind="stable")
+    upper = np.inf  # candidates scoring >= upper were yielded already
+    want = max(1, chunk // 2)  # blocks to look at first
+    while True:
+        last = want >= order.size
+        tau = -np.inf if last else float(bmax[order[want - 1]])
+        if tau <= min_score:
+            tau, last = -np.inf, True
+        blocks = np.sort(order[bmax[order] >= tau] if not last else order)
+        pos_P = (blocks[:, None] * B + np.arange(B)[None, :]).ravel()
+        cand = _local_maxima(x_T, pos_P[pos_P < n], min_score)
+        v = x_T[cand]
+        cand = cand[(v >= tau) & (v < upper)]  # position order
+        if cand.size:
+            yield cand[np.argsort(-x_T[cand], kind="stable")]
+        if last:
+            return
+        upper, want = tau, 2 * want
+
+
+def find_peaks_nms(
+    scores: np.ndarray, *, min_distance: int, max_peaks: int, min_score: float = 0.0
+) -> np.ndarray:
+    """Greedy non-maximum suppression; int64 peak positions, highest score first.
+
+    Candidates are local maxima (``>=`` both neighbours) with score ``> min_score``, sorted by score
+    (ties: lower position first). The best remaining candidate is accepted and every candidate closer
+    than ``min_distance`` to it is dropped, until ``max_peaks`` are accepted. Accepted peaks are
+    therefore ``>= min_distance`` apart and the first one is the global maximum (when above min_score).
+    """
+    x_T = np.asarray(scores).ravel()
+    if not np.issubdtype(x_T.dtype, np.floating):
+        x_T = x_T.astype(np.float64)
+    if max_peaks <= 0 or x_T.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    dist = max(int(min_distance), 1)
+    accepted: list[int] = []
+    # Candidates are consumed in score-ordered blocks (only the blocks needed are found and sorted), and
+    # each accepted peak filters one short block; a new block is first cleared of everything near the
+    # peaks accepted so far. Same result as one pass over all candidates sorted by score.
+    chunk = max(64, 4 * max_peaks)
+    for block in _candidates_by_score(x_T, min_score, chunk):
+        if accepted:
+            acc = np.sort(np.asarray(accepted, dtype=np.int64))
+            j = np.searchsorted(acc, block)
+            near_right = np.abs(acc[np.minimum(j, acc.size - 1)] - block) < dist
+            near_left = np.abs(acc[np.maximum(j - 1, 0)] - block) < dist
+            block = block[~(near_left | near_right)]
+        while block.size and len(accepted) < max_peaks:  # one pass per accepted peak
+            p = int(block[0])
+            accepted.append(p)
+            block = block[np.abs(block - p) >= dist]
+        if len(accepted) >= max_peaks:
+            break
+    return np.asarray(accepted, dtype=np.int64)
