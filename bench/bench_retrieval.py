@@ -8,11 +8,14 @@
    generation) is timed on 20 questions per mode after one warm-up question: p50 / p90 (goal: p50 <= 100 ms);
    the first question on a freshly opened index is reported apart ("cold"). The index's files are read once
    before (so they are in the OS page cache, as on a serving machine). Then, side by side: the question
-   forward with fp16-packed against fp32 weights (and the share of SAE features they agree on), and hybrid
-   retrieval under each fusion. ``--tiled-index DIR`` keeps the tiled index there (reused when present).
+   forward (the ``forward_codes`` stage) of the fp32 model, of the fp32 model with fp16-packed weights
+   (``half_weights``) and of the model loaded in bf16 (no packing), with the share of SAE top-k features
+   each shares with fp32's; and hybrid retrieval under each fusion. ``--tiled-index DIR`` keeps the tiled
+   index there (reused when present). ``--question-only``: only that question forward comparison, on the
+   ``--seed-tokens`` index (no tiling, latency or answering).
 2. Answering: a ``--doc-tokens`` document is indexed (build time reported apart), then the same questions are
    answered with full context (middle-truncated to the window) and with S3-Hybrid at a 2k budget, alternating;
-   prints the median time ratio hybrid/full (goal <= 0.25). Writes bench/out/retrieval.json.
+   prints the median time ratio hybrid/full (goal <= 0.25). Writes bench/out/retrieval.json (``--out``).
 """
 
 from __future__ import annotations
@@ -34,31 +37,20 @@ from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
 from s3attn.index_builder.schema import DocRecord, SegmentData
+from s3attn.models.loading import load_model
 from s3attn.retrieval.retriever import Retriever
-from s3attn.saes.stack import default_release, load_stack, resolve_release
+from s3attn.saes.stack import default_release, load_stack, model_name_for, resolve_release
 
-QUESTIONS = [
-    "What do startups need to do to survive?",
-    "Why is the App Store approval process broken?",
-    "What makes things addictive?",
-    "How should founders think about fundraising?",
-    "What is the best way to come up with startup ideas?",
-    "Why do some programmers dislike Apple?",
-    "What is default alive?",
-    "How do good essays get written?",
-    "What did the author learn from Lisp?",
-    "Why are cities important for ambition?",
-    "What is the role of investors?",
-    "How do you hire programmers?",
-    "What makes a good programmer?",
-    "Why do schools teach badly?",
-    "How do you get users?",
-    "What is wrong with meetings?",
-    "How should you pick a cofounder?",
-    "Why is wealth not zero-sum?",
-    "What does it mean to be relentlessly resourceful?",
-    "How does the web change publishing?",
-]
+QUESTIONS = (
+    "What do startups need to do to survive? | Why is the App Store approval process broken? | What makes "
+    "things addictive? | How should founders think about fundraising? | What is the best way to come up "
+    "with startup ideas? | Why do some programmers dislike Apple? | What is default alive? | How do good "
+    "essays get written? | What did the author learn from Lisp? | Why are cities important for ambition? "
+    "| What is the role of investors? | How do you hire programmers? | What makes a good programmer? | "
+    "Why do schools teach badly? | How do you get users? | What is wrong with meetings? | How should you "
+    "pick a cofounder? | Why is wealth not zero-sum? | What does it mean to be relentlessly resourceful? "
+    "| How does the web change publishing?"
+).split(" | ")
 
 
 def _attrs(stack, release: Path, layers: list[int]) -> dict:
@@ -76,7 +68,8 @@ def _doc_folder(work: Path, name: str, tokenizer, n_tokens: int) -> Path:
     return folder
 
 
-def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_tokens: int) -> Path:
+def seed_index(stack, release, layers, work: Path, seed_tokens: int) -> Path:
+    """A real index of ``seed_tokens`` tokens of the essays (one segment), at ``work/seed_idx``."""
     from s3attn.corpus import Corpus
 
     loaded, saes, _ = stack
@@ -93,6 +86,14 @@ def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_toke
             segment_tokens=1 << 20,
             progress=False,
         )
+    return work / "seed_idx"
+
+
+def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_tokens: int) -> Path:
+    from s3attn.index_builder.reader import IndexReader
+
+    loaded = stack[0]
+    with IndexReader.open(seed_index(stack, release, layers, work, seed_tokens)) as st:
         n = st.num_tokens
         toks = st.tokens(0, n)
         # rebuild dense codes [T, k] per head from the postings of every feature
@@ -172,40 +173,73 @@ def stage_times(retriever: Retriever) -> dict[str, float]:
     return {k: 1000 * statistics.median(v) for k, v in parts.items()}
 
 
-def forward_precision(retriever: Retriever) -> dict[str, float]:
-    """The question forward + SAE codes with fp16-packed weights against the model's own fp32, side by side
-    (alternating question by question): p50 ms of each and the share of top-k features they agree on."""
-    from dataclasses import replace
+def question_encoders(retriever: Retriever, model_bf16) -> dict:
+    """The question forward + SAE codes three ways: the fp32 model as it is (the reference), the fp32 model
+    with fp16-packed weights (``QuestionConfig.half_weights``), and the model loaded in bf16 (no packing)."""
+    from s3attn.retrieval.question import QuestionEncoder
 
+    r, site = retriever, retriever.cfg.question.site
+    kv = r.geom.kv_head_of_query
+    return {
+        "fp32": QuestionEncoder(r.model, r.saes, kv, site, half_weights=False),
+        "fp16_packed": QuestionEncoder(r.model, r.saes, kv, site, half_weights=True),
+        "bf16": QuestionEncoder(model_bf16, r.saes, kv, site, half_weights=False),
+    }
+
+
+def topk_shared(a: dict, b: dict) -> list[float]:
+    """Per question row and (layer, KV head): |top-k of a ∩ top-k of b| / k."""
+    out: list[float] = []
+    for key, (idx, _) in a.items():
+        out += [len(set(x) & set(y)) / len(x) for x, y in zip(idx.tolist(), b[key][0].tolist())]
+    return out
+
+
+def forward_precision(retriever: Retriever, encoders: dict, passes: int = 1) -> dict:
+    """The question forward + SAE codes of each encoder, side by side (alternating question by question, the
+    order rotating): p50 ms of each, and the share of top-k features each shares with fp32's (and bf16 with
+    fp16-packed)."""
     from s3attn.retrieval.question import question_token_range
 
-    r, base = retriever, retriever.cfg
-    encoders = {}
-    for half in (False, True):
-        r.cfg = replace(base, question=replace(base.question, half_weights=half))
-        encoders[half] = r.encoder
-    r.cfg = base
-    times: dict[bool, list[float]] = {False: [], True: []}
-    shared: list[float] = []
-    for q in QUESTIONS:
+    r, names = retriever, list(encoders)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    shared: dict[str, list[float]] = {f"{n}_vs_fp32": [] for n in names if n != "fp32"}
+    shared["bf16_vs_fp16_packed"] = []
+    for i, q in enumerate(QUESTIONS * passes):
         prompt = r.prompt("", q)
         ids = torch.tensor(r.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         span = question_token_range(r.tokenizer, prompt, q)
         codes = {}
-        for half, enc in encoders.items():
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             t = time.perf_counter()
-            codes[half] = enc.codes(ids, span)
-            times[half].append(time.perf_counter() - t)
-        for key, (idx, _) in codes[True].items():
-            ref = codes[False][key][0]
-            shared += [len(set(a) & set(b)) / len(a) for a, b in zip(idx.tolist(), ref.tolist())]
-    fp32, fp16 = (1000 * statistics.median(times[h]) for h in (False, True))
+            codes[name] = encoders[name].codes(ids, span)
+            times[name].append(time.perf_counter() - t)
+        for pair in shared:
+            a, b = pair.split("_vs_")
+            shared[pair] += topk_shared(codes[a], codes[b])
+    p50 = {n: 1000 * statistics.median(v) for n, v in times.items()}
     return {
-        "fp32_ms": fp32,
-        "fp16_weights_ms": fp16,
-        "ratio": fp16 / fp32,
-        "topk_shared": float(np.mean(shared)),
+        "questions": len(QUESTIONS) * passes,
+        "p50_ms": p50,
+        "ratio_fp16_packed_over_fp32": p50["fp16_packed"] / p50["fp32"],
+        "ratio_bf16_over_fp16_packed": p50["bf16"] / p50["fp16_packed"],
+        "faster": min(("bf16", "fp16_packed"), key=p50.get),
+        "topk_shared": {k: float(np.mean(v)) for k, v in shared.items()},
     }
+
+
+def print_forward_precision(fp: dict, default_half: bool) -> None:
+    ms, sh = fp["p50_ms"], fp["topk_shared"]
+    print(
+        f"question forward + codes, side by side over {fp['questions']} questions, p50: fp32 weights "
+        f"{ms['fp32']:.1f} ms, fp16-packed (fp32 model) {ms['fp16_packed']:.1f} ms, bf16 model {ms['bf16']:.1f} ms; "
+        f"bf16 / fp16-packed = {fp['ratio_bf16_over_fp16_packed']:.2f}x: faster is {fp['faster']} "
+        f"(library default: {'fp16-packed' if default_half else 'fp32'} on an fp32 model)"
+    )
+    print(
+        f"top-k features shared: fp16-packed vs fp32 {sh['fp16_packed_vs_fp32']:.4f}, bf16 vs fp32 "
+        f"{sh['bf16_vs_fp32']:.4f}, bf16 vs fp16-packed {sh['bf16_vs_fp16_packed']:.4f}"
+    )
 
 
 def fusion_times(retriever: Retriever) -> dict[str, float]:
@@ -258,7 +292,50 @@ def answer_ratio(stack, release: Path, work: Path, args: argparse.Namespace, res
     )
 
 
-def main() -> None:
+def latency(r: Retriever, res: dict) -> None:
+    """Cold first question, then p50 / p90 of each mode, then s3 by stage."""
+    t = time.perf_counter()
+    r.retrieve(QUESTIONS[-1], "hybrid", 2048)
+    res["retrieve_hybrid_cold_ms"] = 1000 * (time.perf_counter() - t)
+    print(
+        f"retrieve hybrid, first question on a freshly opened index (its {res['page_cache_warmed_bytes'] >> 20} "
+        f"MiB of files read once into the OS page cache before; offsets, BM25, the fp16 weights, the prompt "
+        f"prefix, every chunk decoded): {res['retrieve_hybrid_cold_ms']:.1f} ms"
+    )
+    for mode in ("s3", "hybrid", "bm25"):
+        ts = time_retrieval(r, mode)
+        res[f"retrieve_{mode}_p50_ms"] = 1000 * statistics.median(ts)
+        res[f"retrieve_{mode}_p90_ms"] = 1000 * float(np.percentile(ts, 90))
+        print(
+            f"retrieve {mode:>6} on {r.store.num_tokens} tokens: p50 {res[f'retrieve_{mode}_p50_ms']:.1f} ms, "
+            f"p90 {res[f'retrieve_{mode}_p90_ms']:.1f} ms (goal p50 <= 100 ms)"
+        )
+    res["s3_stage_p50_ms"] = stage_times(r)
+    print(
+        "retrieve s3 by stage, p50 ms: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in res["s3_stage_p50_ms"].items())
+    )
+
+
+def open_index(stack, release, layers, work: Path, args: argparse.Namespace, res: dict) -> Path:
+    """The index to time on: the small seed index (``--question-only``), a kept tiled one, or a new tiled one."""
+    t = time.perf_counter()
+    if args.question_only:
+        big = seed_index(stack, release, layers, work, args.seed_tokens)
+        res["seed_index_build_s"] = time.perf_counter() - t
+        return big
+    kept = Path(args.tiled_index) if args.tiled_index else None
+    if kept is not None and (kept / "manifest.json").is_file():
+        return kept
+    big = tiled_index(stack, release, layers, work, args.seed_tokens, args.index_tokens)
+    if kept is not None:
+        shutil.copytree(big, kept)
+        big = kept
+    res["tiled_index_build_s"] = time.perf_counter() - t
+    return big
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sae", default=None)
     ap.add_argument("--seed-tokens", type=int, default=16384)
@@ -268,63 +345,47 @@ def main() -> None:
     ap.add_argument(
         "--tiled-index", default=None, help="keep the tiled index in this folder; reuse it if there"
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--question-only",
+        action="store_true",
+        help="only the question forward side by side (fp32 / fp16-packed / bf16), on an index of --seed-tokens",
+    )
+    ap.add_argument("--question-passes", type=int, default=1, help="times over the 20 questions")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "retrieval.json"))
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     release, rel_cfg, layers = resolve_release(args.sae or str(default_release()), None)
     stack = load_stack(release, rel_cfg, layers, None)
-    res: dict = {"layers": layers}
+    model_bf16 = load_model(model_name_for(rel_cfg["model_id"]), dtype=torch.bfloat16).model
+    res: dict = {"layers": layers, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        t = time.perf_counter()
-        kept = Path(args.tiled_index) if args.tiled_index else None
-        if kept is not None and (kept / "manifest.json").is_file():
-            big = kept
-        else:
-            big = tiled_index(stack, release, layers, work, args.seed_tokens, args.index_tokens)
-            if kept is not None:
-                shutil.copytree(big, kept)
-                big = kept
-            res["tiled_index_build_s"] = time.perf_counter() - t
+        big = open_index(stack, release, layers, work, args, res)
         res["page_cache_warmed_bytes"] = warm_page_cache(big)
         r = Retriever(big, stack=stack)
         res["index_tokens"] = r.store.num_tokens
-        t = time.perf_counter()
-        r.retrieve(QUESTIONS[-1], "hybrid", 2048)
-        res["retrieve_hybrid_cold_ms"] = 1000 * (time.perf_counter() - t)
-        print(
-            f"retrieve hybrid, first question on a freshly opened index (its {res['page_cache_warmed_bytes'] >> 20} "
-            f"MiB of files read once into the OS page cache before; offsets, BM25, the fp16 weights, the prompt "
-            f"prefix, every chunk decoded): {res['retrieve_hybrid_cold_ms']:.1f} ms"
-        )
-        for mode in ("s3", "hybrid", "bm25"):
-            ts = time_retrieval(r, mode)
-            res[f"retrieve_{mode}_p50_ms"] = 1000 * statistics.median(ts)
-            res[f"retrieve_{mode}_p90_ms"] = 1000 * float(np.percentile(ts, 90))
+        if not args.question_only:
+            latency(r, res)
+        fp = forward_precision(r, question_encoders(r, model_bf16), args.question_passes)
+        res["question_forward_by_precision"] = fp
+        print_forward_precision(fp, r.cfg.question.half_weights)
+        if not args.question_only:
+            res["hybrid_p50_ms_by_fusion"] = fusion_times(r)
+            by, default = res["hybrid_p50_ms_by_fusion"], r.cfg.hybrid.fusion
             print(
-                f"retrieve {mode:>6} on {r.store.num_tokens} tokens: p50 {res[f'retrieve_{mode}_p50_ms']:.1f} ms, "
-                f"p90 {res[f'retrieve_{mode}_p90_ms']:.1f} ms (goal p50 <= 100 ms)"
+                "retrieve hybrid by fusion, side by side, p50 ms: "
+                + ", ".join(
+                    f"{k} {v:.1f} ({v / by[default]:.2f}x {default}, the default)" for k, v in by.items()
+                )
             )
-        res["s3_stage_p50_ms"] = stage_times(r)
-        print(
-            "retrieve s3 by stage, p50 ms: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in res["s3_stage_p50_ms"].items())
-        )
-        res["question_forward_by_precision"] = fp = forward_precision(r)
-        print(
-            f"question forward + codes, side by side, p50: fp32 weights {fp['fp32_ms']:.1f} ms, fp16-packed "
-            f"weights {fp['fp16_weights_ms']:.1f} ms ({fp['ratio']:.2f}x); top-k features shared "
-            f"{fp['topk_shared']:.4f} (default: {'fp16' if r.cfg.question.half_weights else 'fp32'})"
-        )
-        res["hybrid_p50_ms_by_fusion"] = fusion_times(r)
-        by, default = res["hybrid_p50_ms_by_fusion"], r.cfg.hybrid.fusion
-        print(
-            "retrieve hybrid by fusion, side by side, p50 ms: "
-            + ", ".join(f"{k} {v:.1f} ({v / by[default]:.2f}x {default}, the default)" for k, v in by.items())
-        )
-        if args.answer_questions > 0:
+        if args.answer_questions > 0 and not args.question_only:
             answer_ratio(stack, release, work, args, res)
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "retrieval.json").write_text(json.dumps(res, indent=2))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,18 @@ def main(a_path: str, b_path: str) -> int:
         f"mean score: A {mean(a):.4f}, B {mean(b):.4f}; mean recall: A "
         f"{sum(r['recall'] for r in a) / max(len(a), 1):.4f}, B {sum(r['recall'] for r in b) / max(len(b), 1):.4f}"
     )
+    for method in sorted({r["method"] for r in a}):
+        ra = [r for r in a if r["method"] == method]
+        rb = [index_b[tuple(r[k] for k in KEYS)] for r in ra if tuple(r[k] for k in KEYS) in index_b]
+        print(
+            f"  {method}: n {len(ra)}, recall A {_mean(ra, 'recall'):.4f} B {_mean(rb, 'recall'):.4f}, "
+            f"score A {_mean(ra, 'score'):.4f} B {_mean(rb, 'score'):.4f}"
+        )
     return 1 if differ or len(a) != len(b) else 0
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / max(len(rows), 1)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 s3-eval --sae RELEASE [--tasks niah,ruler_vt] [--lengths 2048,8192] [--samples 2] [--budget N]
         [--methods full,bm25,streaming,s3,hybrid] [--fusion linear --bm25-weight 0.6] [--out runs/eval]
+        [--dtype auto|bfloat16|float16|float32]
 
-Per sample the context is indexed once with the shared model + SAEs, then every method answers it.
+Per sample the context is indexed once with the shared model + SAEs, then every method answers it, all in
+one model precision (--dtype; results.json records it under environment.dtype).
 Writes OUT/results.json (rows, config, environment, summary), OUT/results.md and OUT/scores.png;
 results.json is rewritten after every sample, so an interrupted run keeps what it finished.
 Every retrieval setting is an option (RetrievalConfig, nested: --fusion is --retrieval.hybrid.fusion);

@@ -31,6 +31,7 @@ from s3attn.config import StackOptions, flat_options
 from s3attn.errors import S3Error
 from s3attn.evaluation import tasks as T
 from s3attn.evaluation.runtime import environment, peak_rss_mb
+from s3attn.models.precision import check_dtype, dtype_name, model_dtype
 from s3attn.retrieval.retriever import RetrievalConfig, check_retrieval
 
 TASKS = (
@@ -163,6 +164,7 @@ def check_config(cfg: EvalConfig) -> EvalConfig:
     _check_choices(cfg)
     _check_sizes(cfg)
     check_retrieval(cfg.retrieval)
+    check_dtype(cfg.stack.dtype)
     cfg.tasks, cfg.methods = _unique(cfg.tasks), _unique(cfg.methods)
     cfg.lengths, cfg.depths = _unique(cfg.lengths), _unique(cfg.depths)
     return cfg
@@ -323,11 +325,14 @@ def answer_sample(
 
 
 def load_eval_stack(cfg: EvalConfig):
-    """(stack, release path): the model + SAEs every sample shares, as build_index would load them."""
+    """(stack, release path): the model + SAEs every sample shares, as build_index would load them, the
+    model in ``--dtype`` (``auto`` resolved for the CPU, where the stack is loaded)."""
+    from s3attn.models.precision import resolve_dtype
     from s3attn.saes.stack import load_stack, resolve_release
 
     release, rel_cfg, layers = resolve_release(cfg.stack.sae, cfg.stack.layers)
-    return load_stack(release, rel_cfg, layers, cfg.stack.model), release
+    dtype = resolve_dtype(cfg.stack.dtype, "cpu")
+    return load_stack(release, rel_cfg, layers, cfg.stack.model, dtype=dtype), release
 
 
 def run_eval(
@@ -355,6 +360,7 @@ def run_eval(
         return count_tokens(tokenizer, text)
 
     env = environment(stack, model_window(stack[0].model, cfg.max_context), release)
+    env["dtype"] = dtype_name(model_dtype(stack[0].model))  # what --dtype resolved to (config: as asked)
     identity = index_identity(stack, cfg, release) if cfg.index_cache else None
     rows: list[EvalRow] = []
     bar = tqdm(total=len(items) * len(cfg.methods), desc="s3-eval", unit="answer", disable=not cfg.progress)

@@ -4,8 +4,9 @@ builds (at 64k tokens, ~100 s of a sample's ~120 s here).
 
 An entry is ``DIR/<key>/`` holding ``index/`` and ``build.json`` (what the key was made of, and how long the
 first build took). The key is a SHA-256 of the sample's context text and of everything the build depends on:
-the build options, the model, the SAE release's ``config.json`` and the size and mtime of its weight files
-(a retrained release at the same path gets new keys). An entry is built under ``DIR/.tmp-<uuid>`` and renamed
+the build options, the model and its precision (named when not float32, so float32 builds keep the keys they
+had before precision was a choice), the SAE release's ``config.json`` and the size and mtime of its weight
+files (a retrained release at the same path gets new keys). An entry is built under ``DIR/.tmp-<uuid>`` and renamed
 to its key when complete, so an interrupted build leaves no entry behind; a later run removes such leftovers
 once they are an hour old.
 """
@@ -49,13 +50,18 @@ def index_identity(stack, cfg: Any, release: Path) -> dict:
     """What a sample's index depends on besides its text: ``stack`` = (loaded model, SAEs by layer, ...),
     ``cfg`` an EvalConfig (its model and chunk), ``release`` the SAE release folder."""
     from s3attn.constants import INDEX_FORMAT_VERSION
+    from s3attn.models.precision import dtype_name, model_dtype
 
-    return {
+    identity = {
         "build": {"model": cfg.stack.model, "layers": sorted(stack[1]), "chunk": cfg.chunk},
         "model_id": stack[0].model_id,
         "release": release_fingerprint(release),
         "format_version": INDEX_FORMAT_VERSION,
     }
+    dtype = dtype_name(model_dtype(stack[0].model))
+    if dtype != "float32":  # an index built in bf16 is not the fp32 one; fp32 keys stay those of before
+        identity["dtype"] = dtype
+    return identity
 
 
 def cache_key(context: str, identity: dict) -> str:

@@ -194,7 +194,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], env: 
         "# s3-eval results",
         "",
         f"Model `{env.get('model_id', '?')}` (window {env.get('model_window', '?')}), SAE release "
-        f"`{env.get('sae_release', '?')}` layers {env.get('sae_layers', '?')}, device {env.get('device', '?')}.",
+        f"`{env.get('sae_release', '?')}` layers {env.get('sae_layers', '?')}, device {env.get('device', '?')}, "
+        f"precision {env.get('dtype', 'float32')}.",
         f"Budget {config.get('budget')} context tokens for bm25/streaming/s3/hybrid; full = whole context "
         f"middle-truncated to the window. {len(rows)} answers.",
         "",

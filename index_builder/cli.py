@@ -1,10 +1,12 @@
 """``s3-index``: build, inspect, verify, merge and query a posting-list index.
 
-s3-index build corpus/ [--out INDEX] [--sae RELEASE] [--layers 6,12] [--chunk N] [--resume]
+s3-index build corpus/ [--out INDEX] [--sae RELEASE] [--layers 6,12] [--chunk N] [--dtype auto] [--resume]
 s3-index info INDEX
 s3-index verify INDEX
 s3-index merge INDEX
-s3-index ask INDEX "question" [--mode s3|bm25|hybrid|full] [--budget N] [--fusion F] [--show-spans] [--json]
+s3-index gc INDEX
+s3-index ask INDEX "question" [--mode s3|bm25|hybrid|full] [--budget N] [--fusion F] [--dtype index]
+             [--show-spans] [--json]
 
 build and ask take --config FILE (YAML); `s3-index build --help` and `s3-index ask --help` list every
 option with its effective default.
@@ -41,6 +43,7 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         ("info", "documents, tokens, postings, bytes per posting, segments"),
         ("verify", "check offsets, positions, k postings per token, token counts, checksums"),
         ("merge", "tiered merge of small segments"),
+        ("gc", "delete segments that neither the index nor a live reader's generation needs"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("index", help="index folder")
@@ -72,6 +75,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = store.info()
         # store.info counts document records; a document written in pieces has several with one doc_id
         info["documents"] = len({d.doc_id for d in store.documents()})
+        info["dtype"] = store.meta.dtype  # the model precision of the build
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
@@ -111,6 +115,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from s3attn.index_builder.indexer import IndexWriter
+
+    with IndexWriter.open(args.index) as store:  # opening for writing collects (store.last_gc)
+        report = store.last_gc
+    leased = ", ".join(str(g) for g in report.leased) or "none"
+    print(
+        f"{args.index}: deleted {len(report.deleted)} segment folders; "
+        f"{len(report.pending)} kept for live readers (leased generations: {leased})"
+    )
+    return 0
+
+
 @cli_entry(PROG)
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
@@ -120,9 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         from s3attn.retrieval.cli import cmd_ask
 
         return cmd_ask(args)
-    return {"build": cmd_build, "info": cmd_info, "verify": cmd_verify, "merge": cmd_merge}[args.command](
-        args
-    )
+    commands = {"build": cmd_build, "info": cmd_info, "verify": cmd_verify, "merge": cmd_merge, "gc": cmd_gc}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ segment), the root group's attributes (:class:`IndexAttrs`) and a segment group'
 Shared by the reading and the writing side. ``from_json`` checks names and types and raises ``ValueError``
 naming the bad field; :func:`read_manifest` and the index reader turn that into a one-line ``S3Error`` naming
 the file. The same classes read format 1 (no field was removed or renamed in format 2).
+
+``IndexAttrs.dtype`` is the model precision the index was built in. Indexes written before it was
+recorded were all built in float32, so an absent ``dtype`` reads as float32, and a float32 index leaves the
+key out (its attributes stay exactly those of before).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from s3attn.constants import INDEX_FORMAT_VERSION, INDEX_KIND, INDEX_MANIFEST
-from s3attn.errors import S3Error
+from s3attn.errors import S3Error, index_damaged
 from s3attn.index_builder.schema import CHECKSUM_ALGO, DocRecord, doc_json
 
 # ---- JSON field checks -----------------------------------------------------------------------------------
@@ -127,7 +131,12 @@ def read_manifest(index_dir: Path) -> Manifest:
     try:
         manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as err:
-        raise S3Error(f"{path}: corrupt or not an s3attn manifest ({err}); rebuild the index") from None
+        raise index_damaged(
+            index_dir,
+            str(path),
+            f"corrupt or not an s3attn manifest: {err}",
+            "restore it or rebuild the index",
+        ) from None
     if manifest.format_version > INDEX_FORMAT_VERSION:
         raise S3Error(f"{path}: index format {manifest.format_version} is newer than this s3attn; upgrade")
     return manifest
@@ -135,7 +144,9 @@ def read_manifest(index_dir: Path) -> Manifest:
 
 # ---- root group attributes -------------------------------------------------------------------------------
 IDENTITY_FIELDS = ("model_id", "sae_release", "layers", "k")
-"""Fields that must match to append to an existing index."""
+"""Fields that must match to append to an existing index (the build checks ``dtype`` itself)."""
+UNRECORDED_DTYPE = "float32"
+"""The precision of an index whose attributes name none (every index before the field existed)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,7 @@ class IndexAttrs:
     kind: str = INDEX_KIND
     format_version: int = INDEX_FORMAT_VERSION
     created: str | None = None  # ISO time the index was created
+    dtype: str = UNRECORDED_DTYPE  # model precision of the build: bfloat16, float16 or float32
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -172,7 +184,7 @@ class IndexAttrs:
         out: dict[str, Any] = json.loads(json.dumps(dict(self.extra)))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "extra" or value is None:
+            if f.name == "extra" or value is None or (f.name == "dtype" and value == UNRECORDED_DTYPE):
                 continue
             out[f.name] = [int(x) for x in value] if f.name == "layers" else value
         return out
@@ -198,6 +210,7 @@ class IndexAttrs:
             **{k: _opt(obj, k, str) for k in ("sae_release_path", "model", "created")},
             kind=_get(obj, "kind", str, INDEX_KIND),
             format_version=_get(obj, "format_version", int, INDEX_FORMAT_VERSION),
+            dtype=_get(obj, "dtype", str, UNRECORDED_DTYPE),
             extra={k: v for k, v in obj.items() if k not in names},
         )
 

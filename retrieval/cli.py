@@ -1,7 +1,8 @@
 """``s3-index ask INDEX "question"``: retrieve spans and answer (wired into the ``s3-index`` command).
 
 Every RetrievalConfig option is one (``--budget``, ``--fusion``, ``--bm25-weight``, ``--site``, ...); the
-model and SAEs are the index's own.
+model and SAEs are the index's own, and so is the model precision unless ``--dtype`` names another (then a
+warning says so).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from dataclasses import dataclass, field
 
 from s3attn.config import add_config
 from s3attn.errors import S3Error
-from s3attn.retrieval.retriever import DEFAULT_MODE, MODES, RetrievalConfig, check_retrieval
+from s3attn.retrieval.retriever import (
+    DEFAULT_MODE,
+    DTYPE_INDEX,
+    MODES,
+    RetrievalConfig,
+    check_question_dtype,
+    check_retrieval,
+)
 
 CONFIG_NAME = "ask"  # configs/ask.yaml, if a site ships one
 
@@ -32,6 +40,9 @@ class AskConfig:
     """Print the answer and spans as JSON."""
     generate: bool = True
     """Generate an answer (--no-generate: retrieve only)."""
+    dtype: str = DTYPE_INDEX
+    """Model precision: index (the one the index was built in), auto, bfloat16, float16 or float32; another
+    than the index's is used with a warning."""
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     """Retrieval and generation settings."""
 
@@ -50,6 +61,7 @@ def check_ask(cfg: AskConfig, question: str) -> AskConfig:
     if cfg.mode not in MODES:
         raise S3Error(f"--mode {cfg.mode}: choose one of {', '.join(MODES)}")
     check_retrieval(cfg.retrieval)
+    check_question_dtype(cfg.dtype)
     if not question.strip():
         raise S3Error("the question is empty; ask something")
     return cfg
@@ -67,7 +79,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from s3attn.retrieval.retriever import Retriever
 
     cfg = check_ask(args.cfg, args.question)
-    retriever = Retriever(args.index, cfg=cfg.retrieval)
+    retriever = Retriever(args.index, cfg=cfg.retrieval, dtype=cfg.dtype)
     if cfg.generate:
         ans = retriever.answer(args.question, cfg.mode, explain=cfg.show_spans)
         spans, text, n_prompt, secs = ans.spans, ans.text, ans.prompt_tokens, ans.seconds

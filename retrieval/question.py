@@ -115,7 +115,7 @@ def question_codes(
             x_THD = (taps.queries if tap_site == SITE_QUERY else taps.keys)[layer][0, lo:hi]
             n_tok, n_heads, _ = x_THD.shape
             kv_of_head = kv_of_query if tap_site == SITE_QUERY else range(n_heads)
-            enc = sae.encode(rearrange(x_THD, "t h d -> (t h) d").to(sae.dtype))
+            enc = sae.encode(rearrange(x_THD, "t h d -> (t h) d").to(sae.dtype))  # as the index keys were
             idx_THK = rearrange(enc.top_indices, "(t h) k -> t h k", t=n_tok).cpu().numpy()
             act_THK = rearrange(enc.top_acts, "(t h) k -> t h k", t=n_tok).float().cpu().numpy()
             for kv in sorted(set(kv_of_query)):

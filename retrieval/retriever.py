@@ -3,10 +3,14 @@
 Modes: ``s3`` (SAE co-activation spans), ``bm25`` (passages), ``hybrid`` = S3 u BM25 u bias (first and
 last tokens), deduplicated, in document order, within the token budget; ``full`` = the whole index text,
 middle-truncated to the model's window as LongBench does.
+
+The model answers in the precision the index was built in (``IndexAttrs.dtype``) unless ``dtype`` says
+otherwise; then a warning names both (the question's codes may differ a little from the index's).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +21,7 @@ import torch
 
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
+from s3attn.models.precision import DTYPE_CHOICES, DTYPES, dtype_name, model_dtype, resolve_dtype
 from s3attn.retrieval.fusion import FusionConfig, check_fusion_config, hybrid_spans, normalised
 from s3attn.retrieval.question import (
     QuestionConfig,
@@ -31,6 +36,9 @@ from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans
 MODES = ("s3", "bm25", "hybrid", "full")
 DEFAULT_MODE = "hybrid"
 ANSWER_INSTRUCTION = "Answer the question using the text above. Answer briefly."
+DTYPE_INDEX = "index"  # --dtype of ask: the precision the index was built in
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,9 +114,20 @@ def decode_many(tokenizer, ids: list[list[int]]) -> list[str]:
 
 
 class Retriever:
-    """Opens an index with its model and SAEs (checked to match) and answers questions from it."""
+    """Opens an index with its model and SAEs (checked to match) and answers questions from it.
 
-    def __init__(self, index: str | Path, *, cfg: RetrievalConfig | None = None, stack=None):
+    ``dtype``: the model precision (``auto``, ``bfloat16``, ``float16``, ``float32``); None or ``index``: the
+    one the index was built in. ``stack``: an already loaded ``load_stack`` result to use instead (its model's
+    precision is then the one used; ``dtype`` must be None, ``index`` or that one)."""
+
+    def __init__(
+        self,
+        index: str | Path,
+        *,
+        cfg: RetrievalConfig | None = None,
+        stack=None,
+        dtype: str | torch.dtype | None = None,
+    ):
         from s3attn.index_builder.reader import IndexReader
         from s3attn.saes.checkpoint import read_release_config
         from s3attn.saes.stack import load_stack
@@ -116,14 +135,26 @@ class Retriever:
         self.cfg = check_retrieval(cfg or RetrievalConfig())
         self.store = IndexReader.open(index)
         meta = self.store.meta
+        want = question_dtype(index, meta.dtype, dtype, stack)
         if stack is None:
             release = Path(meta.sae_release_path or "")
             if not release.is_dir():
                 raise S3Error(
                     f"{index}: its SAE release {release} is missing; rebuild the index or restore it"
                 )
-            stack = load_stack(release, read_release_config(release), list(meta.layers), meta.model)
+            stack = load_stack(
+                release, read_release_config(release), list(meta.layers), meta.model, dtype=DTYPES[want]
+            )
         self.loaded, self.saes, self.geom = stack
+        self.dtype = want
+        if want != meta.dtype:
+            logger.warning(
+                "%s was built in %s; answering in %s as asked (the question's codes may differ a little "
+                "from the index's)",
+                index,
+                meta.dtype,
+                want,
+            )
         if self.loaded.model_id != meta.model_id:
             raise S3Error(f"{index}: built with model {meta.model_id}, not {self.loaded.model_id}")
         sae = next(iter(self.saes.values()))
@@ -133,11 +164,7 @@ class Retriever:
         self.model = self.loaded.model
         self._bm25 = None
         self._encoders: dict[tuple[str, bool], QuestionEncoder] = {}
-        self.doc_table = self._doc_table()
-        self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
-        ends = np.array([e for _, _, _, e in self.doc_table], dtype=np.int64)
-        sink = self._doc_starts[:, None] + np.arange(self.cfg.sink_tokens)[None, :]
-        self._sink_positions = sink[sink < ends[:, None]]
+        self._set_documents()
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _doc_table(self) -> list[tuple[int, str, int, int]]:
@@ -145,6 +172,26 @@ class Retriever:
 
         paths = {d.doc_id: d.path for d in self.store.documents()}
         return [(d, paths[d], s, e) for d, s, e in doc_ranges(self.store)]
+
+    def _set_documents(self) -> None:
+        """The document table, starts and attention-sink positions of the generation ``store`` reads."""
+        self.doc_table = self._doc_table()
+        self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
+        ends = np.array([e for _, _, _, e in self.doc_table], dtype=np.int64)
+        sink = self._doc_starts[:, None] + np.arange(self.cfg.sink_tokens)[None, :]
+        self._sink_positions = sink[sink < ends[:, None]]
+
+    def refresh(self) -> bool:
+        """Move to the newest index generation between questions (Lucene's ``openIfChanged``): the index
+        reader (only new segments are opened), the document table, and the BM25 index (loaded again only
+        when the writer rebuilt it; passages of documents this generation lacks stay hidden). Returns
+        whether the index reader moved."""
+        moved = self.store.refresh()
+        if moved:
+            self._set_documents()
+        if self._bm25 is not None:
+            self._bm25 = self._bm25.refreshed([(d, s, e) for d, _, s, e in self.doc_table])
+        return moved
 
     @property
     def encoder(self) -> QuestionEncoder:
@@ -158,10 +205,12 @@ class Retriever:
 
     @property
     def bm25(self):
+        """The BM25 index as the generation ``store`` reads sees it (``bm25_view.BM25View``)."""
         if self._bm25 is None:
-            from s3attn.index_builder.bm25 import BM25Index
+            from s3attn.retrieval.bm25_view import BM25View
 
-            self._bm25 = BM25Index.load(self.store.path / BM25_DIR)
+            ranges = [(d, s, e) for d, _, s, e in self.doc_table]
+            self._bm25 = BM25View.load(self.store.path / BM25_DIR, ranges)
         return self._bm25
 
     def prompt(self, context: str, question: str) -> str:
@@ -290,6 +339,33 @@ class Retriever:
             max_new_tokens or self.cfg.max_new_tokens,
         )
         return Answer(text, spans, n_prompt, time.perf_counter() - t0)
+
+
+def check_question_dtype(dtype: str) -> str:
+    """``dtype`` if it is ``index`` or a ``--dtype`` choice, else a one-line S3Error."""
+    if dtype != DTYPE_INDEX and dtype not in DTYPE_CHOICES:
+        raise S3Error(f"--dtype {dtype}: choose one of {DTYPE_INDEX}, {', '.join(DTYPE_CHOICES)}")
+    return dtype
+
+
+def question_dtype(index: str | Path, built: str, dtype: str | torch.dtype | None, stack=None) -> str:
+    """The precision (a name) questions on an index built in ``built`` are answered in: ``dtype`` (a name,
+    ``auto`` resolved for the CPU, or a torch dtype), or ``built`` when it is None or ``index``; with a
+    ``stack`` passed in, its model's. One-line S3Errors for an unknown name or a stack in another precision."""
+    if isinstance(dtype, torch.dtype):
+        dtype = dtype_name(dtype)
+    if dtype in (None, DTYPE_INDEX):
+        if built not in DTYPES:
+            raise S3Error(f"{index}: built in precision {built!r}, which this s3attn does not know; upgrade")
+        asked = None
+    else:
+        asked = dtype_name(resolve_dtype(check_question_dtype(dtype), "cpu"))  # load_stack loads on the CPU
+    if stack is None:
+        return asked or built
+    loaded_in = dtype_name(model_dtype(stack[0].model))
+    if asked is not None and asked != loaded_in:
+        raise S3Error(f"--dtype {dtype}: the model passed in is loaded in {loaded_in}; load it in {asked}")
+    return loaded_in
 
 
 @torch.no_grad()

@@ -51,6 +51,9 @@ class StackOptions:
     """Model; default: the release's model ('smollm2-135m' for the published release)."""
     layers: list[int] | None = None
     """Layers to index (a subset of the release's); default: all of the release's layers."""
+    dtype: str = "auto"
+    """Model precision: auto (bfloat16 on a GPU or CPU that computes it natively, else float32), bfloat16,
+    float16 or float32. An index records it; adding to an existing index with auto keeps the index's."""
 
 
 # ---- values ------------------------------------------------------------------------------------------

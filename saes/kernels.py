@@ -7,6 +7,11 @@ applied to the ``k`` winners only (``relu`` is monotone, so the values equal tho
 the weight gradients one embedding bag per latent over the ``N x d_in`` inputs, whose index sort the
 encoder and decoder share); the losses have two-op backward passes. Nothing ``N x latents`` is kept for
 backward. Few, large ops also matter on a shared CPU: each parallel region waits for descheduled threads.
+
+Under ``torch.autocast`` (float32 parameters) the encoder matmul and its top-k search run in the autocast
+dtype, as ``F.linear`` would; the selected values come back in float32, and the decoder, losses and all
+backward passes stay float32 (mixed precision with float32 master weights, as eai-sparsify trains).
+bfloat16 parameters run their sparse backward passes with float32 accumulation.
 """
 
 from __future__ import annotations
@@ -34,16 +39,28 @@ _SCRATCH = threading.local()
 
 
 def _scratch(numel: int, dtype: torch.dtype) -> Tensor:
-    """A per-thread CPU buffer reused across calls: a fresh multi-MiB block costs page faults every time."""
-    buf = getattr(_SCRATCH, "buf", None)
+    """A per-thread CPU buffer per dtype reused across calls: a fresh multi-MiB block costs page faults
+    every time (one per dtype, so fp32 and bf16 SAEs stepped in turn do not reallocate each other's)."""
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    buf = bufs.get(dtype)
     if (
         buf is None
-        or buf.dtype != dtype
         or buf.numel() < numel
         or buf.is_inference() != torch.is_inference_mode_enabled()  # Lightning predict runs in inference mode
     ):
-        buf = _SCRATCH.buf = torch.empty(numel, dtype=dtype)
+        buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
     return buf[:numel]
+
+
+def _matmul_dtype(x: Tensor) -> torch.dtype:
+    """Dtype of the encoder matmul and top-k search: the autocast dtype when autocast is on for ``x``'s
+    device and ``x`` is float32 (as ``F.linear`` would do there), else ``x``'s own dtype."""
+    device_type = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
 
 
 def _group_plan(num_latents: int, k: int) -> list[int]:
@@ -53,6 +70,14 @@ def _group_plan(num_latents: int, k: int) -> list[int]:
         plan.append(_GROUP)
         size //= _GROUP
     return plan
+
+
+def _gather_cols(src_BM: Tensor, idx_BC: Tensor) -> Tensor:
+    """``src.gather(1, idx)``; 2-byte floats move as int16 (the same bits): torch's multi-threaded CPU
+    gather is ~2.5x slower for bfloat16 than for int16 or float32."""
+    if src_BM.element_size() == 2 and src_BM.is_floating_point():
+        return src_BM.view(torch.int16).gather(1, idx_BC).view(src_BM.dtype)
+    return src_BM.gather(1, idx_BC)
 
 
 def _pyramid_topk(pre_BM: Tensor, k: int, plan: list[int], out: tuple[Tensor, Tensor]) -> None:
@@ -75,16 +100,28 @@ def _pyramid_topk(pre_BM: Tensor, k: int, plan: list[int], out: tuple[Tensor, Te
         offsets = torch.arange(0, width, width // g, device=level.device)
         cand = (chosen.unsqueeze(2) + offsets).view(n, k * g)
         if i:
-            chosen = cand.gather(1, torch.topk(level.gather(1, cand), k, dim=1, sorted=False)[1])
+            chosen = cand.gather(1, torch.topk(_gather_cols(level, cand), k, dim=1, sorted=False)[1])
         else:  # last level: write values and latent ids straight into the caller's slices
             pos = torch.empty_like(out[1])
-            torch.topk(level.gather(1, cand), k, dim=1, sorted=False, out=(out[0], pos))
+            torch.topk(_gather_cols(level, cand), k, dim=1, sorted=False, out=(out[0], pos))
             torch.gather(cand, 1, pos, out=out[1])
 
 
 @torch.no_grad()
 def _topk_preacts(xc_ND: Tensor, W_MD: Tensor, b_M: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k of ``xc @ W.T + b`` per row (raw values, unordered), one cache-sized row block at a time."""
+    """Top-k of ``xc @ W.T + b`` per row (raw values, unordered), one cache-sized row block at a time.
+
+    Under autocast (float32 inputs) the matmul and the search run in the autocast dtype, on a buffer half
+    the size; the ``k`` values come back in ``xc``'s dtype, so everything downstream stays float32.
+    """
+    out_dtype, dtype = xc_ND.dtype, _matmul_dtype(xc_ND)
+    if dtype != out_dtype:
+        vals_NK, idx_NK = _topk_preacts_in(xc_ND.to(dtype), W_MD.to(dtype), b_M.to(dtype), k)
+        return vals_NK.to(out_dtype), idx_NK
+    return _topk_preacts_in(xc_ND, W_MD, b_M, k)
+
+
+def _topk_preacts_in(xc_ND: Tensor, W_MD: Tensor, b_M: Tensor, k: int) -> tuple[Tensor, Tensor]:
     n, num_latents = xc_ND.shape[0], W_MD.shape[0]
     vals_NK = torch.empty(n, k, dtype=xc_ND.dtype, device=xc_ND.device)
     idx_NK = torch.empty(n, k, dtype=torch.long, device=xc_ND.device)
@@ -92,7 +129,9 @@ def _topk_preacts(xc_ND: Tensor, W_MD: Tensor, b_M: Tensor, k: int) -> tuple[Ten
         return vals_NK, idx_NK
     W_DM = W_MD.t()
     if xc_ND.device.type != "cpu":  # one pass: GPU topk is fast and blocks would only add launches
-        torch.topk(torch.addmm(b_M, xc_ND, W_DM), k, dim=1, sorted=False, out=(vals_NK, idx_NK))
+        with torch.autocast(xc_ND.device.type, enabled=False):  # all operands already share one dtype
+            pre_NM = torch.addmm(b_M, xc_ND, W_DM)
+        torch.topk(pre_NM, k, dim=1, sorted=False, out=(vals_NK, idx_NK))
         return vals_NK, idx_NK
     step = max(1, min(n, _CPU_BLOCK_ELEMS // num_latents))
     buf = _scratch(step * num_latents, xc_ND.dtype).view(step, num_latents)

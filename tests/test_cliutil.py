@@ -260,6 +260,28 @@ def test_the_commands_take_the_flags_users_type() -> None:
     )  # fmt: skip
 
 
+def test_every_command_takes_dtype() -> None:
+    """--dtype: the model precision of build, ask, eval and the training harvest (--sae-dtype: the SAE's)."""
+    from s3attn.evaluation.cli import parse_args as eval_args
+    from s3attn.index_builder.cli import _parser
+    from s3attn.train.cli import parse_args as train_args
+
+    cfg = train_args(["--dtype", "float32", "--sae-dtype", "bfloat16"])
+    assert (cfg.dtype, cfg.sae_dtype) == ("float32", "bfloat16")
+    assert (train_args([]).dtype, train_args([]).sae_dtype) == ("auto", "float32")
+    assert (
+        eval_args([]).stack.dtype == "auto" and eval_args(["--dtype", "bfloat16"]).stack.dtype == "bfloat16"
+    )
+    for argv, want in (
+        (["build", "corpus/"], "auto"),
+        (["build", "corpus/", "--dtype", "float16"], "float16"),
+        (["build", "corpus/", "--stack.dtype", "bfloat16"], "bfloat16"),
+    ):
+        assert _parser(argv).parse_args(argv).cfg.stack.dtype == want
+    for argv, want in ((["ask", "I", "q"], "index"), (["ask", "I", "q", "--dtype", "float32"], "float32")):
+        assert _parser(argv).parse_args(argv).cfg.dtype == want
+
+
 def test_a_config_file_goes_to_the_chosen_subcommand_only(tmp_path: Path) -> None:
     from s3attn.index_builder.cli import _parser
 

@@ -39,6 +39,7 @@ from s3attn.index_builder.cli import main
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.prefill import plan_chunks
 from s3attn.index_builder.reader import IndexReader
+from s3attn.models.precision import resolve_dtype
 from s3attn.models.taps import tap_heads
 from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, load_many, write_release
 
@@ -82,7 +83,7 @@ class World:
 
         self.root = root
         self.model = save_tiny_model_dir(root / "m", "llama")
-        self.loaded = load_model(str(self.model))
+        self.loaded = load_model(str(self.model), dtype=resolve_dtype("auto", "cpu"))  # as the builds load it
         self.tok = self.loaded.tokenizer
         self.rel = _release(root / "rel", self.loaded.model_id, "tiny-rel", 0)
         self.rel_b = _release(root / "rel_b", self.loaded.model_id, "tiny-rel-b", 1)
@@ -176,10 +177,10 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     stacks: dict[str, tuple] = {}
     real_load_stack = pipeline_mod.load_stack
 
-    def cached_load_stack(release, rel_cfg, layers, model):  # the model loads once per release
-        key = f"{Path(release).resolve()}|{layers}|{model}"
+    def cached_load_stack(release, rel_cfg, layers, model, **kw):  # the model loads once per release
+        key = f"{Path(release).resolve()}|{layers}|{model}|{kw}"
         if key not in stacks:
-            stacks[key] = real_load_stack(release, rel_cfg, layers, model)
+            stacks[key] = real_load_stack(release, rel_cfg, layers, model, **kw)
         return stacks[key]
 
     mp = pytest.MonkeyPatch()

@@ -133,6 +133,7 @@ def test_index_of_format_1_is_read(old_index: tuple[Path, dict]) -> None:
     path, expected = old_index
     with IndexReader.open(path) as st:
         assert st.format_version == 1 and st.meta.format_version == 1
+        assert st.meta.dtype == "float32" and "dtype" not in st.attrs  # built before precision was recorded
         assert st.verify() == []
         assert [s.name for s in st.segments] == expected["segments"]
         assert [s.open_doc for s in st.segments] == expected["open_doc"] == [False, True, False]

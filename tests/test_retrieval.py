@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_WORDS, save_tiny_model_dir
+from conftest import TINY_WORDS, make_tiny_release, save_tiny_model_dir
 
 from s3attn.config import StackOptions
 from s3attn.errors import S3Error
@@ -20,20 +20,12 @@ from s3attn.models.loading import load_model
 from s3attn.retrieval.fusion import FusionConfig
 from s3attn.retrieval.question import idf_weights, pool_features, question_token_range
 from s3attn.retrieval.retriever import RetrievalConfig, Retriever
-from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release
 
 LAYERS = (1, 3)
 
 
 def make_release(out: Path, model_dir: Path, *, latents: int = 64, k: int = 4) -> Path:
-    model_id = load_model(str(model_dir)).model_id
-    torch.manual_seed(0)
-    saes = {layer: TopKSAE(SaeConfig(d_in=16, num_latents=latents, k=k)) for layer in LAYERS}
-    metas = {
-        layer: SaeMeta(model_id=model_id, layer=layer, sites=("k", "q"), head_dim=16) for layer in LAYERS
-    }
-    info = {"model_id": model_id, "dataset": "random", "dataset_license": "n/a", "context_length": 64}
-    return write_release(out, saes, metas, info)
+    return make_tiny_release(out, model_dir, LAYERS, latents=latents, k=k)
 
 
 def words(n: int, seed: int) -> str:
@@ -347,3 +339,13 @@ def test_hybrid_drops_weak_s3_spans(tiny_index, retriever):
     assert any(s.score < 0.9 for s in every)
     assert strong and all(s.score >= 0.9 for s in strong)
     assert len(strong) < len(every)
+
+
+def test_questions_run_in_the_precision_the_index_was_built_in(tiny_index, retriever: Retriever) -> None:
+    """The fixture's build used --dtype auto: the index records what that resolved to on this CPU (bf16
+    with AMX / AVX512-BF16, else float32) and the retriever loads the model in the same precision."""
+    from s3attn.models.precision import dtype_name, resolve_dtype
+
+    auto = resolve_dtype("auto", "cpu")
+    assert retriever.store.meta.dtype == dtype_name(auto) == retriever.dtype
+    assert retriever.model.dtype == auto

@@ -286,3 +286,37 @@ def test_training_reduces_fvu():
     with torch.no_grad():
         end = sae(probe).fvu.item()
     assert end < 0.5 * start
+
+
+@pytest.mark.parametrize("plan", [[4], [4, 4]])
+def test_pyramid_topk_bf16_is_exact(plan):
+    torch.manual_seed(5)
+    pre = torch.randn(40, 256).bfloat16()  # bf16 rounding leaves many ties
+    out = torch.empty(40, 8, dtype=torch.bfloat16), torch.empty(40, 8, dtype=torch.long)
+    sae_mod._pyramid_topk(pre, 8, plan, out)
+    assert torch.equal(out[0].sort(1).values, pre.topk(8, dim=1).values.sort(1).values)
+    assert torch.equal(pre.gather(1, out[1]), out[0])
+
+
+def test_autocast_encodes_in_bf16_and_backprops_in_fp32():
+    sae = make_sae()
+    x = torch.randn(64, 16)
+    ref = sae(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x)
+    assert out.top_acts.dtype == torch.float32 and out.sae_out.dtype == torch.float32
+    assert torch.equal(out.top_acts, out.top_acts.bfloat16().float())  # the pre-activations came from bf16
+    same = (out.top_indices.sort(1).values == ref.top_indices.sort(1).values).all(1)
+    assert same.float().mean() > 0.9
+    assert abs(out.fvu.item() - ref.fvu.item()) < 0.02
+    out.fvu.backward()
+    ours = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    assert all(g.dtype == torch.float32 for g in ours.values())
+    # dense fp32 reference restricted to the latents autocast selected
+    sae.zero_grad()
+    pre = torch.relu((x - sae.b_dec) @ sae.encoder.weight.T + sae.encoder.bias)
+    mask = torch.zeros_like(pre).scatter(1, out.top_indices, 1.0)
+    recon = (pre * mask) @ sae.W_dec + sae.b_dec  # fp32 activations: bf16's differ by ~2**-9
+    ((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=2e-2, atol=2e-3, msg=name)

@@ -22,6 +22,7 @@ import torch
 from conftest import TINY_WORDS, save_tiny_model_dir
 
 from s3attn.constants import RELEASE_CARD, RELEASE_CONFIG, SAE_CFG, SAE_WEIGHTS
+from s3attn.models.precision import accelerator_device, resolve_dtype
 from s3attn.saes import SaeConfig, TopKSAE, load_many
 from s3attn.train.cli import main, parse_args
 from s3attn.train.config import TrainConfig
@@ -61,6 +62,9 @@ def cli_args(env: Env, out: Path, *extra: str, tokens: int = TOKENS, every: int 
         f"--sae-batch 256 --buffer 2048 --holdout-contexts 2 --checkpoint-every {every} --no-progress"
     )
     return ["--model", str(env.model), "--corpus", str(env.corpus), "--out", str(out), *sizes.split(), *extra]
+
+
+TRAIN_LM_DTYPE = resolve_dtype("auto", accelerator_device("auto"))  # bf16 on a CPU with AMX / AVX512-BF16
 
 
 def release_weights(release: Path) -> dict[str, torch.Tensor]:
@@ -130,7 +134,7 @@ def test_release_written_loadable_and_trained(env: Env, full_run: Path) -> None:
     assert sorted(saes) == list(LAYERS)
 
     # The recorded held-out FVU is the FVU of the written SAE on the held-out contexts' head vectors.
-    loaded = load_model(str(env.model))
+    loaded = load_model(str(env.model), dtype=TRAIN_LM_DTYPE)  # as s3-train-sae --dtype auto loads it
     dm = CorpusDataModule(
         Corpus(env.corpus),
         loaded.tokenizer,
@@ -298,7 +302,7 @@ def test_activation_cache_written_then_reused_without_the_lm(env: Env, monkeypat
     assert rows == LM_BATCH * CONTEXT * 2 * 2
     assert group["rank0/L1"].shape == (STEPS * rows, 16)
     # The cached rows of the first step are the head vectors of the first training batch.
-    loaded = load_model(str(env.model))
+    loaded = load_model(str(env.model), dtype=TRAIN_LM_DTYPE)  # as s3-train-sae --dtype auto loads it
     stream = ContextStream(
         list(Corpus(env.corpus)),
         loaded.tokenizer,
@@ -433,6 +437,17 @@ def test_bad_input_exits_2_with_one_line(env: Env, tmp_path: Path, capsys, case:
     assert not (tmp_path / "rel" / RELEASE_CONFIG).exists()
     if case == "out-not-a-release":
         assert sorted(os.listdir(tmp_path / "stuff")) == ["notes.txt"]  # left alone
+
+
+@pytest.mark.parametrize("opt, value", [("--dtype", "bf16"), ("--sae-dtype", "float16")])
+def test_bad_precision_exits_2_with_one_line(env: Env, tmp_path: Path, capsys, opt: str, value: str) -> None:
+    """--dtype is the LM's precision (auto, bfloat16, float16, float32), --sae-dtype the SAE's."""
+    with pytest.raises(SystemExit) as exc:
+        main([*cli_args(env, tmp_path / "rel"), opt, value])
+    assert exc.value.code == 2
+    line = stderr_error_line(capsys.readouterr().err)
+    assert f"{opt} {value}: choose" in line and "bfloat16" in line, line
+    assert not (tmp_path / "rel" / RELEASE_CONFIG).exists()
 
 
 def test_skip_bad_files_warns_and_skips(env: Env, tmp_path: Path, capsys) -> None:

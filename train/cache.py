@@ -50,6 +50,8 @@ class ActivationCache:
     def for_run(cls, cfg, model_id: str, world: int) -> ActivationCache:
         import os
 
+        from s3attn.models.precision import accelerator_device, dtype_name, resolve_dtype
+
         key = {
             "model_id": model_id,
             "corpus": str(Path(cfg.corpus).resolve()),
@@ -62,6 +64,8 @@ class ActivationCache:
             "world": world,
             "lm_batch": cfg.lm_batch,
             "tokens": cfg.tokens,
+            # vectors harvested in another model precision are other vectors
+            "dtype": dtype_name(resolve_dtype(cfg.dtype, accelerator_device(cfg.accelerator))),
         }
         # Global rank before the trainer exists (Lightning's DDP launcher sets these for the ranks it starts).
         rank = int(os.environ.get("NODE_RANK", 0)) * cfg.devices + int(os.environ.get("LOCAL_RANK", 0))

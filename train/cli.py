@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from s3attn.config import parse_config
 from s3attn.errors import S3Error, cli_entry
 from s3attn.logs import setup_cli_logging
+from s3attn.paths import atomic_write_text, kill_point
 from s3attn.train.config import TrainConfig
 
 PROG = "s3-train-sae"
@@ -46,8 +47,8 @@ def validate(cfg: TrainConfig, model, head_dim: int) -> None:
         )
     if not 0 <= cfg.q_fraction < 1:
         raise S3Error(f"--q-fraction {cfg.q_fraction}: must be in [0, 1)")
-    if cfg.dtype not in ("float32", "bfloat16"):
-        raise S3Error(f"--dtype {cfg.dtype}: choose float32 or bfloat16")
+    if cfg.sae_dtype not in ("float32", "bfloat16"):
+        raise S3Error(f"--sae-dtype {cfg.sae_dtype}: choose float32 or bfloat16")
     if cfg.tokens < cfg.context_length:
         raise S3Error(f"--tokens {cfg.tokens}: below one context ({cfg.context_length} tokens)")
 
@@ -169,6 +170,7 @@ def save_state(run: Run, run_dir: Path) -> bool:
         run.cache.flush()  # every rank; the all_gather below waits for all of them
     trainer = run.trainer
     trainer.save_checkpoint(str(run.state_path) + ".tmp", weights_only=False)
+    kill_point("final-state-tmp")  # test-only hooks (s3attn.paths.kill_point)
     if trainer.global_rank == 0:
         os.replace(str(run.state_path) + ".tmp", run.state_path)
     digest = weights_digest(run.module)
@@ -180,7 +182,8 @@ def save_state(run: Run, run_dir: Path) -> bool:
         dist.all_gather_object(digests, digest)
     if trainer.global_rank != 0:
         return False
-    (run_dir / "ranks.json").write_text(json.dumps({"weights_sha256": digests}, indent=2))
+    atomic_write_text(run_dir / "ranks.json", json.dumps({"weights_sha256": digests}, indent=2))
+    kill_point("final-state")
     return True
 
 
@@ -251,9 +254,11 @@ def train(cfg: TrainConfig) -> Path:
     docs = list(corpus)  # fail early on an empty or unreadable corpus, before the slow imports
 
     from s3attn.models.loading import load_model
+    from s3attn.models.precision import accelerator_device, resolve_dtype
     from s3attn.models.taps import attention_geometry
 
-    loaded = load_model(cfg.model)
+    dtype = resolve_dtype(cfg.dtype, accelerator_device(cfg.accelerator))  # a bad --dtype before the load
+    loaded = load_model(cfg.model, dtype=dtype)
     head_dim = attention_geometry(loaded.model).head_dim
     validate(cfg, loaded.model, head_dim)
     run = prepare(cfg, corpus, docs, loaded, head_dim, run_dir)

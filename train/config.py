@@ -51,8 +51,11 @@ class TrainConfig:
     """Every N-th context is held out of training and used for the final FVU / dead-fraction metrics."""
     holdout_contexts: int = 16
     """Held-out contexts evaluated at the end."""
-    dtype: str = "float32"
-    """SAE parameter dtype: float32 or bfloat16 (the LM runs in float32)."""
+    sae_dtype: str = "float32"
+    """SAE parameter dtype: float32 or bfloat16 (harvested head vectors reach the SAE as float32)."""
+    dtype: str = "auto"
+    """LM precision for the harvest: auto (bfloat16 on a GPU or CPU that computes it natively, else
+    float32), bfloat16, float16 or float32."""
     devices: int = 1
     """Processes/devices (DDP when > 1; gloo on CPU)."""
     accelerator: str = "auto"

@@ -28,7 +28,7 @@ class SaeTrainer(L.LightningModule):
         self.automatic_optimization = False
         object.__setattr__(self, "_lm", lm)  # frozen LM: not a submodule, not in checkpoints
         latents = cfg.latents or cfg.expansion * head_dim
-        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        dtype = torch.bfloat16 if cfg.sae_dtype == "bfloat16" else torch.float32
         self.sae_cfg = SaeConfig(d_in=head_dim, num_latents=latents, k=cfg.k)
         self.saes = torch.nn.ModuleDict(
             {str(layer): TopKSAE(self.sae_cfg, dtype=dtype) for layer in cfg.layers}
