@@ -11,21 +11,36 @@ On disk (one folder, written to a temp folder and renamed into place)::
     <folder>/  bm25s files (data/indices/indptr .csc.index.npy, vocab.index.json, params.index.json)
                BM25_PASSAGES  int64 [P, 3] doc_id, start, end
                BM25_TEXTS     passage texts (parquet, zstd), so a rebuild needs no caller
-               BM25_META      format version, passage count, tokenizer settings
+               BM25_META      format version, passage count, tokenizer settings, crc32 of every other file
+
+:meth:`BM25Index.load` checks the files against those checksums (they are read whole anyway) and raises
+``IndexCorruptError`` naming a damaged file; :func:`verify_bm25` is the BM25 part of ``s3-index verify``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import bm25s
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from s3attn.constants import BM25_FORMAT_VERSION, BM25_META, BM25_PASSAGES, BM25_TEXTS
-from s3attn.errors import S3Error
+from s3attn.constants import (
+    BM25_CHECKSUMS,
+    BM25_DIR,
+    BM25_FORMAT_VERSION,
+    BM25_META,
+    BM25_PASSAGES,
+    BM25_STATE,
+    BM25_TEXTS,
+)
+from s3attn.errors import READ_ERRORS, IndexCorruptError, S3Error, index_damaged, one_line
 
 STOPWORDS = "en"
 STEMMER_NAME = "s-stemmer"
@@ -113,27 +128,114 @@ class BM25Index:
     # ---- disk -------------------------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str | Path) -> BM25Index:
+        """The index saved in ``folder``. S3Error when it is not one (or of another format);
+        IndexCorruptError naming the file when a file is missing, damaged or not the one its checksum (in
+        ``BM25_META``, where recorded) names."""
         folder = Path(folder)
-        meta_path = folder / BM25_META
-        if not meta_path.is_file():
-            raise S3Error(f"{folder}: not a BM25 index (no {BM25_META}); build the index again")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise S3Error(f"{meta_path}: unreadable ({err}); build the index again") from None
-        if meta.get("format_version") != BM25_FORMAT_VERSION:
-            raise S3Error(
-                f"{meta_path}: format_version {meta.get('format_version')} is not {BM25_FORMAT_VERSION}; "
-                "rebuild the index with this version of s3-attention"
-            )
+        meta = read_meta(folder)
+        for name, crc in sorted(meta.get(BM25_CHECKSUMS, {}).items()):  # absent: written before checksums
+            if not (folder / name).is_file():
+                raise _damaged(folder, name, "missing")
+            with _reading(folder, name):
+                found = f"{zlib.crc32((folder / name).read_bytes()) & 0xFFFFFFFF:08x}"
+            if found != crc:
+                raise _damaged(folder, name, f"its crc32 is not the one {BM25_META} records")
         for name in (BM25_PASSAGES, BM25_TEXTS):
             if not (folder / name).is_file():
-                raise S3Error(f"{folder}: {name} is missing; build the index again")
-        passages = np.load(folder / BM25_PASSAGES, allow_pickle=False)
-        texts = pq.read_table(folder / BM25_TEXTS).column("text").to_pylist()
-        if passages.shape != (meta["num_passages"], 3) or len(texts) != meta["num_passages"]:
-            raise S3Error(f"{folder}: passages/texts do not match {BM25_META}; build the index again")
+                raise _damaged(folder, name, "missing")
+        with _reading(folder, BM25_PASSAGES):
+            passages = np.load(folder / BM25_PASSAGES, allow_pickle=False)
+        with _reading(folder, BM25_TEXTS):
+            texts = pq.read_table(folder / BM25_TEXTS).column("text").to_pylist()
+        n = meta["num_passages"]
+        if passages.shape != (n, 3) or passages.dtype != np.int64 or len(texts) != n:
+            raise _damaged(
+                folder, BM25_PASSAGES, f"passages/texts do not hold the {n} passages {BM25_META} says"
+            )
         retriever = None
         if not meta.get("empty"):
-            retriever = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False, verbosity=0)
+            with _reading(folder, "bm25s files (*.index.*)"):
+                retriever = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False, verbosity=0)
         return cls(passages, texts, retriever)
+
+
+# ---- damage -----------------------------------------------------------------------------------------------
+def _damaged(folder: Path, name: str, reason: object) -> IndexCorruptError:
+    """The error for damaged file ``name`` of the BM25 folder (inside the index folder)."""
+    return index_damaged(folder.parent, f"{folder.name}/{name}", reason)
+
+
+@contextlib.contextmanager
+def _reading(folder: Path, name: str) -> Iterator[None]:
+    """Turn what reading a damaged file raises (an Arrow error too) into IndexCorruptError."""
+    try:
+        yield
+    except (*READ_ERRORS, pa.ArrowException) as err:
+        raise _damaged(folder, name, err) from err
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """crc32 (8 hex digits) of every file in ``folder`` but ``BM25_META``, which records them (the writer
+    calls it on the folder it has just written)."""
+    return {
+        p.name: f"{zlib.crc32(p.read_bytes()) & 0xFFFFFFFF:08x}"
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != BM25_META
+    }
+
+
+def read_meta(folder: Path) -> dict:
+    """``BM25_META`` of ``folder``, checked; S3Error when absent or of another format, IndexCorruptError
+    when damaged."""
+    meta_path = folder / BM25_META
+    if not meta_path.is_file():
+        raise S3Error(f"{folder}: not a BM25 index (no {BM25_META}); build the index again")
+    with _reading(folder, BM25_META):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise _damaged(folder, BM25_META, "not a JSON object")
+    if meta.get("format_version") != BM25_FORMAT_VERSION:
+        raise S3Error(
+            f"{meta_path}: format_version {meta.get('format_version')} is not {BM25_FORMAT_VERSION}; "
+            "rebuild the index with this version of s3-attention"
+        )
+    n, sums = meta.get("num_passages"), meta.get(BM25_CHECKSUMS, {})
+    sums_ok = isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or not sums_ok:
+        raise _damaged(folder, BM25_META, "num_passages or checksums malformed")
+    expected = {"stopwords": STOPWORDS, "stemmer": STEMMER_NAME, "method": "lucene"}
+    bad = [k for k, v in expected.items() if meta.get(k, v) != v]
+    if bad or not isinstance(meta.get("empty", False), bool):
+        raise _damaged(folder, BM25_META, f"unknown tokenizer settings {bad or ['empty']}")
+    return meta
+
+
+def verify_bm25(index: Path, num_tokens: int) -> list[str]:
+    """Problems of the BM25 index of the index folder ``index`` (covering ``num_tokens`` tokens): damaged,
+    missing or stale files, passages outside the index; one line each. No BM25 at all is no problem."""
+    folder, state_file = index / BM25_DIR, index / BM25_STATE
+    if not folder.exists() and not state_file.exists():
+        return []
+    try:
+        bm25 = BM25Index.load(folder)
+    except IndexCorruptError as err:
+        return [f"{err.where}: {err.reason}"]
+    except S3Error as err:
+        return [str(err)]
+    p = bm25.passages_P3
+    if p.size and (p[:, 1].min() < 0 or p[:, 2].max() > num_tokens or (p[:, 1] >= p[:, 2]).any()):
+        return [f"{BM25_DIR}/{BM25_PASSAGES}: passages outside the index's {num_tokens} tokens"]
+    if (np.diff(p[:, 1]) < 0).any() or (np.diff(p[:, 0]) < 0).any():
+        return [f"{BM25_DIR}/{BM25_PASSAGES}: passages not in document order"]
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        covered, passages = state["tokens"], state["passages"]
+    except (*READ_ERRORS, TypeError) as err:
+        return [f"{BM25_STATE}: unreadable ({one_line(err)})"]
+    if passages != len(bm25):
+        return [f"{BM25_STATE}: says {passages} passages, {BM25_DIR} holds {len(bm25)}"]
+    if covered != num_tokens:
+        return [
+            f"{BM25_STATE}: BM25 covers {covered} of the index's {num_tokens} tokens (stale: build again)"
+        ]
+    return []

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from s3attn.constants import BM25_FORMAT_VERSION, BM25_META, BM25_PASSAGES, BM25_TEXTS
+from s3attn.constants import BM25_CHECKSUMS, BM25_FORMAT_VERSION, BM25_META, BM25_PASSAGES, BM25_TEXTS
 from s3attn.errors import S3Error
-from s3attn.index_builder.bm25 import STEMMER_NAME, STOPWORDS, BM25Index, Passage, stem_words
+from s3attn.index_builder.bm25 import STEMMER_NAME, STOPWORDS, BM25Index, Passage, file_checksums, stem_words
 from s3attn.paths import atomic_write_json, publish_dir
 
 
@@ -96,6 +96,7 @@ class BM25Writer(BM25Index):
                 "stemmer": STEMMER_NAME,
                 "method": "lucene",
                 "empty": self.retriever is None,
+                BM25_CHECKSUMS: file_checksums(tmp),  # checked by BM25Index.load and s3-index verify
             }
             atomic_write_json(tmp / BM25_META, meta)
             publish_dir(tmp, folder)

@@ -17,6 +17,9 @@ name. Arrays of format 1 carry no such attribute: :func:`infer_layout_v1` (the r
 recognises their layout from their codecs. Decoded Blosc chunks are kept in an LRU (segments are immutable,
 so a cached chunk never goes stale). Any other array (another store, codec, chunk grid or an unknown layout
 name) is read through zarr, so the index stays a standard Zarr store either way.
+
+A damaged chunk file (short, undecodable, a corrupt shard index, a whole-array Blosc chunk that does not match
+the array's checksum) raises :class:`ChunkDamage`; ``segment_reader`` turns it into ``IndexCorruptError``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from s3attn.index_builder.schema import (
     LAYOUT_RAW,
     LAYOUT_SHARDED,
     LAYOUTS,
+    array_checksum,
     concat_ranges,
 )
 
@@ -49,6 +53,12 @@ MAX_OPEN_FILES = min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 closed and reopened as needed, so a large index stays well inside the process's descriptor limit."""
 
 _EMPTY = np.uint64(2**64 - 1)  # shard index entry of an inner chunk that was not written (fill value)
+
+
+class ChunkDamage(ValueError):
+    """A chunk file that cannot be what its array's metadata says: cut short, an undecodable Blosc frame,
+    a corrupt shard index, or a whole-array chunk that does not match the array's checksum. The message
+    names the file relative to the array (``c/<i>``); the segment reader adds the index and the array."""
 
 
 class Layout(NamedTuple):
@@ -192,8 +202,14 @@ class ChunkReader:
         except Exception:  # at interpreter exit the os module may be gone already
             pass
 
-    def read(self, arr: zarr.Array, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        """``concatenate([arr[s:s + n] for s, n in zip(starts, lens)])``."""
+    def read(
+        self, arr: zarr.Array, starts: np.ndarray, lens: np.ndarray, checksum: str | None = None
+    ) -> np.ndarray:
+        """``concatenate([arr[s:s + n] for s, n in zip(starts, lens)])``.
+
+        ``checksum``: the array's crc32 (``schema.array_checksum``); a Blosc chunk that holds the whole
+        array is checked against it when it is decoded (once: it is cached). A damaged chunk file raises
+        :class:`ChunkDamage`."""
         starts = np.asarray(starts, dtype=np.int64)
         lens = np.asarray(lens, dtype=np.int64)
         name = str(arr.store_path)
@@ -217,11 +233,12 @@ class ChunkReader:
         if layout.kind == LAYOUT_RAW:
             views = {c: self._mapped(arr, layout, c) for c in dict.fromkeys(chunk_ids)}
         else:
-            views = {c: self._chunk(arr, layout, files, c) for c in dict.fromkeys(chunk_ids)}
+            whole = checksum if arr.shape[0] <= layout.chunk else None  # one chunk holds the whole array
+            views = {c: self._chunk(arr, layout, files, c, whole) for c in dict.fromkeys(chunk_ids)}
         for c, lo, hi, at in zip(chunk_ids, lo_P, hi_P, at_P):
             data = views[c]
             if hi > data.size:
-                raise ValueError(f"{layout.folder / str(c)}: chunk file is short; run s3-index verify")
+                raise ChunkDamage(f"c/{c // layout.per_file}: chunk file is short")
             out[at : at + hi - lo] = data[lo:hi]
         return out
 
@@ -244,8 +261,11 @@ class ChunkReader:
             self._maps[key] = data
         return data
 
-    def _chunk(self, arr: zarr.Array, layout: Layout, files: _Files, c: int) -> np.ndarray:
-        """Decoded (inner) chunk ``c`` (LRU-cached)."""
+    def _chunk(
+        self, arr: zarr.Array, layout: Layout, files: _Files, c: int, checksum: str | None = None
+    ) -> np.ndarray:
+        """Decoded (inner) chunk ``c`` (LRU-cached); checked against ``checksum`` when it is given (the
+        chunk then holds the whole array)."""
         key = (str(layout.folder), c)
         hit = self._cache.get(key)
         if hit is not None:
@@ -256,7 +276,9 @@ class ChunkReader:
         if frame is None:  # never written: the fill value
             out = np.full(n, arr.fill_value, dtype=arr.dtype)
         else:  # Zarr v3 stores edge chunks whole (padded with the fill value)
-            out = np.frombuffer(decompress(frame), dtype=arr.dtype)[:n]
+            out = _decode(frame, arr.dtype, n, f"c/{c // layout.per_file}")
+        if checksum is not None and array_checksum(out) != checksum:
+            raise ChunkDamage(f"c/{c // layout.per_file}: does not match the array's checksum")
         self._cache[key] = out
         self._bytes += out.nbytes
         while self._bytes > self.max_bytes and len(self._cache) > 1:
@@ -277,7 +299,7 @@ class ChunkReader:
             return None
         frame = os.pread(fd, int(nbytes), int(offset))
         if len(frame) != nbytes:
-            raise ValueError(f"{layout.folder / str(shard)}: shard file is short; run s3-index verify")
+            raise ChunkDamage(f"c/{shard}: shard file is short")
         return frame
 
     def _index(self, layout: Layout, shard: int, fd: int) -> np.ndarray:
@@ -286,13 +308,26 @@ class ChunkReader:
         index = self._shard_index.get(key)
         if index is None:
             size = 16 * layout.per_file
-            tail = os.pread(fd, size + 4, os.fstat(fd).st_size - size - 4)
+            file_size = os.fstat(fd).st_size
+            tail = os.pread(fd, size + 4, file_size - size - 4) if file_size >= size + 4 else b""
             if len(tail) != size + 4 or google_crc32c.value(tail[:size]) != int.from_bytes(
                 tail[size:], "little"
             ):
-                raise ValueError(f"{layout.folder / str(shard)}: shard index is corrupt; run s3-index verify")
+                raise ChunkDamage(f"c/{shard}: shard index is corrupt")
             index = self._shard_index[key] = np.frombuffer(tail[:size], dtype="<u8").reshape(-1, 2)
         return index
+
+
+def _decode(frame: bytes, dtype: np.dtype, n: int, name: str) -> np.ndarray:
+    """The first ``n`` entries of a Blosc ``frame``; :class:`ChunkDamage` naming chunk file ``name`` when it
+    does not decode or holds fewer."""
+    try:
+        raw = decompress(frame)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ChunkDamage(f"{name}: Blosc cannot decode it ({err})") from None
+    if len(raw) < n * dtype.itemsize:
+        raise ChunkDamage(f"{name}: decodes to {len(raw)} bytes, fewer than its {n} entries")
+    return np.frombuffer(raw, dtype=dtype, count=n)
 
 
 class _Files:

@@ -2,9 +2,11 @@
 collect garbage). It extends :class:`~s3attn.index_builder.reader.IndexReader`, so a writer reads too.
 
 Crash safety: a segment is written under ``segments/.tmp-<uuid>``, renamed to ``segments/seg-NNNNNN`` when
-complete, and only then listed in ``manifest.json`` (atomic rename). The manifest is the one source of truth;
-folders it does not list are garbage, removed by ``garbage_collect`` (run whenever the index is opened for
-writing). One writer at a time holds an fcntl lock on ``index.lock``.
+complete, and only then listed in ``manifest.json`` (atomic rename; a copy of each generation's manifest is
+written to ``manifests/`` just before). The manifest is the one source of truth for new readers; folders it
+does not list are garbage once no live reader's leased generation lists them either (``s3attn.leases``), and
+``garbage_collect`` removes them: when the index is opened for writing, after every commit, and by
+``s3-index gc``. One writer at a time holds an fcntl lock on ``index.lock``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fcntl
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -34,7 +37,7 @@ from s3attn.constants import (
 )
 from s3attn.errors import S3Error
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentAttrs, SegmentMeta
-from s3attn.index_builder.reader import IndexReader, open_index_group
+from s3attn.index_builder.reader import IndexReader, open_index_group, open_snapshot, segments_in_use
 from s3attn.index_builder.schema import DocRecord, SegmentData, segment_checksum, segment_name, segment_path
 from s3attn.index_builder.segment_writer import (
     HeadPostings,
@@ -44,7 +47,24 @@ from s3attn.index_builder.segment_writer import (
     pick_merge_run,
     write_segment_arrays,
 )
+from s3attn.leases import Lease, manifest_copy, prune_manifest_copies, sweep_leases
 from s3attn.paths import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+class GcReport(NamedTuple):
+    """What :meth:`IndexWriter.garbage_collect` did."""
+
+    deleted: list[str]  # segment folders removed (merged away or dropped, temp folders, crash leftovers)
+    pending: list[str]  # segment folders kept: a generation that a live reader holds lists them
+    leased: list[int]  # the generations live readers hold
+
+
+def _publish_manifest(path: Path, manifest: Manifest) -> None:
+    """Keep a copy of ``manifest`` under ``manifests/``, then make it ``manifest.json`` (atomic rename)."""
+    atomic_write_json(manifest_copy(path, manifest.generation), manifest.to_json())
+    atomic_write_json(path / INDEX_MANIFEST, manifest.to_json())
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -71,10 +91,17 @@ class IndexWriter(IndexReader):
     """An index opened for writing (``create`` / ``open``): holds the writer lock until :meth:`close`."""
 
     def __init__(
-        self, path: Path, root: zarr.Group, manifest: Manifest, meta: IndexAttrs, lock_fd: int | None
+        self,
+        path: Path,
+        root: zarr.Group,
+        manifest: Manifest,
+        meta: IndexAttrs,
+        lock_fd: int | None,
+        lease: Lease | None = None,
     ) -> None:
         self._lock_fd = lock_fd
-        super().__init__(path, root, manifest, meta)
+        self.last_gc: GcReport | None = None  # what the last garbage_collect did
+        super().__init__(path, root, manifest, meta, lease)
 
     # ---- opening ---------------------------------------------------------------------------------------
     @classmethod
@@ -102,7 +129,7 @@ class IndexWriter(IndexReader):
             root = zarr.create_group(LocalStore(path / INDEX_ROOT), attributes=meta.to_json())
             root.create_group(SEGMENTS_DIR)
             manifest = Manifest()
-            atomic_write_json(path / INDEX_MANIFEST, manifest.to_json())
+            _publish_manifest(path, manifest)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -130,13 +157,15 @@ class IndexWriter(IndexReader):
     @classmethod
     def _open(cls, path: Path, *, write: bool) -> IndexWriter:
         lock_fd = _take_lock(path) if write and (path / INDEX_MANIFEST).is_file() else None
-        try:
-            root, manifest, meta = open_index_group(path, write=write)
+        try:  # a read-only view leases its generation, as IndexReader.open does
+            root, manifest, meta, lease = (
+                (*open_index_group(path, write=True), None) if write else open_snapshot(path)
+            )
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        store = cls(path, root, manifest, meta, lock_fd)
+        store = cls(path, root, manifest, meta, lock_fd, lease)
         if write:
             store.garbage_collect()
         return store
@@ -156,9 +185,17 @@ class IndexWriter(IndexReader):
             raise S3Error(f"{self.path}: index opened read-only; open it with write=True to change it")
 
     def _swap(self, manifest: Manifest) -> None:
-        """Publish ``manifest`` (atomic rename), then make it the live one here."""
-        atomic_write_json(self.path / INDEX_MANIFEST, manifest.to_json())
+        """Publish ``manifest`` (its copy, then ``manifest.json`` by atomic rename); make it the live one here.
+        Callers run :meth:`_collect` once the commit is complete."""
+        _publish_manifest(self.path, manifest)
         self._set_manifest(manifest)
+
+    def _collect(self) -> None:
+        """Garbage collection after a commit; a failure here only leaves garbage for the next one."""
+        try:
+            self.garbage_collect()
+        except OSError as err:
+            logger.warning("%s: garbage collection failed (%s); run s3-index gc", self.path, err)
 
     # ---- changing ----------------------------------------------------------------------------------------
     def drop_open_tail(self) -> int:
@@ -169,8 +206,7 @@ class IndexWriter(IndexReader):
         if not dropped:
             return 0
         self._swap(self._manifest.swapped(self._manifest.segments[:keep]))
-        for e in dropped:
-            shutil.rmtree(self._seg_dir(e.name), ignore_errors=True)
+        self._collect()  # the dropped folders go once no live reader's generation lists them
         return len(dropped)
 
     def _publish(
@@ -203,6 +239,7 @@ class IndexWriter(IndexReader):
             if published:
                 shutil.rmtree(final, ignore_errors=True)
             raise
+        self._collect()  # segments[where] go once no live reader's generation lists them
         return name
 
     def absorb(self, other: IndexWriter) -> int:
@@ -236,6 +273,7 @@ class IndexWriter(IndexReader):
             )
             token_at, doc_at = token_at + e.num_tokens, doc_at + e.num_docs
         self._swap(self._manifest.swapped([*self._manifest.segments, *new_entries]))
+        self._collect()
         return len(new_entries)
 
     def add_segment(self, data: SegmentData, *, open_doc: bool = False) -> str:
@@ -277,8 +315,6 @@ class IndexWriter(IndexReader):
         )
         docs = [d for r in readers for d in r.docs()]
         self._publish(entry, token_ids, docs, merged_heads(readers, self.heads), slice(lo, hi))
-        for e in entries:  # no longer live: the manifest no longer names them
-            shutil.rmtree(self._seg_dir(e.name), ignore_errors=True)
 
     def merge(self, max_segments_per_tier: int = 8, *, into_one: bool = False) -> int:
         """Tiered merge: segments fall in tiers by size (factor ``max_segments_per_tier``); while a run of
@@ -295,14 +331,30 @@ class IndexWriter(IndexReader):
             self._merge_run(*run)
             merged += run[1] - run[0]
 
-    def garbage_collect(self) -> None:
-        """Delete segment folders the manifest does not list (temp folders, leftovers of a crash)."""
+    def garbage_collect(self) -> GcReport:
+        """Delete the segment folders no live reader needs: those that neither the current manifest nor the
+        manifest of a generation a live reader holds lists (merged-away or dropped segments once their readers
+        moved on, closed or died; temp folders; crash leftovers). Lease files of readers that are gone and
+        manifest copies of generations nobody holds go too."""
         self._require_write()
+        if not manifest_copy(self.path, self.generation).is_file():  # written before copies were kept
+            atomic_write_json(manifest_copy(self.path, self.generation), self._manifest.to_json())
+        leased = sweep_leases(self.path)
+        in_use = segments_in_use(self.path, self._manifest, leased)
         live = {s.name for s in self._manifest.segments}
+        deleted, pending = [], []
         seg_root = self.path / INDEX_ROOT / SEGMENTS_DIR
-        if seg_root.is_dir():
-            for child in seg_root.iterdir():
-                if child.is_dir() and child.name not in live:
-                    shutil.rmtree(child, ignore_errors=True)
+        for child in sorted(seg_root.iterdir()) if seg_root.is_dir() else ():
+            if not child.is_dir() or child.name in live:
+                continue
+            temp = child.name.startswith(SEGMENT_TMP_PREFIX)  # never listed: a writer died writing it
+            if (child.name in in_use) if in_use is not None else not temp:
+                pending.append(child.name)  # a live reader's generation lists it: the next collection
+                continue
+            shutil.rmtree(child, ignore_errors=True)
+            deleted.append(child.name)
+        prune_manifest_copies(self.path, leased | {self.generation})
         for stray in self.path.glob(f".{INDEX_MANIFEST}.*.tmp"):
             stray.unlink(missing_ok=True)
+        self.last_gc = GcReport(deleted, pending, sorted(leased))
+        return self.last_gc

@@ -1,63 +1,130 @@
 """``IndexReader``: read access to a posting-list index on disk (Lucene-style immutable segments in one Zarr
 v3 group, listed by ``manifest.json``). Writing is ``indexer.IndexWriter``, which extends this class.
 
-Readers take no lock: a reader sees the segments the manifest listed when it opened the index (segments are
-immutable, and a file a later merge deletes stays readable through the descriptors already open).
+Snapshot reads: a reader sees one manifest generation from open until :meth:`IndexReader.refresh` moves it to
+the newest one (Lucene's ``openIfChanged``). It holds a lease on that generation (``s3attn.leases``: a shared
+``flock`` on ``leases/gen-NNNNNN.lock``) until it moves or closes, and writers delete no segment that a leased
+generation lists, so a merge in another process never removes files under a reader.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
 from s3attn.constants import INDEX_KIND, INDEX_MANIFEST, INDEX_ROOT, INDEX_TOKENS_ARRAY, SEGMENTS_DIR
-from s3attn.errors import S3Error
+from s3attn.errors import READ_ERRORS, S3Error, index_damaged, one_line
+from s3attn.index_builder.bm25 import verify_bm25
 from s3attn.index_builder.chunks import ChunkReader
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentMeta, read_manifest
 from s3attn.index_builder.schema import TOKEN_DTYPE, DocRecord, Postings, disk_usage, segment_path
-from s3attn.index_builder.segment_reader import SegmentReader, read_postings, verify_segment
+from s3attn.index_builder.segment_reader import (
+    SegmentReader,
+    open_segment,
+    read_postings,
+    verify_segment,
+    verify_segments_group,
+)
+from s3attn.leases import MAX_TRIES, Lease, manifest_copy
 
 
 def open_index_group(path: Path, *, write: bool) -> tuple[zarr.Group, Manifest, IndexAttrs]:
     """The root group (read-write when ``write``), the manifest and the typed root attributes of the index
-    at ``path``; S3Error naming the file when one is missing or unreadable."""
+    at ``path``; S3Error naming the file when one is missing, IndexCorruptError when one is damaged."""
     if not (path / INDEX_MANIFEST).is_file():
         raise S3Error(
             f"{path}: no s3attn index here ({INDEX_MANIFEST} missing); build one with s3-index build"
         )
     manifest = read_manifest(path)
+    where, hint = f"{INDEX_ROOT}/zarr.json", f"s3-index verify {path} cannot check the index without it: "
+    hint += "restore it from a backup or rebuild the index"
     try:
         root = zarr.open_group(
             LocalStore(path / INDEX_ROOT, read_only=not write), mode="r+" if write else "r"
         )
         raw = root.attrs.asdict()
-    except Exception as err:
-        raise S3Error(
-            f"{path / INDEX_ROOT}: unreadable index group ({type(err).__name__}); rebuild the index"
-        ) from None
+    except READ_ERRORS as err:
+        raise index_damaged(path, where, err, hint) from err
     if raw.get("kind") != INDEX_KIND:
-        raise S3Error(
-            f"{path / INDEX_ROOT}: not an s3attn index (kind={raw.get('kind')!r}); rebuild the index"
-        )
+        raise index_damaged(path, where, f"kind is {raw.get('kind')!r}, not {INDEX_KIND!r}", hint)
     try:
         meta = IndexAttrs.from_json(raw)
     except ValueError as err:
-        raise S3Error(f"{path / INDEX_ROOT}: malformed index attributes ({err}); rebuild the index") from None
+        raise index_damaged(path, where, f"malformed index attributes: {err}", hint) from err
     return root, manifest, meta
+
+
+# ---- generations and leases -------------------------------------------------------------------------
+def lease_current(path: Path, first: Manifest) -> tuple[Manifest, Lease | None]:
+    """Lease the generation of ``first`` (the manifest just read) and confirm it is still the current one:
+    then the lease was in place before any writer made it old, so the collection after that commit sees it.
+    When a writer moved on meanwhile, lease the newer one instead. Returns the manifest and its lease."""
+    manifest = first
+    for _ in range(MAX_TRIES):
+        lease = Lease.take(path, manifest.generation)
+        if lease is None:
+            return manifest, None
+        now = read_manifest(path)
+        if now.generation == manifest.generation:
+            return manifest, lease
+        lease.release()
+        manifest = now
+    raise S3Error(f"{path}: the index changes faster than it can be opened; try again")
+
+
+def read_manifest_copy(path: Path, generation: int) -> Manifest | None:
+    """The kept manifest of ``generation`` (``manifests/``), or None when it is missing or unreadable."""
+    try:
+        manifest = Manifest.from_json(json.loads(manifest_copy(path, generation).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.generation == generation else None
+
+
+def segments_in_use(path: Path, current: Manifest, leased: set[int]) -> set[str] | None:
+    """Names of the segments the current generation or a leased one lists; None when the manifest of a
+    leased generation cannot be read (then only temp folders may be deleted)."""
+    names = {s.name for s in current.segments}
+    for gen in sorted(leased - {current.generation}):
+        manifest = read_manifest_copy(path, gen)
+        if manifest is None:
+            return None
+        names.update(s.name for s in manifest.segments)
+    return names
+
+
+class Snapshot(NamedTuple):
+    """An index opened at one generation: its root group, manifest, attributes and the reader's lease."""
+
+    root: zarr.Group
+    manifest: Manifest
+    meta: IndexAttrs
+    lease: Lease | None  # None where the index folder is read-only (then nothing changes it)
+
+
+def open_snapshot(path: Path) -> Snapshot:
+    """The index at ``path`` read-only, with its current generation leased (see ``s3attn.leases``)."""
+    root, first, meta = open_index_group(path, write=False)
+    manifest, lease = lease_current(path, first)
+    return Snapshot(root, manifest, meta, lease)
 
 
 class IndexReader:
     """An index folder opened for reading: documents, tokens, posting lists, document frequencies, checks."""
 
-    def __init__(self, path: Path, root: zarr.Group, manifest: Manifest, meta: IndexAttrs) -> None:
+    def __init__(
+        self, path: Path, root: zarr.Group, manifest: Manifest, meta: IndexAttrs, lease: Lease | None = None
+    ) -> None:
+        self._lease = lease  # held until refresh() moves it or close()
         self.path = path
         self._root = root
         self.meta = meta
@@ -67,13 +134,39 @@ class IndexReader:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> IndexReader:
-        """Open the index at ``path`` for reading."""
+        """Open the index at ``path`` for reading, at its current generation (leased until close)."""
         path = Path(path)
-        return cls(path, *open_index_group(path, write=False))
+        return cls(path, *open_snapshot(path))
 
     def close(self) -> None:
-        """Release the chunk files held open for reads."""
+        """Release the chunk files held open for reads and the lease on the generation read."""
         self._chunks.close()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
+    def refresh(self) -> bool:
+        """Move to the newest generation if a writer committed one since this reader opened or last moved
+        (Lucene's ``openIfChanged``; call it between questions). Segment readers of segments still listed are
+        kept and only new segments are opened (on first use); the lease moves to the new generation, so the
+        segments only the old one listed can be deleted. Returns whether the reader moved."""
+        current = read_manifest(self.path)
+        if current.generation == self.generation:
+            return False
+        manifest, lease = lease_current(self.path, current)
+        dropped = {s.name for s in self._manifest.segments} - {s.name for s in manifest.segments}
+        old, self._lease = self._lease, lease
+        self._set_manifest(manifest)
+        if dropped:  # descriptors and maps of files the new generation no longer lists
+            self._chunks.close()
+        if old is not None:
+            old.release()
+        return True
+
+    @property
+    def leased_generation(self) -> int | None:
+        """The generation this reader holds a lease on (None: not leased, e.g. a read-only index folder)."""
+        return self._lease.generation if self._lease is not None else None
 
     def __enter__(self) -> IndexReader:
         return self
@@ -146,7 +239,7 @@ class IndexReader:
     def _reader(self, entry: SegmentMeta) -> SegmentReader:
         r = self._readers.get(entry.name)
         if r is None:
-            r = self._readers[entry.name] = SegmentReader(self._root[segment_path(entry.name)], entry)
+            r = self._readers[entry.name] = open_segment(self._root, entry, self.path, self.meta.num_latents)
         return r
 
     def _seg_dir(self, name: str) -> Path:
@@ -171,9 +264,9 @@ class IndexReader:
         while start < end and i < len(segs):
             stop = min(end, segs[i].token_end)
             if stop > start:
-                arr = self._reader(segs[i]).array(INDEX_TOKENS_ARRAY)
                 rel = start - segs[i].token_start
-                parts.append(self._chunks.read(arr, [rel], [stop - start]).astype(TOKEN_DTYPE))
+                ids = self._reader(segs[i]).read(self._chunks, INDEX_TOKENS_ARRAY, [rel], [stop - start])
+                parts.append(ids.astype(TOKEN_DTYPE))
                 start = stop
             i += 1
         return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
@@ -217,8 +310,9 @@ class IndexReader:
         }
 
     def verify(self) -> list[str]:
-        """Check every invariant of the index; returns one line per problem (empty list = sound)."""
-        problems: list[str] = []
+        """Check every invariant of the index, every file read whole; returns one line per problem (empty
+        list = sound): damaged or missing files are problems, never exceptions."""
+        problems = verify_segments_group(self._root, bool(self._manifest.segments))
         expect_start, expect_doc = 0, 0
         for entry in self._manifest.segments:
             name = entry.name
@@ -233,8 +327,8 @@ class IndexReader:
                 found = verify_segment(group, entry, self.heads, self.meta.num_latents, self.meta.k)
                 problems += [f"segment {name}: {p}" for p in found]
             except Exception as err:
-                problems.append(f"segment {name}: unreadable ({type(err).__name__}: {err})")
-        return problems
+                problems.append(f"segment {name}: unreadable ({one_line(err)})")
+        return problems + verify_bm25(self.path, self.num_tokens)
 
 
 def doc_ranges(index: IndexReader) -> list[tuple[int, int, int]]:

@@ -2,17 +2,30 @@
 
 A segment holds the tokens ``[token_start, token_start + T)`` and, per (layer, kv head), CSR posting lists
 ``feature -> sorted segment-relative positions`` (see ``schema``). Writing segments is ``segment_writer``.
+Reading a damaged segment raises ``IndexCorruptError`` naming the index, segment and array; ``verify_segment``
+reports damage as problem lines instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import zarr
 
-from s3attn.constants import INDEX_ACT_ARRAY, INDEX_GAPS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_TOKENS_ARRAY
-from s3attn.index_builder.chunks import ChunkReader
+from s3attn.constants import (
+    INDEX_ACT_ARRAY,
+    INDEX_GAPS_ARRAY,
+    INDEX_MANIFEST,
+    INDEX_OFFSETS_ARRAY,
+    INDEX_TOKENS_ARRAY,
+    SEGMENTS_DIR,
+)
+from s3attn.errors import READ_ERRORS, IndexCorruptError, index_damaged, one_line
+from s3attn.index_builder.chunks import ChunkDamage, ChunkReader
 from s3attn.index_builder.meta import SegmentAttrs, SegmentMeta
 from s3attn.index_builder.schema import (
     ACT_SCALE_ATTR,
@@ -26,9 +39,11 @@ from s3attn.index_builder.schema import (
     head_array,
     head_group,
     segment_checksum,
+    segment_path,
 )
 
 HEAD_ARRAYS = (INDEX_OFFSETS_ARRAY, INDEX_GAPS_ARRAY, INDEX_ACT_ARRAY)
+ATTRS_FILE = "its attributes (zarr.json)"
 
 
 def act_scale_attr(group: zarr.Group) -> object:
@@ -36,13 +51,70 @@ def act_scale_attr(group: zarr.Group) -> object:
     return group.attrs.get(ACT_SCALE_ATTR)
 
 
+def scale_problem(scale: object) -> str | None:
+    """Why ``scale`` cannot be an ``act_scale`` (a positive power of two, see ``schema.act_scale_of``)."""
+    ok = isinstance(scale, int | float) and not isinstance(scale, bool) and math.isfinite(scale)
+    if not (ok and scale > 0 and math.frexp(scale)[0] == 0.5):
+        return f"bad act_scale {scale!r} (not a positive power of two)"
+    return None
+
+
+def attrs_problems(attrs: SegmentAttrs, entry: SegmentMeta) -> list[str]:
+    """The segment's attributes against its manifest entry: token range, checksum table, documents table."""
+    problems: list[str] = []
+    start, n = attrs.token_start, attrs.num_tokens
+    if start != entry.token_start or n != entry.num_tokens:
+        problems.append("token_start/num_tokens differ from the manifest")
+    if segment_checksum(dict(attrs.checksums), start, n) != entry.checksum:
+        problems.append("checksum table does not match the manifest")
+    if len(attrs.docs) != entry.num_docs:
+        problems.append(f"{len(attrs.docs)} documents, the manifest says {entry.num_docs}")
+    pos = start
+    for d in attrs.docs:
+        if d.token_start != pos or d.num_tokens <= 0:
+            problems.append(f"document {d.path} does not start where the previous one ends")
+            break
+        pos += d.num_tokens
+    if pos != start + n:
+        problems.append(f"documents cover {pos - start} tokens, the segment has {n}")
+    return problems
+
+
+def gaps_problems(gaps: np.ndarray, lens: np.ndarray, positions: np.ndarray, n: int) -> list[str]:
+    """Why decoded lists (``gaps`` by list lengths ``lens``, decoded to ``positions``) cannot be posting
+    lists of a segment of ``n`` tokens: a later gap of 0 (not strictly increasing), a position >= n."""
+    lens = np.asarray(lens, dtype=np.int64)
+    first = (np.cumsum(lens) - lens)[lens > 0]
+    problems = []
+    if np.count_nonzero(gaps == 0) != np.count_nonzero(gaps[first] == 0):
+        problems.append("positions not strictly increasing within a list")
+    if positions.size and int(positions.max()) >= n:
+        problems.append(f"positions outside [0, {n})")
+    return problems
+
+
 class SegmentReader:
     """Read access to one published segment; array handles, offsets and scales are cached (segments are
-    immutable)."""
+    immutable).
 
-    def __init__(self, seg: zarr.Group, meta: SegmentMeta) -> None:
+    What reading a damaged file raises becomes an :class:`~s3attn.errors.IndexCorruptError` naming the index,
+    the segment and the array. Checked on first use, at little cost: the attributes against the manifest
+    entry (range, checksum table, documents), each ``offsets`` array against its checksum and its lists'
+    shape, ``act_scale``; on every read, decoded positions (strictly increasing, inside the segment), and a
+    Blosc chunk holding a whole array against the array's checksum (see ``chunks``)."""
+
+    def __init__(
+        self,
+        seg: zarr.Group,
+        meta: SegmentMeta,
+        *,
+        index: str | os.PathLike | None = None,
+        num_features: int | None = None,
+    ) -> None:
         self.group = seg
         self.meta = meta
+        self.index = str(index if index is not None else seg.store_path)  # the index folder, for messages
+        self.num_features = num_features  # F, when known: offsets must hold F + 1 entries
         self.token_start = int(meta.token_start)
         self.num_tokens = int(meta.num_tokens)
         self._arrays: dict[str, zarr.Array] = {}
@@ -50,10 +122,31 @@ class SegmentReader:
         self._scales: dict[tuple[int, int], float] = {}
         self._attrs: SegmentAttrs | None = None
 
+    # ---- damage ------------------------------------------------------------------------------------------
+    def damaged(self, what: str, reason: object) -> IndexCorruptError:
+        """The error for damaged ``what`` (an array path or a file) of this segment."""
+        return index_damaged(self.index, f"segment {self.meta.name}, {what}", reason)
+
+    @contextlib.contextmanager
+    def reading(self, what: str) -> Iterator[None]:
+        """Turn what reading damaged ``what`` raises (see ``errors.READ_ERRORS``) into IndexCorruptError."""
+        try:
+            yield
+        except ChunkDamage as err:
+            raise self.damaged(what, str(err)) from err
+        except READ_ERRORS as err:
+            raise self.damaged(what, err) from err
+
+    # ---- metadata ----------------------------------------------------------------------------------------
     def attrs(self) -> SegmentAttrs:
-        """The segment group's attributes (cached)."""
+        """The segment group's attributes (cached), checked against the manifest entry."""
         if self._attrs is None:
-            self._attrs = SegmentAttrs.from_json(self.group.attrs.asdict())
+            with self.reading(ATTRS_FILE):
+                attrs = SegmentAttrs.from_json(self.group.attrs.asdict())
+            problems = attrs_problems(attrs, self.meta)
+            if problems:
+                raise self.damaged(ATTRS_FILE, problems[0])
+            self._attrs = attrs
         return self._attrs
 
     def docs(self) -> list[DocRecord]:
@@ -63,40 +156,103 @@ class SegmentReader:
     def array(self, path: str) -> zarr.Array:
         arr = self._arrays.get(path)
         if arr is None:
-            arr = self.group[path]
-            if not isinstance(arr, zarr.Array):
-                raise ValueError(f"{path} is not an array")
+            with self.reading(f"{path} (zarr.json)"):
+                arr = self.group[path]
+                if not isinstance(arr, zarr.Array):
+                    raise ValueError(f"{path} is not an array")
             self._arrays[path] = arr
         return arr
 
+    def checked(self, path: str, data: np.ndarray) -> np.ndarray:
+        """``data`` (the whole array ``path``), after checking it against the segment's checksum table."""
+        if array_checksum(data) != self.attrs().checksums.get(path):
+            raise self.damaged(path, "its data do not match the segment's checksum")
+        return data
+
     def offsets(self, layer: int, kv: int) -> np.ndarray:
-        """CSR offsets as int64 [F+1] (cached in RAM)."""
+        """CSR offsets as int64 [F+1] (cached in RAM), checked against their checksum on first use."""
         off = self._offsets.get((layer, kv))
         if off is None:
-            off = np.asarray(self.array(head_array(layer, kv, INDEX_OFFSETS_ARRAY))[...]).astype(np.int64)
+            path, gaps, acts = (head_array(layer, kv, kind) for kind in HEAD_ARRAYS)
+            arr = self.array(path)
+            with self.reading(path):
+                off = self.checked(path, np.asarray(arr[...])).astype(np.int64)
+            n = self.array(gaps).shape[0]
+            if self.num_features is not None and off.shape != (self.num_features + 1,):
+                raise self.damaged(path, f"{off.size} entries, the index has {self.num_features} features")
+            if off.size == 0 or off[0] != 0 or (np.diff(off) < 0).any() or off[-1] != n:
+                raise self.damaged(path, "offsets are not monotone from 0 to len(pos_gaps)")
+            if self.array(acts).shape[0] != n:
+                raise self.damaged(acts, "its length differs from pos_gaps")
             self._offsets[(layer, kv)] = off
         return off
 
     def act_scale(self, layer: int, kv: int) -> float:
         s = self._scales.get((layer, kv))
         if s is None:
-            s = float(act_scale_attr(self.group[head_group(layer, kv)]))  # type: ignore[arg-type]
-            self._scales[(layer, kv)] = s
+            where = f"{head_group(layer, kv)} (zarr.json)"
+            with self.reading(where):
+                value = act_scale_attr(self.group[head_group(layer, kv)])
+            problem = scale_problem(value)
+            if problem:
+                raise self.damaged(where, problem)
+            s = self._scales[(layer, kv)] = float(value)  # type: ignore[arg-type]
         return s
 
+    # ---- data --------------------------------------------------------------------------------------------
+    def read(self, chunks: ChunkReader, path: str, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Concatenated ranges of array ``path`` through ``chunks`` (see :meth:`ChunkReader.read`)."""
+        arr, checksum = self.array(path), self.attrs().checksums.get(path)
+        with self.reading(path):
+            return chunks.read(arr, starts, lens, checksum)
+
+    def positions(self, gaps: np.ndarray, lens: np.ndarray, path: str) -> np.ndarray:
+        """Segment-relative positions (int64) of concatenated gap lists of ``path``, checked."""
+        positions = decode_gaps(gaps, lens)
+        problems = gaps_problems(gaps, lens, positions, self.num_tokens)
+        if problems:
+            raise self.damaged(path, problems[0])
+        return positions
+
     def tokens(self, start: int, end: int) -> np.ndarray:
-        """Token ids of segment-relative range [start, end)."""
-        return np.asarray(self.array(INDEX_TOKENS_ARRAY)[start:end], dtype=TOKEN_DTYPE)
+        """Token ids of segment-relative range [start, end) (all of them checked, as a merge reads them)."""
+        with self.reading(INDEX_TOKENS_ARRAY):
+            ids = np.asarray(self.array(INDEX_TOKENS_ARRAY)[start:end], dtype=TOKEN_DTYPE)
+        whole = start == 0 and end >= self.num_tokens
+        return self.checked(INDEX_TOKENS_ARRAY, ids) if whole else ids
 
     def read_head(self, layer: int, kv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Whole head: (offsets uint64 as stored, positions int64 relative, q uint8, act_scale)."""
-        off = np.asarray(self.array(head_array(layer, kv, INDEX_OFFSETS_ARRAY))[...])
-        gaps = np.asarray(self.array(head_array(layer, kv, INDEX_GAPS_ARRAY))[...])
-        q = np.asarray(self.array(head_array(layer, kv, INDEX_ACT_ARRAY))[...])
+        """Whole head: (offsets uint64 as stored, positions int64 relative, q uint8, act_scale), each array
+        checked against its checksum (a merge must not copy damage into a new segment)."""
+        data = []
+        for kind in HEAD_ARRAYS:
+            path = head_array(layer, kv, kind)
+            arr = self.array(path)
+            with self.reading(path):
+                data.append(self.checked(path, np.asarray(arr[...])))
+        off, gaps, q = data
         lens = np.diff(off.astype(np.int64))
         if lens.size and (lens.min() < 0 or int(off[-1]) != gaps.size):
-            raise ValueError("offsets do not describe pos_gaps")
-        return off, decode_gaps(gaps, lens), q, self.act_scale(layer, kv)
+            raise self.damaged(head_array(layer, kv, INDEX_OFFSETS_ARRAY), "offsets do not describe pos_gaps")
+        positions = self.positions(gaps, lens, head_array(layer, kv, INDEX_GAPS_ARRAY))
+        return off, positions, q, self.act_scale(layer, kv)
+
+
+def open_segment(
+    root: zarr.Group, entry: SegmentMeta, index: str | os.PathLike, num_features: int
+) -> SegmentReader:
+    """A :class:`SegmentReader` of the segment ``entry`` names in the index group ``root`` of ``index``;
+    IndexCorruptError when its folder is missing or its metadata unreadable."""
+    where = f"segment {entry.name}"
+    try:
+        group = root[segment_path(entry.name)]
+    except KeyError:
+        raise index_damaged(index, where, f"listed in {INDEX_MANIFEST} but missing on disk") from None
+    except READ_ERRORS as err:
+        raise index_damaged(index, f"{where}, {ATTRS_FILE}", err) from err
+    if not isinstance(group, zarr.Group):
+        raise index_damaged(index, f"{where}, {ATTRS_FILE}", "not a group")
+    return SegmentReader(group, entry, index=index, num_features=num_features)
 
 
 def read_postings(
@@ -111,14 +267,15 @@ def read_postings(
     features = np.asarray(features, dtype=np.int64)
     n_slots = features.size
     parts = []
+    gaps_path, act_path = head_array(layer, kv, INDEX_GAPS_ARRAY), head_array(layer, kv, INDEX_ACT_ARRAY)
     for r in readers:
         off = r.offsets(layer, kv)
         lens = off[features + 1] - off[features]
         if not lens.sum():
             continue
-        gaps = chunks.read(r.array(head_array(layer, kv, INDEX_GAPS_ARRAY)), off[features], lens)
-        q = chunks.read(r.array(head_array(layer, kv, INDEX_ACT_ARRAY)), off[features], lens)
-        positions = decode_gaps(gaps, lens)
+        gaps = r.read(chunks, gaps_path, off[features], lens)
+        q = r.read(chunks, act_path, off[features], lens)
+        positions = r.positions(gaps, lens, gaps_path)
         positions += r.token_start
         parts.append((lens, positions, dequantize_acts(q, r.act_scale(layer, kv))))
     if not parts:
@@ -142,78 +299,94 @@ def read_postings(
 # ---- verification ----------------------------------------------------------------------------------------
 def _check_tables(attrs: SegmentAttrs, entry: SegmentMeta, heads: list[tuple[int, int]], k: int) -> list[str]:
     """The segment's attributes against its manifest entry: range, checksum, documents, postings count."""
-    problems: list[str] = []
-    start, n = attrs.token_start, attrs.num_tokens
-    if start != entry.token_start or n != entry.num_tokens:
-        problems.append("token_start/num_tokens differ from the manifest")
-    if segment_checksum(dict(attrs.checksums), start, n) != entry.checksum:
-        problems.append("checksum table does not match the manifest")
-    if len(attrs.docs) != entry.num_docs:
-        problems.append(f"{len(attrs.docs)} documents, the manifest says {entry.num_docs}")
-    pos = start
-    for d in attrs.docs:
-        if d.token_start != pos or d.num_tokens <= 0:
-            problems.append(f"document {d.path} does not start where the previous one ends")
-            break
-        pos += d.num_tokens
-    if pos != start + n:
-        problems.append(f"documents cover {pos - start} tokens, the segment has {n}")
+    problems = attrs_problems(attrs, entry)
     paths = {INDEX_TOKENS_ARRAY} | {head_array(lay, h, kind) for lay, h in heads for kind in HEAD_ARRAYS}
     if set(attrs.checksums) != paths:
         problems.append("checksum table does not list exactly the segment's arrays")
-    if entry.num_postings != n * k * len(heads):
+    if entry.num_postings != attrs.num_tokens * k * len(heads):
         problems.append(f"num_postings {entry.num_postings} != tokens x k x heads")
     return problems
 
 
-def _check_head(
-    seg: zarr.Group, where: str, load: Callable[[str], np.ndarray], n: int, num_features: int, k: int
-) -> list[str]:
-    """One (layer, kv head) group ``where``: scale, CSR shape, strictly increasing lists, k per token."""
+def _check_groups(seg: zarr.Group, heads: list[tuple[int, int]]) -> list[str]:
+    """The metadata of every group inside the segment (``L<layer>`` and ``L<layer>/h<kv>``) and the scales."""
     problems: list[str] = []
-    off = load(f"{where}/{INDEX_OFFSETS_ARRAY}").astype(np.int64)
-    gaps = load(f"{where}/{INDEX_GAPS_ARRAY}")
-    q = load(f"{where}/{INDEX_ACT_ARRAY}")
-    scale = act_scale_attr(seg[where])
-    if not isinstance(scale, int | float) or not np.isfinite(scale) or scale <= 0:
-        problems.append(f"{where}: bad act_scale {scale!r}")
+    groups = [f"L{layer}" for layer in dict.fromkeys(lay for lay, _ in heads)]
+    for where in groups + [head_group(lay, h) for lay, h in heads]:
+        try:
+            node = seg[where]
+        except READ_ERRORS as err:
+            problems.append(f"{where}/zarr.json: unreadable ({one_line(err)})")
+            continue
+        if not isinstance(node, zarr.Group):
+            problems.append(f"{where}/zarr.json: not a group")
+        elif where not in groups:
+            problem = scale_problem(act_scale_attr(node))
+            problems += [f"{where}: {problem}"] if problem else []
+    return problems
+
+
+def _check_head(
+    where: str, load: Callable[[str], np.ndarray | None], n: int, num_features: int, k: int
+) -> list[str]:
+    """One (layer, kv head) group ``where``: CSR shape, strictly increasing lists, k per token."""
+    off, gaps, q = (load(f"{where}/{kind}") for kind in HEAD_ARRAYS)
+    if off is None or gaps is None or q is None:
+        return []  # reported unreadable by load
+    off = off.astype(np.int64)
     lens = np.diff(off)
     if off.shape != (num_features + 1,) or off[0] != 0 or (lens < 0).any() or off[-1] != gaps.size:
-        return [*problems, f"{where}: offsets are not monotone from 0 to len(pos_gaps)"]
+        return [f"{where}: offsets are not monotone from 0 to len(pos_gaps)"]
+    problems: list[str] = []
     if q.shape != gaps.shape:
         problems.append(f"{where}: act_u8 and pos_gaps differ in length")
-    later = np.ones(gaps.size, dtype=bool)
-    later[off[:-1][lens > 0]] = False
-    if (gaps[later] == 0).any():
-        problems.append(f"{where}: positions not strictly increasing within a list")
     positions = decode_gaps(gaps, lens)
-    if positions.size and (positions.min() < 0 or positions.max() >= n):
-        return [*problems, f"{where}: positions outside [0, {n})"]
+    problems += [f"{where}: {p}" for p in gaps_problems(gaps, lens, positions, n)]
+    if positions.size and int(positions.max()) >= n:
+        return problems  # reported; counting would take a bin per position, however far
     bad = int((np.bincount(positions, minlength=n) != k).sum())
     if bad:
         problems.append(f"{where}: {bad} tokens do not hold exactly k={k} postings")
     return problems
 
 
+def verify_segments_group(root: zarr.Group, expected: bool) -> list[str]:
+    """The metadata of the ``segments`` group (readers open each segment by its path, past it); ``expected``:
+    the manifest lists segments, so the group must exist."""
+    try:
+        node = root[SEGMENTS_DIR]
+    except KeyError:
+        return [f"{SEGMENTS_DIR}/zarr.json: missing"] if expected else []
+    except READ_ERRORS as err:
+        return [f"{SEGMENTS_DIR}/zarr.json: unreadable ({one_line(err)})"]
+    return [] if isinstance(node, zarr.Group) else [f"{SEGMENTS_DIR}/zarr.json: not a group"]
+
+
 def verify_segment(
     seg: zarr.Group, entry: SegmentMeta, heads: list[tuple[int, int]], num_features: int, k: int
 ) -> list[str]:
-    """Every invariant of one published segment against its manifest ``entry``; one line per problem."""
+    """Every invariant of one published segment against its manifest ``entry``; one line per problem (a
+    damaged file is a problem, never an exception)."""
     try:
         attrs = SegmentAttrs.from_json(seg.attrs.asdict())
     except ValueError as err:
-        return [f"segment attributes are malformed ({err})"]
-    problems = _check_tables(attrs, entry, heads, k)
+        return [f"segment attributes are malformed ({one_line(err)})"]
+    problems = _check_tables(attrs, entry, heads, k) + _check_groups(seg, heads)
 
-    def load(path: str) -> np.ndarray:
-        data = np.asarray(seg[path][...])
+    def load(path: str) -> np.ndarray | None:
+        try:
+            data = np.asarray(seg[path][...])
+        except READ_ERRORS as err:
+            problems.append(f"{path}: unreadable ({one_line(err)})")
+            return None
         if array_checksum(data) != attrs.checksums.get(path):
             problems.append(f"{path}: checksum mismatch")
         return data
 
     n = attrs.num_tokens
-    if load(INDEX_TOKENS_ARRAY).shape != (n,):
+    tokens = load(INDEX_TOKENS_ARRAY)
+    if tokens is not None and tokens.shape != (n,):
         problems.append(f"tokens: shape differs from num_tokens={n}")
     for layer, h in heads:
-        problems += _check_head(seg, head_group(layer, h), load, n, num_features, k)
+        problems += _check_head(head_group(layer, h), load, n, num_features, k)
     return problems

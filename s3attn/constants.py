@@ -77,3 +77,15 @@ BM25_FORMAT_VERSION = 1
 BM25_META = "s3attn_bm25.json"  # format_version, passage count, tokenizer settings; written with the rest
 BM25_PASSAGES = "passages.npy"  # int64 [P, 3]: doc_id, start, end (global token positions)
 BM25_TEXTS = "passage_texts.parquet"  # one "text" column, zstd; kept so add() can rebuild
+
+# ---- Index snapshots: readers lease a manifest generation (s3attn/leases.py) ----------------------------
+INDEX_LEASES_DIR = "leases"  # leases/gen-NNNNNN.lock: shared flock of every reader of generation NNNNNN
+INDEX_LEASE_PREFIX = "gen-"
+INDEX_LEASE_SUFFIX = ".lock"
+INDEX_MANIFESTS_DIR = "manifests"  # manifests/manifest-NNNNNN.json: the current and every leased generation
+INDEX_MANIFEST_COPY_PREFIX = "manifest-"
+INDEX_MANIFEST_COPY_SUFFIX = ".json"
+
+# ---- Damage checks ---------------------------------------------------------------------------------------
+BM25_STATE = "bm25.json"  # next to the manifest: how many index tokens (and passages) the BM25 index covers
+BM25_CHECKSUMS = "checksums"  # key in BM25_META: file name -> crc32 (8 hex digits) of each other BM25 file

@@ -1,10 +1,15 @@
-"""Where things live on disk: the cache dir, atomic writes."""
+"""Where things live on disk: the cache dir, atomic writes, temp folders published by rename.
+
+``kill_point`` is a test-only crash hook (see its docstring); it does nothing unless ``S3ATTN_TEST_KILL_AT``
+is set.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -44,14 +49,64 @@ def atomic_write_json(path: Path, obj: object) -> None:
 def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a fully written temp folder into place; an older folder at ``final_dir`` is replaced."""
     final_dir = Path(final_dir)
+    old = final_dir.with_name(f".{final_dir.name}.old")
     if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final_dir)
+    os.replace(tmp_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)  # also one left by a process killed between the two renames
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows: never remove there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def fresh_temp_dir(final_dir: Path) -> Path:
+    """This process's hidden temp folder next to ``final_dir`` (not yet created), for ``publish_dir``.
+
+    Temp folders of ``final_dir`` left by processes that are gone (SIGKILL skips every cleanup) are removed;
+    those of live processes stay.
+    """
+    final_dir = Path(final_dir)
+    prefix = f".{final_dir.name}.tmp-"
+    for entry in final_dir.parent.iterdir() if final_dir.parent.is_dir() else ():
+        pid = entry.name[len(prefix) :]
+        if entry.name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+    tmp = final_dir.with_name(f"{prefix}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+KILL_ENV = "S3ATTN_TEST_KILL_AT"  # test-only: see kill_point
+_kill_counts: dict[str, int] = {}
+
+
+def kill_point(point: str, count: int | None = None) -> None:
+    """Test-only crash hook: SIGKILL this process at a named point when ``S3ATTN_TEST_KILL_AT=<point>:<n>``.
+
+    The process dies the ``n``-th time ``point`` is reached in it, or, when the caller passes ``count`` (a
+    progress value such as the LM step), when ``count == n``. tests/test_train_kill.py uses it to prove
+    that training and the release write survive SIGKILL at exact places; unset, it does nothing.
+    """
+    wanted = os.environ.get(KILL_ENV)
+    if not wanted:
+        return
+    name, _, n = wanted.rpartition(":")
+    if name != point:
+        return
+    if count is None:
+        count = _kill_counts[point] = _kill_counts.get(point, 0) + 1
+    if count == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_writable_dir(path: Path, option: str) -> Path:

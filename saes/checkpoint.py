@@ -40,7 +40,7 @@ from s3attn.constants import (
     TENSOR_W_DEC,
 )
 from s3attn.errors import S3Error
-from s3attn.paths import atomic_write_json, atomic_write_text, publish_dir
+from s3attn.paths import atomic_write_json, atomic_write_text, fresh_temp_dir, kill_point, publish_dir
 
 from .sae import SaeConfig, TopKSAE
 
@@ -334,14 +334,15 @@ def write_release(
         ),
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_temp_dir(out_dir)  # also removes those of earlier writes that were killed
     try:
         tmp.mkdir()
         for layer in sorted(saes):
             save_sae(saes[layer], _layer_dir(tmp, layer), metas[layer])
+            kill_point("release-layer")  # test-only hook (s3attn.paths.kill_point)
         atomic_write_json(tmp / RELEASE_CONFIG, config)
         atomic_write_text(tmp / RELEASE_CARD, _model_card(config, saes, metas))
+        kill_point("release-publish")
         publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

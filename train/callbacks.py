@@ -7,6 +7,8 @@ from pathlib import Path
 
 import lightning as L
 
+from s3attn.paths import kill_point
+
 
 class PeriodicCheckpoint(L.Callback):
     """Save the full training state (SAEs, Adam, buffers, RNG, data position) every ``every`` LM steps.
@@ -18,8 +20,11 @@ class PeriodicCheckpoint(L.Callback):
         self.path, self.every = Path(path), max(1, every)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if int(pl_module.lm_steps) % self.every == 0:
+        step = int(pl_module.lm_steps)
+        if step % self.every == 0:
             tmp = str(self.path) + ".tmp"
             trainer.save_checkpoint(tmp, weights_only=False)  # the full resumable state
+            kill_point("state-tmp", step)  # test-only hooks (s3attn.paths.kill_point)
             if trainer.global_rank == 0:
                 os.replace(tmp, self.path)
+        kill_point("step", step)
