@@ -7,6 +7,7 @@ s3-index merge INDEX
 s3-index gc INDEX
 s3-index ask INDEX "question" [--mode s3|bm25|hybrid|full] [--budget N] [--fusion F] [--dtype index]
              [--show-spans] [--json]
+s3-index serve INDEX [--host 127.0.0.1] [--port 8000] [--mode M] [--budget N]  (HTTP JSON server)
 
 build and ask take --config FILE (YAML); `s3-index build --help` and `s3-index ask --help` list every
 option with its effective default.
@@ -57,6 +58,9 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     from s3attn.retrieval.cli import add_ask_parser
 
     add_ask_parser(sub, argv if command == "ask" else [])
+    from s3attn.retrieval.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -137,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         from s3attn.retrieval.cli import cmd_ask
 
         return cmd_ask(args)
+    if args.command == "serve":
+        from s3attn.retrieval.serve import cmd_serve
+
+        return cmd_serve(args)
     commands = {"build": cmd_build, "info": cmd_info, "verify": cmd_verify, "merge": cmd_merge, "gc": cmd_gc}
     return commands[args.command](args)
 

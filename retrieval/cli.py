@@ -2,7 +2,8 @@
 
 Every RetrievalConfig option is one (``--budget``, ``--fusion``, ``--bm25-weight``, ``--site``, ...); the
 model and SAEs are the index's own, and so is the model precision unless ``--dtype`` names another (then a
-warning says so).
+warning says so). ``--reader PATH`` answers with another model (retrieval keeps the index's), ``--documents
+GLOB`` retrieves only from the documents whose path matches.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +21,7 @@ from s3attn.retrieval.retriever import (
     DEFAULT_MODE,
     DTYPE_INDEX,
     MODES,
+    Answer,
     RetrievalConfig,
     check_question_dtype,
     check_retrieval,
@@ -43,6 +46,13 @@ class AskConfig:
     dtype: str = DTYPE_INDEX
     """Model precision: index (the one the index was built in), auto, bfloat16, float16 or float32; another
     than the index's is used with a warning."""
+    reader: str | None = None
+    """Answer with this model instead of the index's (a local Hugging Face causal-LM folder, or
+    smollm2-135m), in the same precision, prompted with its own tokenizer and chat template; retrieval
+    still uses the index's model."""
+    documents: list[str] | None = None
+    """Retrieve only from the documents whose path matches one of these globs (fnmatch, comma-separated,
+    e.g. 'notes/*.md'); a glob matching no document is an error."""
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     """Retrieval and generation settings."""
 
@@ -79,16 +89,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from s3attn.retrieval.retriever import Retriever
 
     cfg = check_ask(args.cfg, args.question)
-    retriever = Retriever(args.index, cfg=cfg.retrieval, dtype=cfg.dtype)
+    retriever = Retriever(args.index, cfg=cfg.retrieval, dtype=cfg.dtype, reader=cfg.reader)
     if cfg.generate:
-        ans = retriever.answer(args.question, cfg.mode, explain=cfg.show_spans)
-        spans, text, n_prompt, secs = ans.spans, ans.text, ans.prompt_tokens, ans.seconds
+        ans = retriever.answer(args.question, cfg.mode, explain=cfg.show_spans, documents=cfg.documents)
     else:
-        spans = retriever.retrieve(args.question, cfg.mode, explain=cfg.show_spans)
-        text, n_prompt, secs = None, 0, 0.0
+        t0 = time.perf_counter()
+        spans = retriever.retrieve(args.question, cfg.mode, explain=cfg.show_spans, documents=cfg.documents)
+        secs = time.perf_counter() - t0
+        ans = Answer(None, spans, 0, secs, secs, 0.0)
+    spans, text, n_prompt, secs = ans.spans, ans.text, ans.prompt_tokens, ans.seconds
     if cfg.json:
         out = {"question": args.question, "mode": cfg.mode, "budget": cfg.retrieval.budget, "answer": text,
-               "prompt_tokens": n_prompt, "seconds": round(secs, 3), "spans": [s._asdict() for s in spans]}  # fmt: skip
+               "reader": cfg.reader, "documents": cfg.documents, "prompt_tokens": n_prompt,
+               "seconds": round(secs, 3), "retrieval_seconds": round(ans.retrieval_seconds, 3),
+               "generation_seconds": round(ans.generation_seconds, 3), "spans": [s._asdict() for s in spans]}  # fmt: skip
         print(json.dumps(out, indent=2))
         return 0
     if cfg.show_spans:
@@ -97,7 +111,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(text)
         print(
             f"({len(spans)} spans, {sum(s.end - s.start for s in spans)} context tokens, "
-            f"{n_prompt} prompt tokens, {secs:.2f} s)",
+            f"{n_prompt} prompt tokens, {secs:.2f} s: retrieval {ans.retrieval_seconds:.2f} s, "
+            f"generation {ans.generation_seconds:.2f} s)",
             file=sys.stderr,
         )
     return 0

@@ -5,7 +5,8 @@ last tokens), deduplicated, in document order, within the token budget; ``full``
 middle-truncated to the model's window as LongBench does.
 
 The model answers in the precision the index was built in (``IndexAttrs.dtype``) unless ``dtype`` says
-otherwise; then a warning names both (the question's codes may differ a little from the index's).
+otherwise; then a warning names both (the question's codes may differ a little from the index's). ``reader``
+answers with another model (``retrieval/generate.py``); ``documents`` filters by path (``filters.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import torch
 
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
-from s3attn.models.precision import DTYPE_CHOICES, DTYPES, dtype_name, model_dtype, resolve_dtype
+from s3attn.models.precision import DTYPES
+from s3attn.retrieval.dtypes import DTYPE_INDEX, check_question_dtype, question_dtype
+from s3attn.retrieval.filters import Documents, Scope, edge_bias, head_tail, scope_of
 from s3attn.retrieval.fusion import FusionConfig, check_fusion_config, hybrid_spans, normalised
+from s3attn.retrieval.generate import ANSWER_INSTRUCTION, chat_prompt, generate, load_reader
 from s3attn.retrieval.question import (
     QuestionConfig,
     QuestionEncoder,
@@ -33,10 +37,11 @@ from s3attn.retrieval.question import (
 )
 from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
 
+__all__ = ["ANSWER_INSTRUCTION", "DTYPE_INDEX", "Answer", "RetrievalConfig", "RetrievedSpan", "Retriever"]
+__all__ += ["check_question_dtype", "generate", "question_dtype"]
+
 MODES = ("s3", "bm25", "hybrid", "full")
 DEFAULT_MODE = "hybrid"
-ANSWER_INSTRUCTION = "Answer the question using the text above. Answer briefly."
-DTYPE_INDEX = "index"  # --dtype of ask: the precision the index was built in
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +105,10 @@ class RetrievedSpan(NamedTuple):
 class Answer(NamedTuple):
     text: str
     spans: list[RetrievedSpan]
-    prompt_tokens: int
+    prompt_tokens: int  # in the reader's tokens
     seconds: float
+    retrieval_seconds: float = 0.0
+    generation_seconds: float = 0.0
 
 
 def decode_many(tokenizer, ids: list[list[int]]) -> list[str]:
@@ -118,7 +125,9 @@ class Retriever:
 
     ``dtype``: the model precision (``auto``, ``bfloat16``, ``float16``, ``float32``); None or ``index``: the
     one the index was built in. ``stack``: an already loaded ``load_stack`` result to use instead (its model's
-    precision is then the one used; ``dtype`` must be None, ``index`` or that one)."""
+    precision is then the one used; ``dtype`` must be None, ``index`` or that one). ``reader``: the model that
+    answers (a local HF causal-LM folder, ``smollm2-135m`` or a LoadedModel), loaded in the same precision;
+    None: the index's model. Retrieval always uses the index's model."""
 
     def __init__(
         self,
@@ -127,6 +136,7 @@ class Retriever:
         cfg: RetrievalConfig | None = None,
         stack=None,
         dtype: str | torch.dtype | None = None,
+        reader=None,
     ):
         from s3attn.index_builder.reader import IndexReader
         from s3attn.saes.checkpoint import read_release_config
@@ -162,6 +172,7 @@ class Retriever:
             raise S3Error(f"{index}: built with another SAE (latents/k differ from the release); rebuild it")
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model
+        self.reader = None if reader is None else load_reader(reader, DTYPES[want])
         self._bm25 = None
         self._encoders: dict[tuple[str, bool], QuestionEncoder] = {}
         self._set_documents()
@@ -214,13 +225,8 @@ class Retriever:
         return self._bm25
 
     def prompt(self, context: str, question: str) -> str:
-        content = (
-            f"{context}\n\n{ANSWER_INSTRUCTION}\nQuestion: {question}" if context else f"Question: {question}"
-        )
-        if getattr(self.tokenizer, "chat_template", None) is None:  # base models: a plain prompt
-            return f"{content}\nAnswer:"
-        msgs = [{"role": "user", "content": content}]
-        return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        """The answering prompt of the index's model (the question's codes are read inside it)."""
+        return chat_prompt(self.tokenizer, context, question)
 
     def _check_question(self, question: str, budget: int) -> None:
         if not question or not question.strip():
@@ -239,12 +245,19 @@ class Retriever:
         head_feats = head_features(codes, self.store, self.cfg.question)
         return score_tokens(self.store, head_feats, self.cfg.question), head_feats
 
-    def s3_candidates(self, scores: np.ndarray, budget: int) -> tuple[list[Span], np.ndarray]:
+    def s3_candidates(
+        self, scores: np.ndarray, budget: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[list[Span], np.ndarray]:
         """Per-token S3 scores -> (S3 spans within ``budget``, the smoothed scores they were read from).
-        The sink tokens get no score (``scores`` is changed in place)."""
+        The sink tokens, and the tokens outside ``allowed`` (bool per token) when given, get no score
+        (``scores`` is changed in place)."""
         cfg = self.cfg
         scores[self._sink_positions] = 0.0
+        if allowed is not None:
+            scores[~allowed] = 0.0
         sm_T = smooth(scores, cfg.window)
+        if allowed is not None:  # smoothing spreads scores over the edges of the allowed documents
+            sm_T[~allowed] = 0.0
         peaks = peak_spans(
             sm_T,
             budget=budget,
@@ -261,25 +274,30 @@ class Retriever:
         return self.s3_candidates(scores, budget)[0]
 
     def retrieve(
-        self, question: str, mode: str = DEFAULT_MODE, budget: int | None = None, *, explain: bool = False
+        self,
+        question: str,
+        mode: str = DEFAULT_MODE,
+        budget: int | None = None,
+        *,
+        explain: bool = False,
+        documents: Documents = None,
     ) -> list[RetrievedSpan]:
-        """The spans of ``mode`` for ``question`` within ``budget`` tokens (default: ``cfg.budget``)."""
+        """The spans of ``mode`` for ``question`` within ``budget`` tokens (default: ``cfg.budget``), from the
+        documents whose path matches ``documents`` (a glob or a list of globs; None: all; see filters.py)."""
         budget = self.cfg.budget if budget is None else budget
         if mode not in MODES:
             raise S3Error(f"--mode {mode}: choose one of {', '.join(MODES)}")
         self._check_question(question, budget)
-        cfg = self.cfg
+        scope = scope_of(documents, self.doc_table, self.store.num_tokens)
         if mode == "full":
-            return self._materialise(self._full_spans(budget))
-        hits: list[Span] = []
-        if mode in ("bm25", "hybrid"):
-            from s3attn.retrieval.spans import bm25_spans
-
-            hits = bm25_spans(self.bm25.search(question, top_k=64))
+            return self._materialise(
+                self._full_spans(budget) if scope is None else head_tail(scope.ranges, budget)
+            )
+        hits = self._bm25_hits(question, scope) if mode in ("bm25", "hybrid") else []
         if mode == "bm25":
             return self._materialise(normalised(fuse([hits], budget)) if hits else [])
         scores, head_feats = self.s3_scores(question)
-        s3, sm_T = self.s3_candidates(scores, budget)
+        s3, sm_T = self.s3_candidates(scores, budget, allowed=None if scope is None else scope.mask_T)
         if explain:
             s3 = [
                 s._replace(
@@ -290,9 +308,24 @@ class Retriever:
         if mode == "s3":
             spans = normalised(s3)
         else:
-            bias = bias_spans([(0, self.store.num_tokens)], cfg.bias_first, cfg.bias_last)
-            spans = hybrid_spans(bias, hits, s3, sm_T, budget, cfg.hybrid)
+            spans = hybrid_spans(self._bias(scope), hits, s3, sm_T, budget, self.cfg.hybrid)
         return self._materialise(spans)
+
+    def _bm25_hits(self, question: str, scope: Scope | None, top_k: int = 64) -> list[Span]:
+        """BM25's best ``top_k`` passages (of the documents in ``scope``, when given) as spans."""
+        from s3attn.retrieval.spans import bm25_spans
+
+        if scope is None:
+            return bm25_spans(self.bm25.search(question, top_k=top_k))
+        hits = self.bm25.search(question, top_k=len(self.bm25))
+        return bm25_spans([h for h in hits if h.passage.doc_id in scope.doc_ids][:top_k])
+
+    def _bias(self, scope: Scope | None) -> list[Span]:
+        """Hybrid's first/last-token spans: of the whole index, or of the documents in ``scope``."""
+        cfg = self.cfg
+        if scope is None:
+            return bias_spans([(0, self.store.num_tokens)], cfg.bias_first, cfg.bias_last)
+        return edge_bias(scope.ranges, cfg.bias_first, cfg.bias_last)
 
     def _full_spans(self, budget: int) -> list[Span]:
         n = self.store.num_tokens
@@ -328,55 +361,20 @@ class Retriever:
         *,
         max_new_tokens: int | None = None,
         explain: bool = False,
+        documents: Documents = None,
     ) -> Answer:
+        """Retrieve (with the index's model), then answer with the reader (default: the index's model), in
+        the reader's own prompt format. ``Answer.prompt_tokens`` counts the reader's tokens."""
         t0 = time.perf_counter()
-        spans = self.retrieve(question, mode, budget, explain=explain)
+        spans = self.retrieve(question, mode, budget, explain=explain, documents=documents)
+        t1 = time.perf_counter()
         context = "\n...\n".join(s.text.strip() for s in spans)
+        reader = self.reader or self.loaded
         text, n_prompt = generate(
-            self.model,
-            self.tokenizer,
-            self.prompt(context, question),
+            reader.model,
+            reader.tokenizer,
+            chat_prompt(reader.tokenizer, context, question),
             max_new_tokens or self.cfg.max_new_tokens,
         )
-        return Answer(text, spans, n_prompt, time.perf_counter() - t0)
-
-
-def check_question_dtype(dtype: str) -> str:
-    """``dtype`` if it is ``index`` or a ``--dtype`` choice, else a one-line S3Error."""
-    if dtype != DTYPE_INDEX and dtype not in DTYPE_CHOICES:
-        raise S3Error(f"--dtype {dtype}: choose one of {DTYPE_INDEX}, {', '.join(DTYPE_CHOICES)}")
-    return dtype
-
-
-def question_dtype(index: str | Path, built: str, dtype: str | torch.dtype | None, stack=None) -> str:
-    """The precision (a name) questions on an index built in ``built`` are answered in: ``dtype`` (a name,
-    ``auto`` resolved for the CPU, or a torch dtype), or ``built`` when it is None or ``index``; with a
-    ``stack`` passed in, its model's. One-line S3Errors for an unknown name or a stack in another precision."""
-    if isinstance(dtype, torch.dtype):
-        dtype = dtype_name(dtype)
-    if dtype in (None, DTYPE_INDEX):
-        if built not in DTYPES:
-            raise S3Error(f"{index}: built in precision {built!r}, which this s3attn does not know; upgrade")
-        asked = None
-    else:
-        asked = dtype_name(resolve_dtype(check_question_dtype(dtype), "cpu"))  # load_stack loads on the CPU
-    if stack is None:
-        return asked or built
-    loaded_in = dtype_name(model_dtype(stack[0].model))
-    if asked is not None and asked != loaded_in:
-        raise S3Error(f"--dtype {dtype}: the model passed in is loaded in {loaded_in}; load it in {asked}")
-    return loaded_in
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
-    """Greedy decoding; returns (answer text, prompt tokens)."""
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=model.device)
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip(), int(ids.shape[1])
+        t2 = time.perf_counter()
+        return Answer(text, spans, n_prompt, t2 - t0, t1 - t0, t2 - t1)

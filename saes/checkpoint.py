@@ -42,6 +42,7 @@ from s3attn.constants import (
 from s3attn.errors import S3Error
 from s3attn.paths import atomic_write_json, atomic_write_text, fresh_temp_dir, kill_point, publish_dir
 
+from .card import front_matter
 from .sae import SaeConfig, TopKSAE
 
 _LAYER_RE = re.compile(r"layers[._](\d+)$")
@@ -341,7 +342,7 @@ def write_release(
             save_sae(saes[layer], _layer_dir(tmp, layer), metas[layer])
             kill_point("release-layer")  # test-only hook (s3attn.paths.kill_point)
         atomic_write_json(tmp / RELEASE_CONFIG, config)
-        atomic_write_text(tmp / RELEASE_CARD, _model_card(config, saes, metas))
+        atomic_write_text(tmp / RELEASE_CARD, front_matter(config) + _model_card(config, saes, metas))
         kill_point("release-publish")
         publish_dir(tmp, out_dir)
     except BaseException:

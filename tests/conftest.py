@@ -149,3 +149,12 @@ def make_tiny_release(
     }
     info = {"model_id": model_id, "dataset": "random", "dataset_license": "n/a", "context_length": 64}
     return write_release(out, saes, metas, info)
+
+
+def filler_words(n: int, seed: int) -> str:
+    """``n`` random tiny-vocabulary words (seeded), never the planted 'paris' / 'queen'."""
+    import random
+
+    rng = random.Random(seed)
+    common = [w for w in TINY_WORDS if w not in ("paris", "queen")]
+    return " ".join(rng.choice(common) for _ in range(n))

@@ -20,6 +20,7 @@ PACKAGE_DIRS = {  # folder -> package (pyproject's package-dir)
     "index_builder": "s3attn.index_builder",
     "retrieval": "s3attn.retrieval",
     "evaluation": "s3attn.evaluation",
+    "integrations": "s3attn.integrations",
     "configs": "s3attn.configs",
     "checkpoints": "s3attn.checkpoints",
     "bench": "bench",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_WORDS, make_tiny_release, save_tiny_model_dir
+from conftest import filler_words, make_tiny_release, save_tiny_model_dir
 
 from s3attn.config import StackOptions
 from s3attn.errors import S3Error
@@ -28,10 +27,7 @@ def make_release(out: Path, model_dir: Path, *, latents: int = 64, k: int = 4) -
     return make_tiny_release(out, model_dir, LAYERS, latents=latents, k=k)
 
 
-def words(n: int, seed: int) -> str:
-    rng = random.Random(seed)
-    common = [w for w in TINY_WORDS if w not in ("paris", "queen")]
-    return " ".join(rng.choice(common) for _ in range(n))
+words = filler_words
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 s3-train-sae --layer 16 --k 32
 s3-train-sae --layers 8,16 --tokens 2000000 --out checkpoints/smollm2-135m-k32
+s3-train-sae export RELEASE --format saelens --out DIR   (see s3-train-sae export --help)
 
 Every option is listed below with its effective default (TrainConfig, then configs/train.yaml, then
 --config FILE); options on the command line win over all of them.
@@ -268,9 +269,37 @@ def train(cfg: TrainConfig) -> Path:
     return release(cfg, run, loaded.model_id, head_dim, out)
 
 
+def export_main(argv: Sequence[str]) -> int:
+    """``s3-train-sae export RELEASE --format saelens --out DIR``: write a release in another library's format."""
+    import argparse
+
+    from s3attn.saes.export import EXPORT_FORMATS, export_release
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} export",
+        description="Export an SAE release for another library (saelens: one SAE.load_from_disk folder "
+        "per layer and site, blocks.<L>.attn.hook_<k|q>).",
+    )
+    parser.add_argument("release", help="the release folder (config.json + layers.<L>/)")
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="the target format")
+    parser.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier export)")
+    parser.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    args = parser.parse_args(list(argv))
+    try:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        raise S3Error(f"--layers {args.layers}: expected comma-separated integers, e.g. 6,12") from None
+    out = export_release(args.release, args.out, args.format, layers=layers)
+    print(f"{PROG}: wrote {args.format} export {out}", file=sys.stderr)
+    return 0
+
+
 @cli_entry(PROG)
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     cfg = parse_args(argv)
     train(cfg)
     return 0
