@@ -268,7 +268,7 @@ class _Answering(NamedTuple):
 def answer_method(a: _Answering, method: str, mode: str, budget: int) -> EvalRow:
     """The row of ``method``: retrieve in Retriever ``mode`` within ``budget`` tokens, answer greedily."""
     from s3attn.evaluation.metrics import score
-    from s3attn.retrieval.retriever import generate
+    from s3attn.retrieval.generate import generate
 
     r, sample, tok = a.retriever, a.sample, a.retriever.tokenizer
     t0 = time.perf_counter()

@@ -17,15 +17,8 @@ from dataclasses import dataclass, field
 
 from s3attn.config import add_config
 from s3attn.errors import S3Error
-from s3attn.retrieval.retriever import (
-    DEFAULT_MODE,
-    DTYPE_INDEX,
-    MODES,
-    Answer,
-    RetrievalConfig,
-    check_question_dtype,
-    check_retrieval,
-)
+from s3attn.retrieval.dtypes import DTYPE_INDEX, check_question_dtype
+from s3attn.retrieval.retriever import DEFAULT_MODE, MODES, Answer, RetrievalConfig, check_retrieval
 
 CONFIG_NAME = "ask"  # configs/ask.yaml, if a site ships one
 

@@ -23,10 +23,10 @@ import torch
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
 from s3attn.models.precision import DTYPES
-from s3attn.retrieval.dtypes import DTYPE_INDEX, check_question_dtype, question_dtype
+from s3attn.retrieval.dtypes import question_dtype
 from s3attn.retrieval.filters import Documents, Scope, edge_bias, head_tail, scope_of
 from s3attn.retrieval.fusion import FusionConfig, check_fusion_config, hybrid_spans, normalised
-from s3attn.retrieval.generate import ANSWER_INSTRUCTION, chat_prompt, generate, load_reader
+from s3attn.retrieval.generate import chat_prompt, generate, load_reader
 from s3attn.retrieval.question import (
     QuestionConfig,
     QuestionEncoder,
@@ -36,9 +36,6 @@ from s3attn.retrieval.question import (
     top_features_near,
 )
 from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
-
-__all__ = ["ANSWER_INSTRUCTION", "DTYPE_INDEX", "Answer", "RetrievalConfig", "RetrievedSpan", "Retriever"]
-__all__ += ["check_question_dtype", "generate", "question_dtype"]
 
 MODES = ("s3", "bm25", "hybrid", "full")
 DEFAULT_MODE = "hybrid"

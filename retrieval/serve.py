@@ -22,7 +22,8 @@ import time
 from typing import Any
 
 from s3attn.errors import IndexCorruptError, S3Error, one_line
-from s3attn.retrieval.retriever import DEFAULT_MODE, DTYPE_INDEX, MODES, RetrievalConfig
+from s3attn.retrieval.dtypes import DTYPE_INDEX
+from s3attn.retrieval.retriever import DEFAULT_MODE, MODES, RetrievalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ def check_serve(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from s3attn.retrieval.retriever import Retriever, check_question_dtype
+    from s3attn.retrieval.dtypes import check_question_dtype
+    from s3attn.retrieval.retriever import Retriever
 
     check_serve(args)
     cfg = RetrievalConfig() if args.budget is None else RetrievalConfig(budget=args.budget)

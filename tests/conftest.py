@@ -158,3 +158,24 @@ def filler_words(n: int, seed: int) -> str:
     rng = random.Random(seed)
     common = [w for w in TINY_WORDS if w not in ("paris", "queen")]
     return " ".join(rng.choice(common) for _ in range(n))
+
+
+def build_tiny_index(root: Path, docs: dict[str, str]) -> tuple[Path, Path, Path]:
+    """Index ``docs`` (file name -> text) with a tiny llama and a random release at layers 1 and 3
+    (64-token chunks, 256-token segments); returns (index, model folder, release)."""
+    from s3attn.config import StackOptions
+    from s3attn.index_builder.config import BuildConfig
+    from s3attn.index_builder.pipeline import build_index
+
+    model_dir = save_tiny_model_dir(root / "model")
+    release = make_tiny_release(root / "release", model_dir)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for name, text in docs.items():
+        (corpus / name).write_text(text)
+    stack = StackOptions(sae=str(release), model=str(model_dir))
+    cfg = BuildConfig(
+        out=str(root / "index"), stack=stack, chunk=64, overlap=8, segment_tokens=256, progress=False
+    )
+    build_index(str(corpus), cfg)
+    return root / "index", model_dir, release

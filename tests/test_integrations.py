@@ -8,12 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import filler_words, make_tiny_release, save_tiny_model_dir
+from conftest import build_tiny_index, filler_words
 
-from s3attn.config import StackOptions
 from s3attn.errors import S3Error
-from s3attn.index_builder.config import BuildConfig
-from s3attn.index_builder.pipeline import build_index
 from s3attn.retrieval.retriever import Retriever
 
 QUESTION = "where is the queen of paris"
@@ -25,23 +22,8 @@ words = filler_words
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("integr")
-    model_dir = save_tiny_model_dir(root / "model")
-    release = make_tiny_release(root / "release", model_dir, (1, 3), latents=64, k=4)
-    corpus = root / "corpus"
-    corpus.mkdir()
-    (corpus / "a.txt").write_text(words(200, 1) + " paris queen paris queen " + words(150, 2))
-    (corpus / "b.txt").write_text(words(250, 3))
-    index = root / "index"
-    cfg = BuildConfig(
-        out=str(index),
-        stack=StackOptions(sae=str(release), model=str(model_dir)),
-        chunk=64,
-        overlap=8,
-        segment_tokens=256,
-        progress=False,
-    )
-    build_index(str(corpus), cfg)
-    return index
+    docs = {"a.txt": words(200, 1) + " paris queen paris queen " + words(150, 2), "b.txt": words(250, 3)}
+    return build_tiny_index(root, docs)[0]
 
 
 @pytest.fixture(scope="module")

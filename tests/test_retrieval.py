@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import filler_words, make_tiny_release, save_tiny_model_dir
+from conftest import build_tiny_index, filler_words, save_tiny_model_dir
 
-from s3attn.config import StackOptions
 from s3attn.errors import S3Error
-from s3attn.index_builder.config import BuildConfig
-from s3attn.index_builder.pipeline import build_index
 from s3attn.models.loading import load_model
 from s3attn.retrieval.fusion import FusionConfig
 from s3attn.retrieval.question import idf_weights, pool_features, question_token_range
 from s3attn.retrieval.retriever import RetrievalConfig, Retriever
-
-LAYERS = (1, 3)
-
-
-def make_release(out: Path, model_dir: Path, *, latents: int = 64, k: int = 4) -> Path:
-    return make_tiny_release(out, model_dir, LAYERS, latents=latents, k=k)
-
 
 words = filler_words
 
@@ -33,24 +22,8 @@ words = filler_words
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("retr")
-    model_dir = save_tiny_model_dir(root / "model")
-    release = make_release(root / "release", model_dir)
-    corpus = root / "corpus"
-    corpus.mkdir()
-    (corpus / "a.txt").write_text(words(300, 1) + " paris queen paris queen " + words(200, 2))
-    (corpus / "b.txt").write_text(words(400, 3))
-    index = root / "index"
-    build_index(
-        str(corpus),
-        BuildConfig(
-            out=str(index),
-            stack=StackOptions(sae=str(release), model=str(model_dir)),
-            chunk=64,
-            overlap=8,
-            segment_tokens=256,
-            progress=False,
-        ),
-    )
+    docs = {"a.txt": words(300, 1) + " paris queen paris queen " + words(200, 2), "b.txt": words(400, 3)}
+    index, model_dir, release = build_tiny_index(root, docs)
     return {"index": index, "model_dir": model_dir, "release": release, "root": root}
 
 
