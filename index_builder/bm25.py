@@ -41,6 +41,7 @@ from s3attn.constants import (
     BM25_TEXTS,
 )
 from s3attn.errors import READ_ERRORS, IndexCorruptError, S3Error, index_damaged, one_line
+from s3attn.storage import Location, shown
 
 STOPWORDS = "en"
 STEMMER_NAME = "s-stemmer"
@@ -56,6 +57,7 @@ class Hit(NamedTuple):
     passage: Passage
     score: float
     terms: list[str]  # question words (lowercased, as written) whose stem occurs in the passage
+    coverage: float = 0.0  # IDF-weighted share of the question's terms found in the passage (see search)
 
 
 def _stem(word: str) -> str:
@@ -101,36 +103,54 @@ class BM25Index:
         """Best ``top_k`` passages with a positive score, best first (ties: lower passage index).
 
         A question that is empty, only stopwords, or shares no term with the index returns ``[]``.
+        ``Hit.coverage``: the IDF of the question's terms found in the passage over the IDF of all of them
+        (a term absent from the index counts with the highest IDF), so 1.0 means every question term is
+        there; a paraphrased question scores low even when its best passage scores high.
         """
         if self.retriever is None or top_k <= 0:
             return []
         vocab = self.retriever.vocab_dict
+        indptr = self.retriever.scores["indptr"]
+        indices = self.retriever.scores["indices"]
+        words = _question_words(question)
+        stems = list(dict.fromkeys(_stem(w) for w in words))
         by_stem: dict[str, list[str]] = {}
-        for w in _question_words(question):
+        for w in words:
             stem = _stem(w)
             if stem in vocab:
                 by_stem.setdefault(stem, []).append(w)
         if not by_stem:
             return []
+        idf = {t: self._idf(int(indptr[vocab[t] + 1] - indptr[vocab[t]]) if t in vocab else 0) for t in stems}
         scores_P = np.asarray(self.retriever.get_scores(list(by_stem)), dtype=np.float64)
         pos = np.flatnonzero(scores_P > 0)
         top = pos[np.argsort(-scores_P[pos], kind="stable")[:top_k]]
-        indptr = self.retriever.scores["indptr"]
-        indices = self.retriever.scores["indices"]
         terms: list[list[str]] = [[] for _ in range(top.size)]
+        found_H = np.zeros(top.size)
         for stem, words in by_stem.items():  # loop over the few question terms, vectorised over hits
             c = vocab[stem]
             has = np.isin(top, indices[indptr[c] : indptr[c + 1]])
+            found_H += has * idf[stem]
             for j in np.flatnonzero(has).tolist():
                 terms[j].extend(words)
-        return [Hit(self.passage(int(i)), float(scores_P[i]), t) for i, t in zip(top.tolist(), terms)]
+        cover_H = found_H / max(sum(idf.values()), 1e-12)
+        return [
+            Hit(self.passage(int(i)), float(scores_P[i]), t, round(float(c), 4))
+            for i, t, c in zip(top.tolist(), terms, cover_H)
+        ]
+
+    def _idf(self, df: int) -> float:
+        """BM25's (Lucene's) inverse document frequency of a term in ``df`` of the passages; a term the
+        index lacks (df 0) gets the highest."""
+        n = len(self)
+        return float(np.log1p((n - df + 0.5) / (df + 0.5)))
 
     # ---- disk -------------------------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str | Path) -> BM25Index:
-        """The index saved in ``folder``. S3Error when it is not one (or of another format);
-        IndexCorruptError naming the file when a file is missing, damaged or not the one its checksum (in
-        ``BM25_META``, where recorded) names."""
+        """The index saved in ``folder`` (a ``storage.Location`` is read from its local copy). S3Error when it
+        is not one (or of another format); IndexCorruptError naming the file when a file is missing, damaged
+        or not the one its checksum (in ``BM25_META``, where recorded) names."""
         folder = Path(folder)
         meta = read_meta(folder)
         for name, crc in sorted(meta.get(BM25_CHECKSUMS, {}).items()):  # absent: written before checksums
@@ -162,7 +182,7 @@ class BM25Index:
 # ---- damage -----------------------------------------------------------------------------------------------
 def _damaged(folder: Path, name: str, reason: object) -> IndexCorruptError:
     """The error for damaged file ``name`` of the BM25 folder (inside the index folder)."""
-    return index_damaged(folder.parent, f"{folder.name}/{name}", reason)
+    return index_damaged(shown(folder.parent), f"{folder.name}/{name}", reason)
 
 
 @contextlib.contextmanager
@@ -189,14 +209,14 @@ def read_meta(folder: Path) -> dict:
     when damaged."""
     meta_path = folder / BM25_META
     if not meta_path.is_file():
-        raise S3Error(f"{folder}: not a BM25 index (no {BM25_META}); build the index again")
+        raise S3Error(f"{shown(folder)}: not a BM25 index (no {BM25_META}); build the index again")
     with _reading(folder, BM25_META):
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if not isinstance(meta, dict):
         raise _damaged(folder, BM25_META, "not a JSON object")
     if meta.get("format_version") != BM25_FORMAT_VERSION:
         raise S3Error(
-            f"{meta_path}: format_version {meta.get('format_version')} is not {BM25_FORMAT_VERSION}; "
+            f"{shown(meta_path)}: format_version {meta.get('format_version')} is not {BM25_FORMAT_VERSION}; "
             "rebuild the index with this version of s3-attention"
         )
     n, sums = meta.get("num_passages"), meta.get(BM25_CHECKSUMS, {})
@@ -210,7 +230,7 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
-def verify_bm25(index: Path, num_tokens: int) -> list[str]:
+def verify_bm25(index: Path | Location, num_tokens: int) -> list[str]:
     """Problems of the BM25 index of the index folder ``index`` (covering ``num_tokens`` tokens): damaged,
     missing or stale files, passages outside the index; one line each. No BM25 at all is no problem."""
     folder, state_file = index / BM25_DIR, index / BM25_STATE

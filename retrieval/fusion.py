@@ -13,6 +13,9 @@ Three ways to rank the candidates of the two retrievers (``FusionConfig.fusion``
             score is its own (an S3 span) or the highest smoothed S3 score inside it (a passage), both over
             the best of their retriever. Candidates below ``min_relevance`` of the best fused score are
             dropped; the rest fill the budget by fused score.
+``adaptive`` (default) per question, shares of the budget from BM25's term coverage and S3's peak
+            prominence, the two rankings interleaved at those shares, no relevance floor (see
+            :mod:`s3attn.retrieval.adaptive`).
 ``rrf``     reciprocal rank fusion (Cormack et al. 2009; Elasticsearch's and Lucene's default hybrid):
             ``sum over the two rankings of 1 / (rrf_k + rank)``, a candidate taking in the other ranking the
             best rank of the items that overlap it.
@@ -29,19 +32,27 @@ import numpy as np
 
 from s3attn.errors import S3Error
 from s3attn.index_builder.schema import concat_ranges
+from s3attn.retrieval.adaptive import adaptive_spans
 from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
 
-FUSIONS = ("tiered", "linear", "rrf")
+FUSIONS = ("adaptive", "tiered", "linear", "rrf")
 
 
 @dataclass
 class FusionConfig:
     """How the hybrid mode ranks BM25 passages against S3 spans (see the module docstring)."""
 
-    fusion: str = "linear"
-    """How hybrid ranks BM25 passages against S3 spans: linear (bm25_weight x BM25 + (1 - bm25_weight) x S3,
-    each max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the
-    budget, then S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
+    fusion: str = "adaptive"
+    """How hybrid ranks BM25 passages against S3 spans: adaptive (per question, budget shares from BM25's
+    term coverage and S3's peak prominence), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
+    max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the budget, then
+    S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
+    coverage_power: float = 2.0
+    """adaptive: sharpness of the share rule c^p / (c^p + (s (1 - c))^p) (c: BM25 term coverage, s: S3 peak
+    prominence); higher hands the budget more decisively to the retriever with the stronger evidence."""
+    min_share: float = 0.15
+    """adaptive: least share of the budget (after the bias spans) each retriever with candidates gets, so
+    its best candidates are always fed."""
     bm25_share: float = 0.6
     """tiered: share of the budget left after the bias spans that BM25 passages take first (S3 spans
     fill the rest, and any of it BM25 leaves unused)."""
@@ -67,6 +78,10 @@ def check_fusion(fusion: str, option: str = "fusion") -> str:
 def check_fusion_config(cfg: FusionConfig) -> FusionConfig:
     """``cfg`` if its values are valid, else a one-line S3Error naming the option."""
     check_fusion(cfg.fusion, "--fusion")
+    if not 0.0 <= cfg.min_share <= 0.5:
+        raise S3Error(f"--min-share {cfg.min_share}: must be in [0, 0.5]")
+    if cfg.coverage_power <= 0:
+        raise S3Error(f"--coverage-power {cfg.coverage_power}: must be above 0")
     for name in ("bm25_share", "s3_min_relevance", "bm25_weight", "min_relevance"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be in [0, 1]")
@@ -179,7 +194,9 @@ def hybrid_spans(
 ) -> list[Span]:
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
     ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``cfg.fusion`` (see the module docstring)."""
-    if check_fusion(cfg.fusion) == "tiered":
+    if check_fusion(cfg.fusion) == "adaptive":
+        return adaptive_spans(bias, bm25_hits, s3, budget, cfg.coverage_power, cfg.min_share)[0]
+    if cfg.fusion == "tiered":
         rest = max(0, budget - sum(s.length for s in bias))
         bm25 = normalised(fuse([bm25_hits], int(rest * cfg.bm25_share))) if bm25_hits else []
         strong = [s for s in normalised(s3) if s.score >= cfg.s3_min_relevance]

@@ -362,14 +362,15 @@ def peak_spans(
 
 
 def bm25_spans(hits: list[Hit]) -> list[Span]:
-    """BM25 search hits as ``source="bm25"`` spans, ``why={"terms": [...], "bm25": score, "doc_id": id}``."""
+    """BM25 search hits as ``source="bm25"`` spans,
+    ``why={"terms": [...], "bm25": score, "coverage": term coverage, "doc_id": id}``."""
     return [
         Span(
             h.passage.start,
             h.passage.end,
             h.score,
             SOURCE_BM25,
-            {"terms": list(h.terms), "bm25": h.score, "doc_id": h.passage.doc_id},
+            {"terms": list(h.terms), "bm25": h.score, "coverage": h.coverage, "doc_id": h.passage.doc_id},
         )
         for h in hits
     ]

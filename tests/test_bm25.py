@@ -137,3 +137,17 @@ def test_degenerate_indexes_and_to_spans(tmp_path):
     for s in spans:
         assert s.source == "bm25" and s.why["doc_id"] == 4 and s.why["bm25"] == s.score > 0
         assert s.why["terms"] == (["apple"] if s.start == 10 else ["pear"])
+
+
+def test_term_coverage_weighs_found_terms_by_idf(planted):
+    index, _, _ = planted
+    full = index.search("xylophone", top_k=1)[0]
+    assert full.coverage == pytest.approx(1.0)
+    # an absent word counts with the highest IDF: half the weight (or more) is missing
+    half = index.search("xylophone zeppelin", top_k=1)[0]
+    assert 0.3 < half.coverage <= 0.5
+    # a common word found everywhere weighs little next to the rare one it comes with
+    mixed = index.search("river xylophone", top_k=1)[0]
+    assert mixed.coverage == pytest.approx(1.0)
+    only_common = [h for h in index.search("river xylophone", top_k=len(index)) if "xylophone" not in h.terms]
+    assert only_common and all(h.coverage < 0.2 for h in only_common)

@@ -211,6 +211,17 @@ def test_ask_cli_json(tiny_index, capsys):
     assert out["spans"] and sum(s["end"] - s["start"] for s in out["spans"]) <= 64
 
 
+def test_ask_cli_show_spans_says_why_each_side_got_its_share(tiny_index, capsys):
+    from s3attn.index_builder.cli import main
+
+    argv = ["ask", str(tiny_index["index"]), "paris queen", "--budget", "256", "--show-spans", "--no-generate"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("hybrid (adaptive):"))
+    assert "bm25 gets" in line and "term weight" in line and "median peak" in line
+    assert '"bm25_share"' in out and '"slot"' in out
+
+
 def test_ask_cli_bad_input(tiny_index, tmp_path, capsys):
     index = str(tiny_index["index"])
     code, err = _ask(["ask", index, ""], capsys)

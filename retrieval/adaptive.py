@@ -1,0 +1,106 @@
+"""Adaptive hybrid fusion: each question decides how far to trust BM25 and S3 from their own evidence.
+
+A fixed mix (``linear``'s weight and relevance floor) drops a retriever's one good candidate whenever the other
+retriever likes something else: an S3-only span scores at most ``1 - bm25_weight`` of a passage both like, so
+a paraphrased question, whose words BM25 cannot find, loses the needle S3 found. Here nothing is dropped by a
+floor. Instead each question gets a **share** of the budget per retriever, from two signals:
+
+* **BM25 term coverage** (``Hit.coverage``): the IDF-weighted share of the question's terms present in BM25's
+  best passage. A question asked in the document's words covers ~1.0; a paraphrase covers little (its rare
+  words are absent or scattered), so a high BM25 score made of common words earns little trust.
+* **S3 peak prominence**: how far S3's best peak stands above the spread of its peaks,
+  ``(best - median) / best`` in [0, 1]; a flat S3 landscape (every peak alike) has nothing to say.
+
+``bm25_share = clip(c^p / (c^p + (s * (1 - c))^p), min_share, 1 - min_share)`` with ``c`` the coverage,
+``s`` the prominence and ``p = coverage_power``: full coverage hands BM25 all but ``min_share``; no coverage
+hands it ``min_share``; in between, a prominent S3 peak pulls budget to S3. ``min_share`` of the budget is
+always each retriever's (when it has candidates), so its best candidates are fed whatever the other says.
+
+The shares interleave the two rankings: a candidate's **slot** is the tokens its retriever has ranked up to
+and including it, divided by its retriever's share; candidates are taken by slot (earliest first), so the
+budget fills at the two retrievers' rates and a retriever that runs out of candidates leaves its room to the
+other. Every span's ``why`` says what it got and why (``bm25_coverage``, ``s3_prominence``, ``bm25_share``,
+``slot``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from s3attn.retrieval.spans import SOURCE_BIAS, Span, fuse
+
+
+class Trust(NamedTuple):
+    """How far one question trusts each retriever (see the module docstring)."""
+
+    bm25_coverage: float  # IDF-weighted share of the question's terms in BM25's best passage (0 if no hit)
+    s3_prominence: float  # (best peak - median peak) / best peak of the S3 spans (0 if none)
+    bm25_share: float  # share of the budget left after the bias spans that BM25 fills at its rate
+
+    def explain(self) -> str:
+        """One line for ``--show-spans``: the shares and the evidence they came from."""
+        return (
+            f"bm25 gets {self.bm25_share:.0%} of the budget (its best passage holds {self.bm25_coverage:.0%} "
+            f"of the question's term weight), s3 {1 - self.bm25_share:.0%} (its best peak stands "
+            f"{self.s3_prominence:.0%} above the median peak)"
+        )
+
+
+def trust_in(why: dict) -> Trust | None:
+    """The ``Trust`` an adaptive span's ``why`` carries, else None."""
+    if "bm25_share" not in why:
+        return None
+    return Trust(why.get("bm25_coverage", 0.0), why.get("s3_prominence", 0.0), why["bm25_share"])
+
+
+def prominence(s3: list[Span]) -> float:
+    """(best - median) / best of the S3 spans' scores (their smoothed peaks); 0 without a positive peak."""
+    scores = np.array([s.score for s in s3], dtype=np.float64)
+    if scores.size == 0 or scores.max() <= 0:
+        return 0.0
+    best = float(scores.max())
+    return float(np.clip((best - float(np.median(scores))) / best, 0.0, 1.0))
+
+
+def trust(bm25: list[Span], s3: list[Span], coverage_power: float, min_share: float) -> Trust:
+    """The question's ``Trust`` from BM25's hits (``why["coverage"]``, best first) and the S3 spans."""
+    c = float(bm25[0].why.get("coverage", 0.0)) if bm25 else 0.0
+    s = prominence(s3)
+    if not bm25 or not s3:  # one retriever has nothing: the other takes the whole budget
+        return Trust(c, s, 0.0 if not bm25 else 1.0)
+    p = coverage_power
+    num, other = c**p, (s * (1.0 - c)) ** p
+    share = num / (num + other) if num + other > 0 else 0.5
+    return Trust(c, s, float(np.clip(share, min_share, 1.0 - min_share)))
+
+
+def slotted(spans: list[Span], share: float, extra: dict) -> list[Span]:
+    """``spans`` (one retriever's, any order) scored by slot: rank by own score, then the tokens ranked up
+    to and including each over ``share``; the fused score is ``1 / (1 + slot)`` (earlier slot, higher)."""
+    if share <= 0 or not spans:
+        return []
+    order = sorted(spans, key=lambda x: (-x.score, x.start))
+    cum = np.cumsum([x.length for x in order], dtype=np.float64)
+    out = []
+    for x, tokens in zip(order, cum):
+        slot = float(tokens / share)
+        why = {**x.why, **extra, "slot": round(slot, 1)}
+        out.append(x._replace(score=1.0 / (1.0 + slot), why=why))
+    return out
+
+
+def adaptive_spans(
+    bias: list[Span], bm25: list[Span], s3: list[Span], budget: int, coverage_power: float, min_share: float
+) -> tuple[list[Span], Trust]:
+    """Bias spans first, then BM25 passages and S3 spans interleaved at the question's shares; the spans
+    (merged, in document order, within ``budget``) and the ``Trust`` they were chosen with."""
+    t = trust(bm25, s3, coverage_power, min_share)
+    extra = {
+        "bm25_coverage": round(t.bm25_coverage, 4),
+        "s3_prominence": round(t.s3_prominence, 4),
+        "bm25_share": round(t.bm25_share, 4),
+    }
+    cands = slotted(bm25, t.bm25_share, extra) + slotted(s3, 1.0 - t.bm25_share, extra)
+    return fuse([bias, cands], budget, first=(SOURCE_BIAS,)), t
