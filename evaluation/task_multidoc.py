@@ -181,11 +181,15 @@ def multidoc_qa(
         return stream.assemble(n, title, target_text, frac)
 
     context, tokens = fit_length(length_tokens, tokenizer_len, fixed, stream, assemble)
-    number = int(re.search(rf"Passage (\d+):\n{re.escape(title)}\n", context).group(1))  # type: ignore[union-attr]
+    found = re.search(rf"Passage (\d+):\n{re.escape(title)}\n", context)
+    assert found is not None
+    number = int(found.group(1))
+    start = found.start() + len(f"Passage {number}:\n")  # the evidence: title line and passage text
     meta = {
         "title": title,
         "fact": fact,
         "passage_number": number,
+        "evidence": [[start, start + len(title) + 1 + len(target_text)]],
         "length_tokens": tokens,
         "instruction": "Answer the question based on the given passages. Only give me the answer.",
         "answer_prefix": "Answer:",

@@ -78,6 +78,7 @@ def needle_haystack(
         "key": key,
         "needle": needle,
         "needle_char_offset": offsets[0],
+        "evidence": [[offsets[0], offsets[0] + len(needle)]],
         "length_tokens": tokens,
         "instruction": NIAH_INSTRUCTION,
         "answer_prefix": f"The special magic number for {key} mentioned in the provided text is",
@@ -125,6 +126,7 @@ def ruler_niah(
         "needles": needles,
         "depths": depths,
         "needle_char_offsets": offsets,
+        "evidence": sorted([o, o + len(n)] for o, n in list(zip(offsets, needles))[: len(answers)]),
         "length_tokens": tokens,
         "instruction": NIAH_INSTRUCTION,
         "answer_prefix": prefix,
@@ -155,10 +157,14 @@ def ruler_variable_tracking(
         statements.append((depths[0], f"VAR {chain[0]} = {value}."))
         statements += [(d, f"VAR {chain[i + 1]} = VAR {chain[i]}.") for i, d in enumerate(depths[1:])]
     statements.sort(key=lambda s: s[0])
-    context, _, tokens = with_needles(None, tokenizer_len, length_tokens, statements)
+    context, offsets, tokens = with_needles(None, tokenizer_len, length_tokens, statements)
+    first = {f"VAR {chains[0][0]} = {values[0]}."} | {
+        f"VAR {b} = VAR {a}." for a, b in zip(chains[0], chains[0][1:])
+    }
     meta = {
         "chains": chains,
         "values": values,
+        "evidence": sorted([o, o + len(s)] for o, (_, s) in zip(offsets, statements) if s in first),
         "length_tokens": tokens,
         "instruction": "Memorize and track the chain(s) of variable assignment hidden in the following text.",
         "answer_prefix": (
@@ -269,6 +275,7 @@ def ruler_common_words(
     counts = (num_common, freq_cw, freq_uncommon)
     context, common, tokens = _fit_cwe(length_tokens, tokenizer_len, seed, counts, entries, base)
     meta = {
+        "evidence": [],  # the answer is a count over the whole list: no localized evidence
         "freq_common": freq_cw,
         "freq_uncommon": freq_uncommon,
         "length_tokens": tokens,

@@ -1,13 +1,17 @@
-"""Synthetic long-context evaluation tasks, deterministic per seed: NIAH, RULER NIAH/VT/CWE, multi-doc QA.
+"""Long-context evaluation tasks, deterministic per seed: NIAH, RULER NIAH/VT/CWE, multi-doc QA, paraphrased
+needles (word matching fails), DROP multi-document QA.
 
 Every generator returns a ``Sample``: ``context`` (the long text, about ``length_tokens`` tokens as counted by
 the caller's ``tokenizer_len``, within ~1%), ``question``, ``answers`` and the ``metric`` name that
 ``s3attn.evaluation.metrics.score`` understands. ``meta`` carries what the harness needs to build the prompt
 (``instruction`` before the context, ``answer_prefix`` after the question, RULER style) and the ground truth
-of the construction (needle offsets, depths, chains...). Lengths are measured on ``context`` alone.
+of the construction (needle offsets, depths, chains...). ``meta["evidence"]`` lists the ``[start, end)``
+character ranges of ``context`` a reader needs (the asked needles, the gold passage; ``[]`` for CWE), so a
+harness can measure evidence recall. Lengths are measured on ``context`` alone.
 
 This module is the tasks' one import point and holds the built-in haystack text; the generators live in
-``task_ruler`` (NIAH, RULER NIAH/VT/CWE) and ``task_multidoc`` (multi-document QA), their shared pieces
+``task_ruler`` (NIAH, RULER NIAH/VT/CWE), ``task_multidoc`` (multi-document QA), ``task_paraphrase``
+(paraphrased and literal needles) and ``task_drop`` (DROP multi-document QA), their shared pieces
 (``Sample``, length fitting) in ``task_common``, the built-in passages in ``passages``.
 """
 
@@ -20,7 +24,15 @@ from pathlib import Path
 from s3attn.errors import S3Error
 from s3attn.evaluation.passages import public_domain_passages
 from s3attn.evaluation.task_common import Sample, TokenLen
+from s3attn.evaluation.task_drop import GOLD_PER_CONTEXT, drop_qa
 from s3attn.evaluation.task_multidoc import multidoc_qa
+from s3attn.evaluation.task_paraphrase import (
+    MULTIKEY_PER_CONTEXT,
+    NEEDLES_PER_CONTEXT,
+    literal_niah,
+    paraphrase_multikey,
+    paraphrase_niah,
+)
 from s3attn.evaluation.task_ruler import (
     NiahKind,
     needle_haystack,
@@ -30,11 +42,18 @@ from s3attn.evaluation.task_ruler import (
 )
 
 __all__ = [
+    "GOLD_PER_CONTEXT",
+    "MULTIKEY_PER_CONTEXT",
+    "NEEDLES_PER_CONTEXT",
     "NiahKind",
     "Sample",
     "TokenLen",
+    "drop_qa",
+    "literal_niah",
     "multidoc_qa",
     "needle_haystack",
+    "paraphrase_multikey",
+    "paraphrase_niah",
     "paul_graham_text",
     "public_domain_passages",
     "ruler_common_words",
