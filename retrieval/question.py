@@ -61,6 +61,16 @@ class HeadFeatures(NamedTuple):
     features: np.ndarray  # int64 [n]
     weights: np.ndarray  # float32 [n] pooled question activation x IDF
     df: np.ndarray  # int64 [n]
+    skipped: int = 0  # better-weighted features passed over because their list no longer fit max_postings
+
+
+def read_stats(head_feats: dict[tuple[int, int], HeadFeatures]) -> dict[str, int]:
+    """What one question reads: posting lists, postings, and lists skipped for the posting budget."""
+    return {
+        "lists": int(sum(h.features.size for h in head_feats.values())),
+        "postings": int(sum(int(h.df.sum()) for h in head_feats.values())),
+        "lists_skipped": int(sum(h.skipped for h in head_feats.values())),
+    }
 
 
 def question_token_range(tokenizer, prompt: str, question: str) -> tuple[int, int]:
@@ -214,8 +224,11 @@ def head_features(
         w[(df == 0) | (df > stop_df)] = 0.0
         nz = np.flatnonzero(w > 0)
         order = nz[np.argsort(-w[nz], kind="stable")]
-        top = order[_fits(df[order], per_head, cfg.max_features)]
-        out[key] = HeadFeatures(top.astype(np.int64), w[top].astype(np.float32), df[top])
+        keep = _fits(df[order], per_head, cfg.max_features)
+        kept = np.flatnonzero(keep)
+        skipped = int(kept[-1] + 1 - kept.size) if kept.size else int(min(order.size, cfg.max_features))
+        top = order[keep]
+        out[key] = HeadFeatures(top.astype(np.int64), w[top].astype(np.float32), df[top], skipped)
     return out
 
 

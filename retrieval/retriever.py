@@ -32,6 +32,7 @@ from s3attn.retrieval.question import (
     QuestionEncoder,
     head_features,
     question_token_range,
+    read_stats,
     score_tokens,
     top_features_near,
 )
@@ -171,6 +172,7 @@ class Retriever:
         self.model = self.loaded.model
         self.reader = None if reader is None else load_reader(reader, DTYPES[want])
         self._bm25 = None
+        self.last_read: dict[str, int] = {}  # read_stats of the last question's S3 side (lists, postings)
         self._encoders: dict[tuple[str, bool], QuestionEncoder] = {}
         self._set_documents()
 
@@ -240,6 +242,7 @@ class Retriever:
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         codes = self.encoder.codes(ids, question_token_range(self.tokenizer, prompt, question))
         head_feats = head_features(codes, self.store, self.cfg.question)
+        self.last_read = read_stats(head_feats)
         return score_tokens(self.store, head_feats, self.cfg.question), head_feats
 
     def s3_candidates(

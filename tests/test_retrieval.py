@@ -291,6 +291,27 @@ def test_stop_features_are_skipped(retriever):
     assert any((hq.df > mean_df).any() for hq in every.values())  # the cap did remove something
 
 
+def test_read_stats_count_lists_postings_and_budget_skips(retriever):
+    """read_stats adds up what a question reads; a small posting budget skips lists and says so."""
+    from s3attn.retrieval.question import QuestionConfig, head_features, read_stats
+
+    store = retriever.store
+    prompt = retriever.prompt("", "paris queen river")
+    ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    codes = retriever.encoder.codes(
+        ids, question_token_range(retriever.tokenizer, prompt, "paris queen river")
+    )
+    wide = head_features(codes, store, QuestionConfig(stop_ratio=0))
+    stats = read_stats(wide)
+    assert stats["lists"] == sum(h.features.size for h in wide.values()) > 0
+    assert stats["postings"] == sum(int(h.df.sum()) for h in wide.values())
+    assert stats["lists_skipped"] == 0
+    tight = read_stats(head_features(codes, store, QuestionConfig(stop_ratio=0, max_postings=len(wide) * 8)))
+    assert tight["postings"] <= len(wide) * 8 and tight["lists_skipped"] > 0
+    retriever.s3_scores("paris queen river")
+    assert retriever.last_read["lists"] > 0
+
+
 def test_attention_sink_gets_no_s3_score(retriever):
     """The first token of every document is excluded from S3 scoring (its key is the attention sink)."""
     starts = [s for _, _, s, _ in retriever.doc_table]
