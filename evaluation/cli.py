@@ -2,12 +2,15 @@
 
 s3-eval --sae RELEASE [--tasks niah,ruler_vt] [--lengths 2048,8192] [--samples 2] [--budget N]
         [--methods full,bm25,streaming,s3,hybrid] [--fusion linear --bm25-weight 0.6] [--out runs/eval]
-        [--dtype auto|bfloat16|float16|float32]
+        [--dtype auto|bfloat16|float16|float32] [--seeds 0,1 | --seed 0] [--no-generate]
 
 Per sample the context is indexed once with the shared model + SAEs, then every method answers it, all in
 one model precision (--dtype; results.json records it under environment.dtype).
-Writes OUT/results.json (rows, config, environment, summary), OUT/results.md and OUT/scores.png;
-results.json is rewritten after every sample, so an interrupted run keeps what it finished.
+Writes OUT/results.json (rows, config, environment, summary), OUT/results.md, OUT/scores.png and, when
+the tasks give evidence, OUT/evidence.png; results.json is rewritten after every sample, so an interrupted
+run keeps what it finished. Rows carry the evidence recall of the spans fed (primary retrieval metric) besides
+the answer score; --no-generate skips generation (retrieval only, for tuning). Base seeds 0-9 are tuning
+seeds, 100 and up held out (--seeds 100,101); rows record base_seed and split.
 Every retrieval setting is an option (RetrievalConfig, nested: --fusion is --retrieval.hybrid.fusion);
 with --index-cache DIR a run that changes only those reuses the indexes an earlier run built.
 Every option is listed below with its effective default (EvalConfig, then configs/eval.yaml, then
@@ -52,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = run_eval(cfg, stack=stack, on_sample=save_partial)
     files = write_report(out, [r._asdict() for r in run.rows], run.config, run.environment)
-    print(
-        f"{PROG}: {len(run.rows)} answers; wrote {files.json}, {files.markdown}, {files.plot}",
-        file=sys.stderr,
-    )
+    wrote = ", ".join(str(p) for p in files if p is not None)
+    print(f"{PROG}: {len(run.rows)} answers; wrote {wrote}", file=sys.stderr)
     return 0
 
 

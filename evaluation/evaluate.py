@@ -1,4 +1,4 @@
-"""The evaluation harness as a library: plan samples, index each one once, answer it with every method.
+"""The evaluation harness as a library: plan samples, index each context once, answer it with every method.
 
 ``run_eval(cfg)`` loads ONE model stack (model, tokenizer, SAEs), then per sample writes its context as one
 document into a fresh temporary corpus, builds an index with that stack (timed: ``build_seconds``) and
@@ -11,17 +11,25 @@ answers the question with each method at a matched token budget, greedy decoding
   (Retriever mode ``full`` at ``budget``, which is exactly that middle truncation);
 * ``s3`` / ``hybrid``: Retriever modes ``s3`` / ``hybrid`` at ``budget``.
 
+A sample whose context is the one of the sample before (the shared-context tasks of ``plan``: many questions
+of one context) reuses that sample's index and retriever; it reports that index's ``build_seconds``.
+Each row records the evidence recall of the spans fed (``s3attn.evaluation.evidence``: the fraction of the
+sample's evidence items at least half fed; None without evidence) next to the answer-string recall
+(``recall``) and the answer score. With ``generate=False`` nothing is generated (``answer`` empty, ``score``
+None): a retrieval-only run, for tuning on evidence recall.
+
 The prompt follows RULER: ``instruction``, context, question in the user turn of the chat template, then
 ``answer_prefix`` opening the assistant turn (all from ``Sample.meta``); without them, ``Retriever.prompt``.
-Each answer gives one ``EvalRow``; ``s3attn.evaluation.report`` turns rows into tables and a plot.
+Each answer gives one ``EvalRow``; ``s3attn.evaluation.report`` turns rows into tables and plots.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,23 +38,22 @@ from typing import Any, NamedTuple
 from s3attn.config import StackOptions, flat_options
 from s3attn.errors import S3Error
 from s3attn.evaluation import tasks as T
+from s3attn.evaluation.plan import (
+    LIST_TASKS,
+    METHODS,
+    TASKS,
+    EvalItem,
+    check_choices,
+    make_sample,
+    plan,
+    split_of,
+)
 from s3attn.evaluation.runtime import environment, peak_rss_mb
 from s3attn.models.precision import check_dtype, dtype_name, model_dtype
 from s3attn.retrieval.retriever import RetrievalConfig, check_retrieval
 
-TASKS = (
-    "niah",
-    "ruler_niah_single",
-    "ruler_niah_multikey",
-    "ruler_niah_multivalue",
-    "ruler_niah_multiquery",
-    "ruler_vt",
-    "ruler_cwe",
-    "multidoc_qa",
-)
-METHODS = ("full", "bm25", "streaming", "s3", "hybrid")
-LIST_TASKS = frozenset({"ruler_niah_multivalue", "ruler_niah_multiquery", "ruler_vt", "ruler_cwe"})
-HAYSTACKS = ("essay", "noise")
+logger = logging.getLogger(__name__)
+
 SEPARATOR = "\n...\n"  # between retrieved spans, as Retriever.answer joins them
 SEPARATOR_ROOM = 16  # tokens kept free in the 'full' window for separators and re-tokenization drift
 
@@ -57,11 +64,12 @@ class EvalConfig:
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     """Tasks to run: niah, ruler_niah_single, ruler_niah_multikey, ruler_niah_multivalue,
-    ruler_niah_multiquery, ruler_vt, ruler_cwe, multidoc_qa."""
+    ruler_niah_multiquery, ruler_vt, ruler_cwe, multidoc_qa, literal_niah, paraphrase_niah,
+    paraphrase_multikey, drop_qa (the last four ask --samples questions of one context per length)."""
     lengths: list[int] = field(default_factory=lambda: [2048, 8192, 32768])
     """Context lengths in tokens of the model's tokenizer, comma-separated."""
     depths: list[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])
-    """Needle depths in percent of the context (niah only; RULER tasks draw their own)."""
+    """Needle depths in percent of the context (niah only; the other tasks draw their own)."""
     samples: int = 2
     """Samples per (task, length), and per depth for niah."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -71,11 +79,18 @@ class EvalConfig:
     max_context: int | None = None
     """Model window in tokens for 'full' (prompt + answer); default: the model's max_position_embeddings."""
     haystack: str = "essay"
-    """Haystack of the ruler_niah_* tasks: essay (Paul Graham) or noise (RULER's repeated sentences)."""
+    """Haystack of the ruler_niah_*, literal_niah, paraphrase_niah and paraphrase_multikey tasks: essay (Paul
+    Graham) or noise (RULER's repeated sentences)."""
     chunk: int = 2048
     """Index build scan chunk in tokens."""
     seed: int = 0
-    """Base seed; every sample's seed derives from it and from (task, length, depth, sample number)."""
+    """Base seed; every sample's seed derives from it and from (task, length, depth, sample number).
+    Seeds 0-9 are tuning seeds, 100 and up held out (rows record the split)."""
+    seeds: list[int] | None = None
+    """Base seeds to run one after the other, e.g. 100,101 (held out); default: --seed alone."""
+    generate: bool = True
+    """Generate and score answers; without (--no-generate), rows have an empty answer and no score, a
+    retrieval-only run measuring evidence recall quickly."""
     out: str = "runs/eval"
     """Output folder: results.json, results.md, scores.png."""
     progress: bool = True
@@ -90,24 +105,20 @@ class EvalConfig:
     twice max_new_tokens."""
 
 
-class EvalItem(NamedTuple):
-    task: str
-    length: int
-    depth: float | None  # percent, niah only
-    number: int  # sample number within (task, length, depth)
-    seed: int
-
-
 class EvalRow(NamedTuple):
     task: str
     length: int  # requested context length in tokens
     depth: float | None  # percent (niah) or None
     sample: int
     seed: int
+    base_seed: int  # the run's base seed this sample derives from
+    split: str  # tuning, held-out or other (of base_seed)
     method: str
     budget: int  # context tokens allowed for this method
-    score: float  # metrics.score of the answer, in [0, 1]
-    recall: float  # fraction of the reference answers present in the context fed to the model
+    score: float | None  # metrics.score of the answer, in [0, 1]; None without generation
+    recall: float  # answer-string recall: fraction of the reference answers present in the context fed
+    evidence_recall: float | None  # fraction of the evidence items at least half fed; None: no evidence
+    evidence_coverage: list[float]  # per evidence item, the fraction of its tokens fed
     prompt_tokens: int  # tokens fed to the model (whole prompt)
     context_tokens: int  # of which retrieved context (sum of span lengths)
     overhead_tokens: int  # prompt tokens with an empty context
@@ -134,17 +145,6 @@ def _unique(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
-def _check_choices(cfg: EvalConfig) -> None:
-    bad = [t for t in cfg.tasks if t not in TASKS]
-    if bad or not cfg.tasks:
-        raise S3Error(f"--tasks {','.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
-    bad = [m for m in cfg.methods if m not in METHODS]
-    if bad or not cfg.methods:
-        raise S3Error(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
-    if cfg.haystack not in HAYSTACKS:
-        raise S3Error(f"--haystack {cfg.haystack}: choose essay or noise")
-
-
 def _check_sizes(cfg: EvalConfig) -> None:
     if not cfg.lengths:
         raise S3Error("--lengths is empty; give context lengths in tokens, e.g. --lengths 2048,8192")
@@ -157,47 +157,20 @@ def _check_sizes(cfg: EvalConfig) -> None:
             raise S3Error(f"--{name} {getattr(cfg, name)}: must be at least 1")
     if cfg.max_context is not None and cfg.max_context < 1:
         raise S3Error(f"--max-context {cfg.max_context}: must be at least 1 token")
+    if cfg.seed < 0 or any(s < 0 for s in cfg.seeds or []):
+        raise S3Error(f"--seeds {cfg.seeds if cfg.seeds else cfg.seed}: seeds must be at least 0")
 
 
 def check_config(cfg: EvalConfig) -> EvalConfig:
     """Refuse bad options with one-line S3Errors; returns ``cfg`` with duplicate entries dropped."""
-    _check_choices(cfg)
+    check_choices(cfg)
     _check_sizes(cfg)
     check_retrieval(cfg.retrieval)
     check_dtype(cfg.stack.dtype)
     cfg.tasks, cfg.methods = _unique(cfg.tasks), _unique(cfg.methods)
     cfg.lengths, cfg.depths = _unique(cfg.lengths), _unique(cfg.depths)
+    cfg.seeds = _unique(cfg.seeds) if cfg.seeds else None
     return cfg
-
-
-def plan(cfg: EvalConfig) -> list[EvalItem]:
-    """Every sample to run, task-major, then length, depth, number; seeds are stable per item."""
-    items = []
-    for task in cfg.tasks:
-        for length in cfg.lengths:
-            for depth in cfg.depths if task == "niah" else [None]:
-                for number in range(cfg.samples):
-                    key = f"{task}|{length}|{depth}|{number}".encode()
-                    seed = (cfg.seed * 1_000_003 + zlib.crc32(key)) % (2**31)
-                    items.append(EvalItem(task, length, depth, number, seed))
-    return items
-
-
-def make_sample(item: EvalItem, tokenizer_len: Callable[[str], int], haystack: str = "essay") -> T.Sample:
-    """The task generator's sample for ``item`` (lengths measured with ``tokenizer_len``)."""
-    task, n, seed = item.task, item.length, item.seed
-    if task == "niah":
-        return T.needle_haystack(T.paul_graham_text(), tokenizer_len, n, (item.depth or 0.0) / 100, seed)
-    if task.startswith("ruler_niah_"):
-        text = T.paul_graham_text() if haystack == "essay" else None
-        return T.ruler_niah(task.removeprefix("ruler_niah_"), text, tokenizer_len, n, seed)  # type: ignore[arg-type]
-    if task == "ruler_vt":
-        return T.ruler_variable_tracking(n, tokenizer_len, seed)
-    if task == "ruler_cwe":
-        return T.ruler_common_words(n, tokenizer_len, seed)
-    if task == "multidoc_qa":
-        return T.multidoc_qa(T.public_domain_passages(), n, tokenizer_len, seed)
-    raise S3Error(f"--tasks {task}: choose from {', '.join(TASKS)}")
 
 
 def retrieval_config(cfg: EvalConfig, max_new_tokens: int) -> RetrievalConfig:
@@ -263,61 +236,95 @@ class _Answering(NamedTuple):
     new_tokens: int
     overhead: int  # prompt tokens with an empty context
     build_seconds: float
+    evidence: list[tuple[int, int]]  # token ranges of the sample's evidence items
+    generate: bool
 
 
 def answer_method(a: _Answering, method: str, mode: str, budget: int) -> EvalRow:
-    """The row of ``method``: retrieve in Retriever ``mode`` within ``budget`` tokens, answer greedily."""
+    """The row of ``method``: retrieve in Retriever ``mode`` within ``budget`` tokens, answer greedily
+    (unless ``a.generate`` is off)."""
+    from s3attn.evaluation.evidence import evidence_coverage, evidence_recall
     from s3attn.evaluation.metrics import score
     from s3attn.retrieval.generate import generate
 
     r, sample, tok = a.retriever, a.sample, a.retriever.tokenizer
     t0 = time.perf_counter()
     spans = r.retrieve(sample.question, mode, budget)
+    fed = [[int(s.start), int(s.end)] for s in spans]
     context = SEPARATOR.join(s.text.strip() for s in spans)
-    text, n_prompt = generate(r.model, tok, build_prompt(tok, sample, context, r.prompt), a.new_tokens)
+    prompt = build_prompt(tok, sample, context, r.prompt)
+    if a.generate:
+        text, n_prompt = generate(r.model, tok, prompt, a.new_tokens)
+        answer_score: float | None = score(sample.metric, text, sample.answers)
+    else:
+        text, n_prompt, answer_score = "", count_tokens(tok, prompt), None
+    coverage = evidence_coverage(a.evidence, fed)
     return EvalRow(task=a.item.task, length=a.item.length, depth=a.item.depth, sample=a.item.number,
-                   seed=a.item.seed, method=method, budget=budget,
-                   score=score(sample.metric, text, sample.answers),
-                   recall=context_recall(context, sample.answers), prompt_tokens=n_prompt,
-                   context_tokens=sum(s.end - s.start for s in spans), overhead_tokens=a.overhead,
-                   spans=[[int(s.start), int(s.end)] for s in spans], doc_tokens=int(r.store.num_tokens),
+                   seed=a.item.seed, base_seed=a.item.base_seed, split=split_of(a.item.base_seed),
+                   method=method, budget=budget, score=answer_score,
+                   recall=context_recall(context, sample.answers), evidence_recall=evidence_recall(coverage),
+                   evidence_coverage=coverage, prompt_tokens=n_prompt,
+                   context_tokens=sum(e - s for s, e in fed), overhead_tokens=a.overhead,
+                   spans=fed, doc_tokens=int(r.store.num_tokens),
                    seconds=time.perf_counter() - t0, build_seconds=a.build_seconds, peak_rss_mb=peak_rss_mb(),
                    metric=sample.metric, answer=text, answers=list(sample.answers))  # fmt: skip
 
 
-def answer_sample(
-    item: EvalItem,
-    sample: T.Sample,
-    stack,
-    cfg: EvalConfig,
-    workdir: Path,
-    on_answer: Callable[[], None],
-    identity: dict | None = None,
-) -> list[EvalRow]:
-    """Index ``sample.context`` once (or reuse its index from ``cfg.index_cache``, whose key also covers
-    ``identity``, what the build depends on) and answer it with every method of ``cfg``."""
-    from s3attn.evaluation.index_cache import sample_index
-    from s3attn.retrieval.retriever import Retriever
+class IndexSlot:
+    """The index (and Retriever) of the last context a run built, reused while the next sample's context is
+    the same string; ``workdir`` holds an index built without ``--index-cache``. ``close()`` at the end."""
 
-    shutil.rmtree(workdir, ignore_errors=True)
-    index, build_seconds = sample_index(item.task, sample.context, stack, cfg, workdir, identity or {})
-    new_tokens = new_tokens_for(item.task, cfg)
-    retriever = Retriever(index, cfg=retrieval_config(cfg, new_tokens), stack=stack)
-    tok = retriever.tokenizer
+    def __init__(self, stack, cfg: EvalConfig, workdir: Path, identity: dict | None = None):
+        self.stack, self.cfg, self.workdir, self.identity = stack, cfg, workdir, identity or {}
+        self.context_hash: str | None = None
+        self.retriever: Any = None
+        self.build_seconds = 0.0
+        self.builds = 0  # indexes built or taken from the cache
+
+    def get(self, task: str, context: str) -> tuple[Any, float]:
+        """(Retriever, build_seconds) of ``context``'s index: the held one when the context is unchanged."""
+        from s3attn.evaluation.index_cache import sample_index
+        from s3attn.retrieval.retriever import Retriever
+
+        digest = hashlib.sha256(context.encode("utf-8")).hexdigest()
+        if digest != self.context_hash or self.retriever is None:
+            self.close()
+            index, self.build_seconds = sample_index(task, context, self.stack, self.cfg, self.workdir,
+                                                     self.identity)  # fmt: skip
+            cfg = retrieval_config(self.cfg, self.cfg.retrieval.max_new_tokens)  # answers: new_tokens_for
+            self.retriever = Retriever(index, cfg=cfg, stack=self.stack)
+            self.context_hash, self.builds = digest, self.builds + 1
+        return self.retriever, self.build_seconds
+
+    def close(self) -> None:
+        if self.retriever is not None:
+            self.retriever.store.close()
+        self.retriever, self.context_hash = None, None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def answer_sample(
+    item: EvalItem, sample: T.Sample, cfg: EvalConfig, slot: IndexSlot, on_answer: Callable[[], None]
+) -> list[EvalRow]:
+    """Index ``sample.context`` once (reuse ``slot``'s index when it holds this context, or the one in
+    ``cfg.index_cache``) and answer it with every method of ``cfg``."""
+    from s3attn.evaluation.evidence import evidence_token_ranges
+
+    retriever, build_seconds = slot.get(item.task, sample.context)
+    tok, new_tokens = retriever.tokenizer, new_tokens_for(item.task, cfg)
+    evidence = evidence_token_ranges(tok, sample.context, sample.meta.get("evidence") or [])
+    if any(e > retriever.store.num_tokens for _, e in evidence):
+        logger.warning("%s: evidence past the index's %d tokens", item.task, retriever.store.num_tokens)
+    overhead = count_tokens(tok, build_prompt(tok, sample, "", retriever.prompt))
+    full_room = model_window(retriever.model, cfg.max_context) - overhead - new_tokens - SEPARATOR_ROOM
+    if full_room < 1 and "full" in cfg.methods:
+        raise S3Error(f"--max-context: the window leaves no room for context ({overhead} prompt tokens)")
+    shared = _Answering(item, sample, retriever, new_tokens, overhead, build_seconds, evidence, cfg.generate)
     rows = []
-    try:
-        overhead = count_tokens(tok, build_prompt(tok, sample, "", retriever.prompt))
-        full_room = model_window(retriever.model, cfg.max_context) - overhead - new_tokens - SEPARATOR_ROOM
-        if full_room < 1 and "full" in cfg.methods:
-            raise S3Error(f"--max-context: the window leaves no room for context ({overhead} prompt tokens)")
-        shared = _Answering(item, sample, retriever, new_tokens, overhead, build_seconds)
-        for method in cfg.methods:
-            mode, budget = method_plan(method, cfg.retrieval.budget, full_room)
-            rows.append(answer_method(shared, method, mode, budget))
-            on_answer()
-    finally:
-        retriever.store.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    for method in cfg.methods:
+        mode, budget = method_plan(method, cfg.retrieval.budget, full_room)
+        rows.append(answer_method(shared, method, mode, budget))
+        on_answer()
     return rows
 
 
@@ -333,6 +340,11 @@ def load_eval_stack(cfg: EvalConfig):
     release, rel_cfg, layers = resolve_release(cfg.stack.sae, cfg.stack.layers)
     dtype = resolve_dtype(cfg.stack.dtype, "cpu")
     return load_stack(release, rel_cfg, layers, cfg.stack.model, dtype=dtype), release
+
+
+def _label(item: EvalItem) -> str:
+    depth = f" @{item.depth:g}%" if item.depth is not None else ""
+    return f"{item.task} {item.length}{depth} #{item.number} seed {item.base_seed}"
 
 
 def run_eval(
@@ -365,15 +377,16 @@ def run_eval(
     rows: list[EvalRow] = []
     bar = tqdm(total=len(items) * len(cfg.methods), desc="s3-eval", unit="answer", disable=not cfg.progress)
     with tempfile.TemporaryDirectory(prefix="s3-eval-") as tmp:
-        for item in items:
-            bar.set_postfix_str(
-                f"{item.task} {item.length}" + (f" @{item.depth:g}%" if item.depth is not None else "")
-            )
-            sample = make_sample(item, tokenizer_len, cfg.haystack)
-            rows += answer_sample(
-                item, sample, stack, cfg, Path(tmp) / "sample", lambda: bar.update(1), identity
-            )
-            if on_sample is not None:
-                on_sample(EvalRun(rows, flat_options(cfg), env))
+        slot = IndexSlot(stack, cfg, Path(tmp) / "sample", identity)
+        try:
+            for item in items:
+                bar.set_postfix_str(_label(item))
+                sample = make_sample(item, tokenizer_len, cfg.haystack)
+                rows += answer_sample(item, sample, cfg, slot, lambda: bar.update(1))
+                if on_sample is not None:
+                    on_sample(EvalRun(rows, flat_options(cfg), env))
+        finally:
+            slot.close()
     bar.close()
+    logger.info("%d samples, %d indexes", len(items), slot.builds)
     return EvalRun(rows, flat_options(cfg), env)

@@ -46,18 +46,21 @@ def peak_rss_mb() -> float:
 
 
 def environment(stack, window: int, release: Path) -> dict[str, Any]:
-    """The machine, library versions, model, window, SAE release and git commit of a run."""
+    """The machine, library versions, model, window, SAE release, git commit and dirtiness of a run."""
     import subprocess
 
     import torch
     import transformers
 
     loaded, saes, _ = stack
+    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
     try:
-        git = ["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "HEAD"]
-        commit = subprocess.run(git, capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, timeout=30)
+        dirty = bool(status.stdout.strip()) if commit.stdout.strip() and status.returncode == 0 else None
+        commit_id = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        commit_id, dirty = "", None
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -72,5 +75,6 @@ def environment(stack, window: int, release: Path) -> dict[str, Any]:
         "model_window": window,
         "sae_release": str(release.resolve()),
         "sae_layers": sorted(saes),
-        "git_commit": commit or None,
+        "git_commit": commit_id or None,
+        "git_dirty": dirty,  # uncommitted changes in the checkout (None: not a git checkout)
     }

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from conftest import filler_words, tiny_model, tiny_tokenizer
 
 from s3attn.errors import S3Error
 from s3attn.evaluation import report
+from s3attn.evaluation import tasks as T
 from s3attn.evaluation.cli import main
 from s3attn.evaluation.evaluate import (
-    METHODS,
     SEPARATOR_ROOM,
     EvalConfig,
     EvalRow,
@@ -27,8 +27,8 @@ from s3attn.evaluation.evaluate import (
     context_recall,
     method_plan,
     new_tokens_for,
-    plan,
 )
+from s3attn.evaluation.plan import METHODS, plan
 from s3attn.evaluation.tasks import Sample
 from s3attn.retrieval.retriever import RetrievalConfig
 
@@ -85,8 +85,10 @@ def test_end_to_end_files_and_rows(e2e):
     )
     for r in rows:
         assert set(r) == set(EvalRow._fields)
-        assert all(v is not None for k, v in r.items() if k != "depth"), r
+        assert all(v is not None for k, v in r.items() if k not in ("depth", "evidence_recall")), r
         assert 0.0 <= r["score"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
+        assert (r["base_seed"], r["split"]) == (0, "tuning")
+        assert (r["evidence_recall"] is None) == (not r["evidence_coverage"])
         assert r["seconds"] > 0 and r["build_seconds"] > 0 and r["peak_rss_mb"] > 0
         assert r["doc_tokens"] > BUDGET and r["prompt_tokens"] >= r["overhead_tokens"]
     assert {r["depth"] for r in rows if r["task"] == "niah"} == {50.0}
@@ -164,6 +166,65 @@ def test_end_to_end_full_and_streaming_keep_head_and_tail(e2e):
             assert r["spans"] == [[0, BUDGET // 2], [n - BUDGET // 2, n]]
 
 
+NEEDLE = "the queen of paris is old"
+
+
+def _fake_generator(name: str):
+    """A shared-context task as the harness sees it: the context depends on the seed only, the question on
+    the number; the needle is the evidence."""
+
+    def generate(haystack, tokenizer_len, length_tokens, seed, number) -> Sample:
+        words = filler_words(length_tokens - 6, seed).split()
+        context = " ".join([*words[: len(words) // 3], NEEDLE, *words[len(words) // 3 :]])
+        start = context.index(NEEDLE)
+        meta = {"evidence": [[start, start + len(NEEDLE)]]}
+        return Sample(name, context, f"where is the queen {number}", ["paris"], "string_match_all", meta)
+
+    return generate
+
+
+def test_shared_contexts_reuse_one_index_retrieval_only(tiny_setup, tmp_path, monkeypatch):
+    """literal_niah + paraphrase_niah share their contexts: one index per (base seed, length) serves every
+    question of both; --no-generate rows have no answer and no score but an evidence recall."""
+    from s3attn.evaluation import index_cache
+    from s3attn.evaluation.evidence import evidence_coverage, evidence_recall, evidence_token_ranges
+
+    for name in ("literal_niah", "paraphrase_niah"):
+        monkeypatch.setattr(T, name, _fake_generator(name), raising=False)
+    built = []
+    real = index_cache.sample_index
+
+    def counting(task, context, *args, **kwargs):
+        built.append(context)
+        return real(task, context, *args, **kwargs)
+
+    monkeypatch.setattr(index_cache, "sample_index", counting)
+    model_dir, release = tiny_setup
+    out = tmp_path / "run"
+    argv = ["--sae", str(release), "--model", str(model_dir), "--tasks", "literal_niah,paraphrase_niah",
+            "--lengths", str(LENGTH), "--samples", "2", "--seeds", "0,100", "--methods", "full,bm25,s3",
+            "--budget", str(BUDGET), "--max-context", str(WINDOW), "--no-generate", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert len(built) == 2 and built[0] != built[1]  # one per base seed
+    data = json.loads((out / report.RESULTS_JSON).read_text())
+    rows = data["rows"]
+    assert len(rows) == 2 * 2 * 2 * 3
+    assert {(r["base_seed"], r["split"]) for r in rows} == {(0, "tuning"), (100, "held-out")}
+    assert {r["answer"] for r in rows} == {""} and {r["score"] for r in rows} == {None}
+    tok = tiny_tokenizer()
+    for r in rows:
+        context = built[0] if r["base_seed"] == 0 else built[1]
+        ranges = evidence_token_ranges(tok, context, [[context.index(NEEDLE), context.index(NEEDLE) + 25]])
+        assert r["evidence_coverage"] == evidence_coverage(ranges, r["spans"])
+        assert r["evidence_recall"] == evidence_recall(r["evidence_coverage"])
+        assert r["prompt_tokens"] >= r["overhead_tokens"] + r["context_tokens"] // 2
+    assert data["environment"]["git_dirty"] in (True, False, None)
+    md = (out / report.RESULTS_MD).read_text()
+    assert "## Evidence recall" in md and "| lexical | 200 |" in md and "s3 vs bm25" in md
+    assert (out / report.EVIDENCE_PNG).read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -205,6 +266,84 @@ def test_plan_counts_and_stable_seeds():
     assert new_tokens_for("ruler_cwe", cfg) == 2 * new_tokens_for("niah", cfg)
     with pytest.raises(S3Error, match="--samples"):
         check_config(EvalConfig(samples=0))
+    with pytest.raises(S3Error, match="--seeds"):
+        check_config(EvalConfig(seeds=[1, -2]))
+
+
+def test_plan_seeds_split_and_shared_contexts(monkeypatch):
+    from s3attn.evaluation.plan import FAMILY, family_of, split_of
+
+    for name in ("literal_niah", "paraphrase_niah", "drop_qa"):
+        monkeypatch.setattr(T, name, _fake_generator(name), raising=False)
+    tasks = ["niah", "literal_niah", "drop_qa", "paraphrase_niah"]
+    cfg = check_config(
+        EvalConfig(tasks=tasks, lengths=[512, 1024], depths=[50], samples=3, seeds=[100, 3, 100])
+    )
+    items = plan(cfg)
+    assert cfg.seeds == [100, 3] and len(items) == 2 * 4 * 2 * 3
+    assert [i.base_seed for i in items] == [100] * 24 + [3] * 24
+    assert [split_of(s) for s in (0, 9, 10, 99, 100, 250)] == ["tuning"] * 2 + ["other"] * 2 + [
+        "held-out"
+    ] * 2
+    one = [i for i in items if i.base_seed == 100 and i.length == 512]
+    shared = [i for i in one if i.task in ("literal_niah", "paraphrase_niah")]
+    assert len({i.seed for i in shared}) == 1  # one context seed for both tasks and every number
+    at = one.index(shared[0])
+    assert one[at : at + 6] == shared, "items of one context are consecutive"
+    assert [(i.task, i.number) for i in shared[:3]] == [
+        ("literal_niah", 0),
+        ("paraphrase_niah", 0),
+        ("literal_niah", 1),
+    ]
+    drop = [i for i in one if i.task == "drop_qa"]
+    assert len({i.seed for i in drop}) == 1 and drop[0].seed != shared[0].seed
+    assert len({i.seed for i in one if i.task == "niah"}) == 3  # per-number seeds as before
+    assert {i.seed for i in items if i.base_seed == 3}.isdisjoint(
+        {i.seed for i in items if i.base_seed == 100}
+    )
+    assert check_config(EvalConfig(tasks=["niah"], seed=4)).seeds is None
+    assert {i.base_seed for i in plan(check_config(EvalConfig(tasks=["niah"], seed=4)))} == {4}
+    names = ("ruler_niah_multikey", "paraphrase_multikey", "drop_qa", "ruler_cwe", "x")
+    assert [family_of(t) for t in names] == [
+        "lexical", "paraphrase", "real_qa", "aggregation", "other"]  # fmt: skip
+    assert len(FAMILY) == 9
+
+
+def test_make_sample_calls_the_shared_context_generators(monkeypatch):
+    from s3attn.evaluation.plan import EvalItem, make_sample
+
+    calls = []
+    for name in ("literal_niah", "paraphrase_niah", "paraphrase_multikey"):
+        monkeypatch.setattr(T, name, lambda *a, _n=name: calls.append((_n, *a)), raising=False)
+    monkeypatch.setattr(T, "drop_qa", lambda *a: calls.append(("drop_qa", *a)), raising=False)
+    monkeypatch.setattr(T, "paul_graham_text", lambda: "ESSAY")
+    for task in ("literal_niah", "paraphrase_niah", "paraphrase_multikey", "drop_qa"):
+        make_sample(EvalItem(task, 512, None, 7, 42, 0), len, "essay")
+    make_sample(EvalItem("paraphrase_niah", 512, None, 1, 42, 0), len, "noise")
+    assert calls == [
+        ("literal_niah", "ESSAY", len, 512, 42, 7), ("paraphrase_niah", "ESSAY", len, 512, 42, 7),
+        ("paraphrase_multikey", "ESSAY", len, 512, 42, 7), ("drop_qa", len, 512, 42, 7),
+        ("paraphrase_niah", None, len, 512, 42, 1),
+    ]  # fmt: skip
+
+
+def test_real_shared_context_generators_give_evidence():
+    """The task module's generators at the planned seeds: literal_niah and paraphrase_niah share the
+    context, the questions of one context share it, and each sample's evidence is inside it."""
+    from s3attn.evaluation.plan import EvalItem, item_seed, make_sample
+
+    words = lambda text: len(text.split())  # noqa: E731
+    seed = item_seed(0, "literal_niah", 1500, None, 0)
+    assert seed == item_seed(0, "paraphrase_niah", 1500, None, 5)
+    a = make_sample(EvalItem("literal_niah", 1500, None, 1, seed, 0), words)
+    b = make_sample(EvalItem("paraphrase_niah", 1500, None, 1, seed, 0), words)
+    c = make_sample(EvalItem("paraphrase_niah", 1500, None, 2, seed, 0), words)
+    assert a.context == b.context == c.context and a.question != b.question != c.question
+    d0, d1 = (make_sample(EvalItem("drop_qa", 3000, None, n, 7, 0), words) for n in (0, 1))
+    assert d0.context == d1.context and d0.question != d1.question
+    for s in (a, b, c, d0, d1):
+        ((start, end),) = s.meta["evidence"]
+        assert 0 <= start < end <= len(s.context)
 
 
 def test_retrieval_config_takes_only_the_options_given():
@@ -249,8 +388,9 @@ def test_build_prompt_ruler_style_and_fallback():
 
 
 def _row(task, length, method, score, seconds=1.0, sample=0, **kw) -> dict:
-    base = dict(task=task, length=length, depth=None, sample=sample, seed=sample, method=method, budget=64,
-                score=score, recall=score, prompt_tokens=100, context_tokens=64, overhead_tokens=36,
+    base = dict(task=task, length=length, depth=None, sample=sample, seed=sample, base_seed=0, split="tuning",
+                method=method, budget=64, score=score, recall=score, evidence_recall=score,
+                evidence_coverage=[score], prompt_tokens=100, context_tokens=64, overhead_tokens=36,
                 spans=[[0, 64]], doc_tokens=500, seconds=seconds, build_seconds=2.0 + sample, peak_rss_mb=300.0,
                 metric="qa_f1", answer="", answers=["x"])  # fmt: skip
     return {**base, **kw}
@@ -298,6 +438,32 @@ def test_markdown_tables():
     assert lines[at + 4] == "| ruler_vt | 1024 | 1 | - | 1.000 | n/a |"
     assert "## Per method" in md and "| hybrid | 4 | 0.562 |" in md
     assert "Budget 64" in md and "`tiny`" in md
+
+
+def test_report_without_scores_and_with_evidence(tmp_path):
+    rows = [dict(r, score=None) for r in ROWS] + [
+        _row("paraphrase_niah", 1024, "hybrid", None, recall=0.0, evidence_recall=None, evidence_coverage=[])
+    ]
+    agg = report.aggregate(rows)
+    assert all(a.score is None for a in agg) and report.fidelity(agg)[("niah", 1024)] is None
+    md = report.markdown(rows, {"budget": 64}, {"model_id": "tiny"})
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert [s.split(" (")[0] for s in sections[:4]] == [
+        "## Evidence recall", "## Paired evidence recall", "## Mean score", "## Answer-string recall"
+    ]  # fmt: skip
+    assert "| family | length | full | hybrid |" in md
+    assert "| lexical | 1024 | 0.750 (2) | 0.375 (2) |" in md  # the paraphrase row has no evidence
+    assert "| hybrid vs full | lexical | 1/0/2 | 3 | -0.083 |" in md
+    assert "| niah | 1024 | 2 | n/a | n/a | n/a |" in md
+    files = report.write_report(tmp_path / "r", rows, {"budget": 64}, {"model_id": "tiny"})
+    assert files.evidence_plot is not None and files.evidence_plot.read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads(files.json.read_text())["summary"]
+    assert summary["evidence_by_family_length_method"][0]["family"] == "lexical"
+    overall = [p for p in summary["paired_evidence_recall"] if p["family"] == "overall"]
+    assert [(p["a"], p["b"], p["n"]) for p in overall] == [("hybrid", "full", 3)]
+    bare = [dict(r, evidence_recall=None, evidence_coverage=[]) for r in ROWS]
+    assert report.write_report(tmp_path / "r", bare, {}, {}).evidence_plot is None
+    assert not (tmp_path / "r" / report.EVIDENCE_PNG).exists()
 
 
 def test_write_report_from_rows(tmp_path):
