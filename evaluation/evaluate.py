@@ -80,7 +80,8 @@ class EvalConfig:
     """Model window in tokens for 'full' (prompt + answer); default: the model's max_position_embeddings."""
     haystack: str = "essay"
     """Haystack of the ruler_niah_*, literal_niah, paraphrase_niah and paraphrase_multikey tasks: essay (Paul
-    Graham) or noise (RULER's repeated sentences)."""
+    Graham, ~145k tokens, repeated when a context needs more), long (the essays then the DROP passages,
+    ~300k tokens of text that does not repeat) or noise (RULER's repeated sentences)."""
     chunk: int = 2048
     """Index build scan chunk in tokens."""
     seed: int = 0

@@ -39,7 +39,7 @@ TASKS = (
 )
 METHODS = ("full", "bm25", "streaming", "s3", "hybrid")
 LIST_TASKS = frozenset({"ruler_niah_multivalue", "ruler_niah_multiquery", "ruler_vt", "ruler_cwe"})
-HAYSTACKS = ("essay", "noise")
+HAYSTACKS = ("essay", "long", "noise")
 FAMILY = {
     "niah": "lexical",
     "literal_niah": "lexical",
@@ -111,7 +111,7 @@ def check_choices(cfg: Any) -> None:
     if bad or not cfg.methods:
         raise S3Error(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
     if cfg.haystack not in HAYSTACKS:
-        raise S3Error(f"--haystack {cfg.haystack}: choose essay or noise")
+        raise S3Error(f"--haystack {cfg.haystack}: choose essay, long or noise")
 
 
 def plan(cfg: Any) -> list[EvalItem]:
@@ -139,6 +139,8 @@ def plan(cfg: Any) -> list[EvalItem]:
 
 
 def _haystack(haystack: str) -> str | None:
+    if haystack == "long":
+        return T.long_text()
     return T.paul_graham_text() if haystack == "essay" else None
 
 

