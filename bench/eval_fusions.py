@@ -1,7 +1,7 @@
 """Hybrid fusions side by side: the s3-eval harness once per variant, on the same samples, then one table.
 
-    python bench/eval_fusions.py --lengths 16384,32768,65536 --index-cache runs/index-cache \\
-        --variants bm25,tiered.6,linear.6,rrf --out docs/results/fusions-seed0
+    python bench/eval_fusions.py --lengths 16384 --seeds 0,1 --index-cache runs/icache --budget 1024 \\
+        --variants bm25,s3,adaptive,linear.6-floor.5 --out runs/fusions
 
 Takes every s3-eval option (the samples, the model, the retrieval settings every variant starts from) plus
 ``--variants``. Each variant is one s3-eval run with one method and its retrieval options, i.e. what
@@ -9,8 +9,10 @@ Takes every s3-eval option (the samples, the model, the retrieval settings every
     s3-eval --methods hybrid --fusion tiered --bm25-share 0.6 --index-cache runs/index-cache ...
 
 does (its --methods is each variant's); here the model stack is loaded once and the indexes are built once
-(kept in ``--index-cache``). Prints one table per length (mean score, recall, tokens, wins / losses against
-bm25) and writes OUT/fusions.json (the rows, the variants, the base config) and OUT/fusions.md.
+(kept in ``--index-cache``). Retrieval only by default (``--generate`` to answer too). Prints evidence
+recall per task family and length per variant, and every variant paired against bm25 and s3 (wins / ties /
+losses, mean difference, 95% cluster-bootstrap CI), and writes OUT/fusions.json (the rows, the variants,
+the base config) and OUT/fusions.md. This is how the fusion defaults are chosen, on tuning seeds (0-9).
 """
 
 from __future__ import annotations
@@ -25,38 +27,39 @@ import numpy as np
 from s3attn.config import apply_values, flat_options, parse_config
 from s3attn.errors import S3Error, cli_entry
 from s3attn.evaluation.evaluate import EvalConfig, check_config, load_eval_stack, run_eval
+from s3attn.evaluation.paired import PAIRED_HEADER, paired_by_family, paired_lines
+from s3attn.evaluation.plan import FAMILY_ORDER, family_of
 from s3attn.logs import setup_cli_logging
 
 PROG = "eval_fusions"
 TASKS = [
+    "literal_niah",
+    "paraphrase_niah",
+    "paraphrase_multikey",
+    "drop_qa",
     "niah",
-    "ruler_niah_multikey",
-    "ruler_niah_multivalue",
-    "ruler_niah_multiquery",
-    "ruler_vt",
     "multidoc_qa",
+    "ruler_vt",
 ]
 VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options over the base config's)
     "bm25": ("bm25", {}),
     "s3": ("s3", {}),
+    "s3.query": ("s3", {"site": "query"}),
+    "s3.both": ("s3", {"site": "both"}),
+    "adaptive": ("hybrid", {"fusion": "adaptive"}),
+    "adaptive.p1": ("hybrid", {"fusion": "adaptive", "coverage_power": 1.0}),
+    "adaptive.p4": ("hybrid", {"fusion": "adaptive", "coverage_power": 4.0}),
+    "adaptive.m10": ("hybrid", {"fusion": "adaptive", "min_share": 0.10}),
+    "adaptive.m25": ("hybrid", {"fusion": "adaptive", "min_share": 0.25}),
     "tiered.6": ("hybrid", {"fusion": "tiered", "bm25_share": 0.6}),
-    "tiered.8": ("hybrid", {"fusion": "tiered", "bm25_share": 0.8}),
-    "linear.5": ("hybrid", {"fusion": "linear", "bm25_weight": 0.5, "min_relevance": 0.0}),
     "linear.6": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.0}),
-    "linear.7": ("hybrid", {"fusion": "linear", "bm25_weight": 0.7, "min_relevance": 0.0}),
-    "linear.8": ("hybrid", {"fusion": "linear", "bm25_weight": 0.8, "min_relevance": 0.0}),
     "linear.6-floor.5": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.5}),
     "rrf": ("hybrid", {"fusion": "rrf", "min_relevance": 0.0}),
-    # the default hybrid with the question's forward in the model's own fp32 weights (not fp16-packed)
-    "linear.6-floor.5-fp32": (
-        "hybrid",
-        {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.5, "half_weights": False},
-    ),
 }
 
 
 def _base() -> EvalConfig:
-    return EvalConfig(tasks=list(TASKS), lengths=[16384, 32768, 65536], depths=[25.0, 75.0],
+    return EvalConfig(tasks=list(TASKS), lengths=[16384], samples=10, depths=[50.0], generate=False,
                       index_cache="runs/index-cache", out="runs/fusions")  # fmt: skip
 
 
@@ -64,14 +67,15 @@ def _base() -> EvalConfig:
 class FusionsConfig:
     """Every option of bench/eval_fusions.py."""
 
-    variants: list[str] = field(default_factory=lambda: ["bm25", "tiered.6", "tiered.8", "linear.6", "rrf"])
-    """Variants to compare (bm25 is the reference of the wins / losses): see VARIANTS in this script."""
+    variants: list[str] = field(default_factory=lambda: ["bm25", "s3", "adaptive", "linear.6-floor.5"])
+    """Variants to compare (paired against bm25 and s3 when those run): see VARIANTS in this script."""
     eval: EvalConfig = field(default_factory=_base)
     """The s3-eval run every variant is (its methods are the variant's)."""
 
 
 def run(cfg: FusionsConfig) -> list[dict]:
-    """Every variant's rows (s3-eval's, with ``variant``), the samples and the model stack shared."""
+    """Every variant's rows (s3-eval's, ``method`` set to the variant's name), the samples and the model
+    stack shared."""
     unknown = [n for n in cfg.variants if n not in VARIANTS]
     if unknown:
         raise S3Error(f"--variants {','.join(unknown)}: choose from {', '.join(VARIANTS)}")
@@ -82,34 +86,32 @@ def run(cfg: FusionsConfig) -> list[dict]:
         method, options = VARIANTS[name]
         retrieval = apply_values(base.retrieval, options, f"variant {name}")
         run_ = run_eval(replace(base, methods=[method], retrieval=retrieval), stack=stack)
-        rows += [{"variant": name, **r._asdict()} for r in run_.rows]
+        rows += [{**r._asdict(), "method": name} for r in run_.rows]
     return rows
 
 
 def table(rows: list[dict], names: list[str]) -> str:
-    """Markdown: per length, mean score / recall / tokens and wins / losses against bm25 per variant."""
-    out = []
-    for length in sorted({r["length"] for r in rows}):
-        out += [
-            f"\n### {length} tokens\n",
-            "| variant | n | score | recall | tokens | vs bm25 (wins / losses) |",
-        ]
-        out.append("|---|---|---|---|---|---|")
-        ref = {(r["task"], r["depth"], r["sample"], r["seed"]): r["score"] for r in rows
-               if r["variant"] == "bm25" and r["length"] == length}  # fmt: skip
+    """Markdown: evidence recall per family x length per variant, then each variant paired against bm25
+    and s3 (wins / ties / losses, mean difference, 95% cluster-bootstrap CI)."""
+    out = [
+        "| variant | length | " + " | ".join(FAMILY_ORDER) + " |",
+        "|---|---|" + "---|" * len(FAMILY_ORDER),
+    ]
+    for name in names:
+        for length in sorted({r["length"] for r in rows}):
+            cells = []
+            for fam in FAMILY_ORDER:
+                vals = [r["evidence_recall"] for r in rows if r["method"] == name and r["length"] == length
+                        and family_of(r["task"]) == fam and r["evidence_recall"] is not None]  # fmt: skip
+                cells.append(f"{np.mean(vals):.3f} ({len(vals)})" if vals else "")
+            out.append(f"| {name} | {length} | " + " | ".join(cells) + " |")
+    body = []
+    for ref in ("bm25", "s3"):
         for name in names:
-            sel = [r for r in rows if r["variant"] == name and r["length"] == length]
-            if not sel:
-                continue
-            pairs = [(r["score"], ref.get((r["task"], r["depth"], r["sample"], r["seed"]))) for r in sel]
-            wins = sum(a > b for a, b in pairs if b is not None)
-            losses = sum(a < b for a, b in pairs if b is not None)
-            vs = f"{wins} / {losses}" if name != "bm25" and ref else ""
-            out.append(
-                f"| {name} | {len(sel)} | {np.mean([r['score'] for r in sel]):.3f} | "
-                f"{np.mean([r['recall'] for r in sel]):.2f} | {np.mean([r['context_tokens'] for r in sel]):.0f} "
-                f"| {vs} |"
-            )
+            if ref in names and name != ref and not (ref == "s3" and name.startswith("s3")):
+                body += paired_lines(f"{name} vs {ref}", paired_by_family(rows, name, ref))
+    out += ["", "| " + " | ".join(PAIRED_HEADER) + " |", "|" + "---|" * len(PAIRED_HEADER)]
+    out += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(out) + "\n"
 
 
