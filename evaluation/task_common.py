@@ -196,3 +196,18 @@ def fresh_numbers(rng: random.Random, count: int, digits: int, avoid: str) -> li
         if value not in values and value not in avoid:
             values.append(value)
     return values
+
+
+def answer_sentence(text: str, answers: Sequence[str]) -> tuple[int, int] | None:
+    """[start, end) in ``text`` of the sentence holding the earliest occurrence (case-insensitive) of any of
+    ``answers``, trailing whitespace excluded; None when no answer occurs."""
+    low = text.lower()
+    hits = [i for i in (low.find(a.lower()) for a in answers if a.strip()) if i >= 0]
+    if not hits:
+        return None
+    at, pos = min(hits), 0
+    for unit in split_units(text):
+        if pos <= at < pos + len(unit):
+            return pos, pos + len(unit.rstrip())
+        pos += len(unit)
+    return None

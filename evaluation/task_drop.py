@@ -19,7 +19,13 @@ import re
 from importlib import resources
 
 from s3attn.errors import S3Error
-from s3attn.evaluation.task_common import Sample, TokenLen, check_length_and_seed, fit_length
+from s3attn.evaluation.task_common import (
+    Sample,
+    TokenLen,
+    answer_sentence,
+    check_length_and_seed,
+    fit_length,
+)
 from s3attn.evaluation.task_multidoc import _Distractors, _head
 from s3attn.evaluation.task_paraphrase import check_number, context_rng, spread_depths
 
@@ -97,12 +103,16 @@ def drop_qa(tokenizer_len: TokenLen, length_tokens: int, seed: int, number: int)
     m = re.search(rf"Passage (\d+):\n{re.escape(title)}\n", context)
     assert m is not None
     start = m.start() + len(f"Passage {m.group(1)}:\n")
+    body = start + len(title) + 1  # the passage text, after its title line
+    inside = answer_sentence(text, record["answers"])
+    evidence = [body + inside[0], body + inside[1]] if inside else [start, body + len(text)]
     meta = {
         "id": record["id"],
         "title": title,
         "passage_number": int(m.group(1)),
         "depth": fracs[asked],
-        "evidence": [[start, start + len(title) + 1 + len(text)]],
+        "evidence": [evidence],  # the gold passage's sentence holding the answer (else the whole passage)
+        "gold_passage": [start, body + len(text)],
         "gold_ids": [records[g]["id"] for g in gold],
         "source": "drop",
         "length_tokens": tokens,

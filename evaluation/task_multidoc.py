@@ -184,12 +184,14 @@ def multidoc_qa(
     found = re.search(rf"Passage (\d+):\n{re.escape(title)}\n", context)
     assert found is not None
     number = int(found.group(1))
-    start = found.start() + len(f"Passage {number}:\n")  # the evidence: title line and passage text
+    start = found.start() + len(f"Passage {number}:\n")  # the gold passage: title line and text
+    fact_at = context.index(fact, start)
     meta = {
         "title": title,
         "fact": fact,
         "passage_number": number,
-        "evidence": [[start, start + len(title) + 1 + len(target_text)]],
+        "evidence": [[fact_at, fact_at + len(fact)]],  # the planted fact sentence
+        "gold_passage": [start, start + len(title) + 1 + len(target_text)],
         "length_tokens": tokens,
         "instruction": "Answer the question based on the given passages. Only give me the answer.",
         "answer_prefix": "Answer:",

@@ -33,11 +33,19 @@ def test_length_evidence_and_shared_context(length, seed):
     assert len({s.meta["id"] for s in samples}) == GOLD_PER_CONTEXT
     for s in samples:
         record = by_id[s.meta["id"]]
-        ((a, b),) = s.meta["evidence"]
+        a, b = s.meta["gold_passage"]
         assert context[a:b] == f"{record['title']}\n{record['passage'].strip()}"
         assert context[:a].endswith(f"Passage {s.meta['passage_number']}:\n")
         assert context[b:].startswith("\n\n") or b == len(context)
         assert all(ans.lower() in context[a:b].lower() for ans in s.answers)
+        # the evidence: the gold passage's sentence holding the earliest answer
+        ((ea, eb),) = s.meta["evidence"]
+        assert a < ea < eb <= b and context[ea:eb] == context[ea:eb].strip()
+        sentence = context[ea:eb].lower()
+        assert any(ans.lower() in sentence for ans in s.answers)
+        body = a + len(record["title"]) + 1  # the passage text after its title line
+        earliest = min(i for i in (context.lower().find(x.lower(), body) for x in s.answers) if i >= 0)
+        assert ea <= earliest < eb
         assert s.question == record["question"] and s.metric == "qa_f1" and s.task == "drop_qa"
         assert s.meta["source"] == "drop" and s.meta["instruction"] and s.meta["answer_prefix"] == "Answer:"
         assert context.count(record["title"] + "\n") == 1

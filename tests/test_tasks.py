@@ -248,3 +248,14 @@ def test_long_haystack_is_the_essays_then_every_drop_passage():
     records = drop_records()
     assert records[0]["passage"].strip() in text and records[-1]["passage"].strip() in text
     assert len(text.split()) > 2 * len(paul_graham_text().split()) * 0.9  # about twice the essays, no repeats
+
+
+def test_answer_sentence_finds_the_earliest_answer():
+    from s3attn.evaluation.task_common import answer_sentence
+
+    text = "First line here. The score was 21 to 7. Later, 7 more came! End."
+    a, b = answer_sentence(text, ["7", "21"])
+    assert text[a:b] == "The score was 21 to 7."
+    assert answer_sentence(text, ["zebra"]) is None
+    a, b = answer_sentence(text, ["END"])
+    assert text[a:b] == "End."
