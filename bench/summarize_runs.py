@@ -1,0 +1,97 @@
+"""One table from several s3-eval runs on the same samples: evidence recall per family x length x method, the
+paired comparisons, and the answer scores, e.g. the held-out runs of ``bench/heldout.sh``:
+
+    python bench/summarize_runs.py docs/results/heldout/{niah,drop,other} \\
+        s3.query=docs/results/heldout/site-query/{niah,drop,other} --out docs/results/heldout/summary.md
+
+A plain folder contributes its rows as they are; ``NAME=FOLDER`` renames the rows' single method to NAME (a
+run of one method with other settings, e.g. ``--site query``). Paired rows match on (task, length, depth,
+sample, base seed); every comparison is a against b with wins / ties / losses, the mean difference and the
+95% task-cluster bootstrap CI of ``s3attn.evaluation.paired``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from s3attn.evaluation.paired import PAIRED_HEADER, paired_by_family, paired_lines
+from s3attn.evaluation.plan import FAMILY_ORDER, family_of
+
+COMPARE = [("hybrid", "bm25"), ("hybrid", "s3"), ("s3", "bm25"), ("s3.query", "s3"), ("s3.both", "s3")]
+
+
+def load(spec: str) -> tuple[list[dict], dict]:
+    """Rows (method renamed for ``NAME=FOLDER``) and environment of one results.json."""
+    name, _, folder = spec.rpartition("=")
+    data = json.loads((Path(folder) / "results.json").read_text())
+    rows = data["rows"]
+    if name:
+        methods = {r["method"] for r in rows}
+        if len(methods) != 1:
+            sys.exit(f"{folder}: NAME= needs a run of one method, this one has {sorted(methods)}")
+        rows = [{**r, "method": name} for r in rows]
+    return rows, data.get("environment", {})
+
+
+def _mean(rows: list[dict], key: str) -> str:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return f"{np.mean(vals):.3f} ({len(vals)})" if vals else ""
+
+
+def recall_table(rows: list[dict], methods: list[str], key: str = "evidence_recall") -> list[str]:
+    out = ["| family | length | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for fam in [f for f in FAMILY_ORDER if any(family_of(r["task"]) == f for r in rows)]:
+        for length in sorted({r["length"] for r in rows}):
+            sel = [r for r in rows if family_of(r["task"]) == fam and r["length"] == length]
+            cells = [_mean([r for r in sel if r["method"] == m], key) for m in methods]
+            if any(cells):
+                out.append(f"| {fam} | {length} | " + " | ".join(cells) + " |")
+    return out
+
+
+def paired_table(rows: list[dict], methods: list[str]) -> list[str]:
+    body = []
+    for a, b in COMPARE:
+        if a in methods and b in methods:
+            for length in sorted({r["length"] for r in rows}):
+                at = [r for r in rows if r["length"] == length]
+                body += paired_lines(f"{a} vs {b} @{length}", paired_by_family(at, a, b))
+            if len({r["length"] for r in rows}) > 1:
+                body += paired_lines(f"{a} vs {b} @all", paired_by_family(rows, a, b))
+    head = ["| " + " | ".join(PAIRED_HEADER) + " |", "|" + "---|" * len(PAIRED_HEADER)]
+    return head + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="s3-eval output folders, or NAME=FOLDER to rename its method")
+    p.add_argument("--out", help="also write the tables here (markdown) and the rows next to it (.json)")
+    args = p.parse_args(argv)
+    rows, commits = [], set()
+    for spec in args.runs:
+        got, env = load(spec)
+        rows += got
+        commits.add(f"{env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = [f"Runs: {', '.join(args.runs)}; commits: {', '.join(sorted(commits))}; {len(rows)} rows.", ""]
+    lines += ["## Evidence recall", "", *recall_table(rows, methods), ""]
+    lines += ["## Paired evidence recall", "", *paired_table(rows, methods), ""]
+    if any(r.get("score") is not None for r in rows):
+        lines += ["## Answer score", "", *recall_table(rows, methods, "score"), ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        Path(args.out).with_suffix(".json").write_text(
+            json.dumps({"runs": args.runs, "rows": rows}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
