@@ -11,10 +11,12 @@ floor. Instead each question gets a **share** of the budget per retriever, from 
 * **S3 peak prominence**: how far S3's best peak stands above the spread of its peaks,
   ``(best - median) / best`` in [0, 1]; a flat S3 landscape (every peak alike) has nothing to say.
 
-``bm25_share = clip(c^p / (c^p + (s * (1 - c))^p), min_share, 1 - min_share)`` with ``c`` the coverage,
-``s`` the prominence and ``p = coverage_power``: full coverage hands BM25 all but ``min_share``; no coverage
-hands it ``min_share``; in between, a prominent S3 peak pulls budget to S3. ``min_share`` of the budget is
-always each retriever's (when it has candidates), so its best candidates are fed whatever the other says.
+``bm25_share = clip(c^p / (c^p + ((1 - c) * m * s)^p), min_share, 1 - min_share)`` with ``c`` the coverage,
+``s`` the prominence, ``m = prominence_scale`` and ``p = coverage_power``: full coverage hands BM25 all but
+``min_share``; no coverage hands it ``min_share``; in between, a prominent S3 peak (``m * s`` above 1) pulls
+budget to S3 and a flat one (below 1) pushes it to BM25 (``m = 0``: prominence ignored, ``m * s`` taken as
+1). ``min_share`` of the budget is always each retriever's (when it has candidates), so its best candidates
+are fed whatever the other says.
 
 The shares interleave the two rankings: a candidate's **slot** is the tokens its retriever has ranked up to
 and including it, divided by its retriever's share; candidates are taken by slot (earliest first), so the
@@ -64,14 +66,17 @@ def prominence(s3: list[Span]) -> float:
     return float(np.clip((best - float(np.median(scores))) / best, 0.0, 1.0))
 
 
-def trust(bm25: list[Span], s3: list[Span], coverage_power: float, min_share: float) -> Trust:
+def trust(
+    bm25: list[Span], s3: list[Span], coverage_power: float, min_share: float, prominence_scale: float = 2.0
+) -> Trust:
     """The question's ``Trust`` from BM25's hits (``why["coverage"]``, best first) and the S3 spans."""
     c = float(bm25[0].why.get("coverage", 0.0)) if bm25 else 0.0
     s = prominence(s3)
     if not bm25 or not s3:  # one retriever has nothing: the other takes the whole budget
         return Trust(c, s, 0.0 if not bm25 else 1.0)
     p = coverage_power
-    num, other = c**p, (s * (1.0 - c)) ** p
+    pull = prominence_scale * s if prominence_scale > 0 else 1.0
+    num, other = c**p, ((1.0 - c) * pull) ** p
     share = num / (num + other) if num + other > 0 else 0.5
     return Trust(c, s, float(np.clip(share, min_share, 1.0 - min_share)))
 
@@ -92,11 +97,17 @@ def slotted(spans: list[Span], share: float, extra: dict) -> list[Span]:
 
 
 def adaptive_spans(
-    bias: list[Span], bm25: list[Span], s3: list[Span], budget: int, coverage_power: float, min_share: float
+    bias: list[Span],
+    bm25: list[Span],
+    s3: list[Span],
+    budget: int,
+    coverage_power: float,
+    min_share: float,
+    prominence_scale: float = 2.0,
 ) -> tuple[list[Span], Trust]:
     """Bias spans first, then BM25 passages and S3 spans interleaved at the question's shares; the spans
     (merged, in document order, within ``budget``) and the ``Trust`` they were chosen with."""
-    t = trust(bm25, s3, coverage_power, min_share)
+    t = trust(bm25, s3, coverage_power, min_share, prominence_scale)
     extra = {
         "bm25_coverage": round(t.bm25_coverage, 4),
         "s3_prominence": round(t.s3_prominence, 4),

@@ -48,8 +48,12 @@ class FusionConfig:
     max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the budget, then
     S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
     coverage_power: float = 2.0
-    """adaptive: sharpness of the share rule c^p / (c^p + (s (1 - c))^p) (c: BM25 term coverage, s: S3 peak
-    prominence); higher hands the budget more decisively to the retriever with the stronger evidence."""
+    """adaptive: sharpness p of BM25's share c^p / (c^p + ((1 - c) m s)^p) (c: BM25 term coverage, s: S3
+    peak prominence, m: prominence_scale); higher hands the budget more decisively to the retriever with the
+    stronger evidence."""
+    prominence_scale: float = 2.0
+    """adaptive: how S3's peak prominence s (0-1) pulls the budget: the S3 side of the share rule is scaled
+    by prominence_scale x s (above 1 pulls budget to S3, below 1 pushes it to BM25); 0 ignores prominence."""
     min_share: float = 0.15
     """adaptive: least share of the budget (after the bias spans) each retriever with candidates gets, so
     its best candidates are always fed."""
@@ -80,6 +84,8 @@ def check_fusion_config(cfg: FusionConfig) -> FusionConfig:
     check_fusion(cfg.fusion, "--fusion")
     if not 0.0 <= cfg.min_share <= 0.5:
         raise S3Error(f"--min-share {cfg.min_share}: must be in [0, 0.5]")
+    if cfg.prominence_scale < 0:
+        raise S3Error(f"--prominence-scale {cfg.prominence_scale}: must be at least 0")
     if cfg.coverage_power <= 0:
         raise S3Error(f"--coverage-power {cfg.coverage_power}: must be above 0")
     for name in ("bm25_share", "s3_min_relevance", "bm25_weight", "min_relevance"):
@@ -195,7 +201,8 @@ def hybrid_spans(
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
     ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``cfg.fusion`` (see the module docstring)."""
     if check_fusion(cfg.fusion) == "adaptive":
-        return adaptive_spans(bias, bm25_hits, s3, budget, cfg.coverage_power, cfg.min_share)[0]
+        args = (cfg.coverage_power, cfg.min_share, cfg.prominence_scale)
+        return adaptive_spans(bias, bm25_hits, s3, budget, *args)[0]
     if cfg.fusion == "tiered":
         rest = max(0, budget - sum(s.length for s in bias))
         bm25 = normalised(fuse([bm25_hits], int(rest * cfg.bm25_share))) if bm25_hits else []
