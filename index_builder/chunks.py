@@ -188,6 +188,8 @@ class ChunkReader:
         self._files: dict[Path, _Files] = {}
         self._held = [0]  # descriptors open in self._files
         self._maps: dict[tuple[str, int], np.ndarray] = {}
+        self.hits = 0  # decoded-chunk LRU lookups served from the cache (for benchmarks)
+        self.misses = 0  # ... and decoded from the files
 
     def close(self) -> None:
         """Close every descriptor and mapping (a later read opens them again)."""
@@ -269,8 +271,10 @@ class ChunkReader:
         key = (str(layout.folder), c)
         hit = self._cache.get(key)
         if hit is not None:
+            self.hits += 1
             self._cache.move_to_end(key)
             return hit
+        self.misses += 1
         n = min(layout.chunk, arr.shape[0] - c * layout.chunk)
         frame = self._frame(layout, files, c)
         if frame is None:  # never written: the fill value
