@@ -5,7 +5,9 @@
 1. Latency: real codes of ``--seed-tokens`` tokens of text (SmolLM2 + the release's SAEs) are tiled, in
    shuffled blocks, to ``--index-tokens`` tokens (so feature document frequencies are the real ones), written as
    an index with BM25; then ``Retriever.retrieve`` (question forward pass + postings + scoring + spans, no
-   generation) is timed on 20 questions per mode after one warm-up question: p50 / p90 (goal: p50 <= 100 ms);
+   generation) is timed on 20 questions, each asked in every mode with the modes rotated per question, after a
+   warm-up question outside the timed set: p50 / p90 (goal: p50 <= 100 ms), and per question the posting
+   lists and postings read, the lists skipped for the posting budget, and the decoded-chunk cache hits / misses;
    the first question on a freshly opened index is reported apart ("cold"). The index's files are read once
    before (so they are in the OS page cache, as on a serving machine). Then, side by side: the question
    forward (the ``forward_codes`` stage) of the fp32 model, of the fp32 model with fp16-packed weights
@@ -51,6 +53,8 @@ QUESTIONS = (
     "pick a cofounder? | Why is wealth not zero-sum? | What does it mean to be relentlessly resourceful? "
     "| How does the web change publishing?"
 ).split(" | ")
+WARMUP = "Which programming language did the author write his first startup in?"  # never timed
+MODES = ("s3", "hybrid", "bm25")
 
 
 def _attrs(stack, release: Path, layers: list[int]) -> dict:
@@ -141,14 +145,30 @@ def warm_page_cache(folder: Path) -> int:
     return total
 
 
-def time_retrieval(retriever: Retriever, mode: str) -> list[float]:
-    retriever.retrieve(QUESTIONS[0], mode, 2048)  # warm-up (loads BM25, offsets, the prompt prefix)
-    out = []
-    for q in QUESTIONS:
-        t = time.perf_counter()
-        retriever.retrieve(q, mode, 2048)
-        out.append(time.perf_counter() - t)
-    return out
+def time_modes(retriever: Retriever) -> tuple[dict[str, list[float]], dict[str, dict[str, int]]]:
+    """Seconds per question of every mode, the modes rotated per question (question i asks them starting at
+    mode i mod 3, so none always runs on a cache its predecessor warmed), after a warm-up question outside the
+    timed set (it loads BM25, offsets, the prompt prefix); also, per mode, the decoded-chunk cache hits and
+    misses of its timed questions and the posting lists / postings its S3 side read (summed)."""
+    for mode in MODES:
+        retriever.retrieve(WARMUP, mode, 2048)
+    chunks = retriever.store._chunks
+    secs: dict[str, list[float]] = {m: [] for m in MODES}
+    stats = {
+        m: {"chunk_hits": 0, "chunk_misses": 0, "lists": 0, "postings": 0, "lists_skipped": 0} for m in MODES
+    }
+    for i, q in enumerate(QUESTIONS):
+        for mode in MODES[i % 3 :] + MODES[: i % 3]:
+            h, m = chunks.hits, chunks.misses
+            retriever.last_read = {}
+            t = time.perf_counter()
+            retriever.retrieve(q, mode, 2048)
+            secs[mode].append(time.perf_counter() - t)
+            stats[mode]["chunk_hits"] += chunks.hits - h
+            stats[mode]["chunk_misses"] += chunks.misses - m
+            for k, v in retriever.last_read.items():
+                stats[mode][k] += v
+    return secs, stats
 
 
 def stage_times(retriever: Retriever) -> dict[str, float]:
@@ -302,13 +322,19 @@ def latency(r: Retriever, res: dict) -> None:
         f"MiB of files read once into the OS page cache before; offsets, BM25, the fp16 weights, the prompt "
         f"prefix, every chunk decoded): {res['retrieve_hybrid_cold_ms']:.1f} ms"
     )
-    for mode in ("s3", "hybrid", "bm25"):
-        ts = time_retrieval(r, mode)
+    secs, stats = time_modes(r)
+    res["timed_questions"], res["modes_rotated"] = len(QUESTIONS), True
+    for mode in MODES:
+        ts, st = secs[mode], stats[mode]
         res[f"retrieve_{mode}_p50_ms"] = 1000 * statistics.median(ts)
         res[f"retrieve_{mode}_p90_ms"] = 1000 * float(np.percentile(ts, 90))
+        res[f"retrieve_{mode}_reads"] = {k: v / len(ts) for k, v in st.items()}  # per question
         print(
             f"retrieve {mode:>6} on {r.store.num_tokens} tokens: p50 {res[f'retrieve_{mode}_p50_ms']:.1f} ms, "
-            f"p90 {res[f'retrieve_{mode}_p90_ms']:.1f} ms (goal p50 <= 100 ms)"
+            f"p90 {res[f'retrieve_{mode}_p90_ms']:.1f} ms (goal p50 <= 100 ms); per question: "
+            f"{st['lists'] / len(ts):.0f} posting lists, {st['postings'] / len(ts):.0f} postings, "
+            f"{st['lists_skipped'] / len(ts):.0f} lists skipped for the posting budget, chunk cache "
+            f"{st['chunk_hits'] / len(ts):.0f} hits / {st['chunk_misses'] / len(ts):.0f} misses"
         )
     res["s3_stage_p50_ms"] = stage_times(r)
     print(
