@@ -20,7 +20,7 @@ overlap, whereas a token's key in the question and the same token's key in the d
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,6 +51,8 @@ class QuestionConfig:
     max_postings: int = 1 << 18
     """Postings read per question at most, split evenly over the (layer, KV head) pairs: in weight order, a
     feature whose list no longer fits is skipped (the most frequent features go first, like stop words)."""
+    read_layers: list[int] = field(default_factory=list)
+    """Indexed layers whose postings the question reads (empty: all of the index's layers)."""
     half_weights: bool = True
     """On CPU, run the question's forward with fp16-packed linear weights (fbgemm, computed in fp32): about
     1.5x faster, codes as fp32's to within ~0.1 % of features (see s3attn.models.half); off: the
@@ -213,6 +215,11 @@ def head_features(
 ) -> dict[tuple[int, int], HeadFeatures]:
     """Choose the features to read per (layer, KV head), with their weights."""
     num_latents = int(store.meta.num_latents)
+    if cfg.read_layers:
+        missing = sorted(set(cfg.read_layers) - set(store.meta.layers))
+        if missing:
+            raise S3Error(f"--read-layers {missing}: the index has layers {list(store.meta.layers)}")
+        codes = {key: v for key, v in codes.items() if key[0] in cfg.read_layers}
     per_head = cfg.max_postings // max(1, len(codes))
     mean_df = store.num_tokens * int(store.meta.k) / num_latents
     stop_df = cfg.stop_ratio * mean_df if cfg.stop_ratio > 0 else np.inf

@@ -312,6 +312,23 @@ def test_read_stats_count_lists_postings_and_budget_skips(retriever):
     assert retriever.last_read["lists"] > 0
 
 
+def test_read_layers_restrict_the_postings_read(retriever):
+    from s3attn.retrieval.question import QuestionConfig, head_features
+
+    store = retriever.store
+    prompt = retriever.prompt("", "paris queen river")
+    ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    codes = retriever.encoder.codes(
+        ids, question_token_range(retriever.tokenizer, prompt, "paris queen river")
+    )
+    first = int(store.meta.layers[0])
+    only = head_features(codes, store, QuestionConfig(read_layers=[first]))
+    assert only and {layer for layer, _ in only} == {first}
+    assert set(head_features(codes, store, QuestionConfig())) == set(codes)
+    with pytest.raises(S3Error, match="--read-layers"):
+        head_features(codes, store, QuestionConfig(read_layers=[999]))
+
+
 def test_attention_sink_gets_no_s3_score(retriever):
     """The first token of every document is excluded from S3 scoring (its key is the attention sink)."""
     starts = [s for _, _, s, _ in retriever.doc_table]
