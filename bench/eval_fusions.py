@@ -46,6 +46,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     "s3": ("s3", {}),
     "s3.query": ("s3", {"site": "query"}),
     "s3.both": ("s3", {"site": "both"}),
+    **{
+        f"s3.{site}.L{n}": ("s3", {"site": site, "read_layers": [n]})
+        for site in ("key", "query")
+        for n in (6, 12, 16)
+    },
     "adaptive": ("hybrid", {"fusion": "adaptive"}),
     "adaptive.p1": ("hybrid", {"fusion": "adaptive", "coverage_power": 1.0}),
     "adaptive.p1.m0": ("hybrid", {"fusion": "adaptive", "coverage_power": 1.0, "prominence_scale": 0.0}),
@@ -53,6 +58,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     "adaptive.p4": ("hybrid", {"fusion": "adaptive", "coverage_power": 4.0}),
     "adaptive.p1.min10": ("hybrid", {"fusion": "adaptive", "coverage_power": 1.0, "min_share": 0.10}),
     "adaptive.p1.min25": ("hybrid", {"fusion": "adaptive", "coverage_power": 1.0, "min_share": 0.25}),
+    "adaptive.p1.bias32": (
+        "hybrid",
+        {"fusion": "adaptive", "coverage_power": 1.0, "bias_first": 32, "bias_last": 32},
+    ),
+    "s3.span96": ("s3", {"max_span": 96, "min_span": 32}),
+    "s3.span64": ("s3", {"max_span": 64, "min_span": 24}),
+    "adaptive.span96": ("hybrid", {"fusion": "adaptive", "max_span": 96, "min_span": 32}),
+    "adaptive.span64": ("hybrid", {"fusion": "adaptive", "max_span": 64, "min_span": 24}),
+    "adaptive.min05": ("hybrid", {"fusion": "adaptive", "min_share": 0.05}),
+    "adaptive.min05.bias32": (
+        "hybrid",
+        {"fusion": "adaptive", "min_share": 0.05, "bias_first": 32, "bias_last": 32},
+    ),
     "tiered.6": ("hybrid", {"fusion": "tiered", "bm25_share": 0.6}),
     "linear.6": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.0}),
     "linear.6-floor.5": ("hybrid", {"fusion": "linear", "bm25_weight": 0.6, "min_relevance": 0.5}),
