@@ -18,6 +18,7 @@ from s3attn.constants import BM25_CHECKSUMS, BM25_FORMAT_VERSION, BM25_META, BM2
 from s3attn.errors import S3Error
 from s3attn.index_builder.bm25 import STEMMER_NAME, STOPWORDS, BM25Index, Passage, file_checksums, stem_words
 from s3attn.paths import atomic_write_json, publish_dir
+from s3attn.storage import Location
 
 
 def make_passages(
@@ -77,8 +78,15 @@ class BM25Writer(BM25Index):
         return BM25Writer.build(old + list(passages), self.texts + list(texts), **params)
 
     # ---- disk -----------------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> None:
-        """Write the whole index into a temp folder next to ``folder``, then rename it into place."""
+    def save(self, folder: str | Path | Location) -> None:
+        """Write the whole index into a temp folder next to ``folder``, then rename it into place. On object
+        storage: written locally, then uploaded file by file, ``BM25_META`` (the checksums) last; a reader
+        that loads meanwhile sees files that do not match it and loads again."""
+        if isinstance(folder, Location):
+            with tempfile.TemporaryDirectory(prefix="s3attn-bm25-") as tmp:
+                self.save(Path(tmp) / folder.name)
+                folder.upload_dir(Path(tmp) / folder.name, last=BM25_META)
+            return
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))

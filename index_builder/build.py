@@ -180,9 +180,11 @@ def run_prefill(
     segment_tokens: int,
     accelerator: str = "auto",
     devices: int = 1,
+    num_nodes: int = 1,
     progress: bool = True,
 ) -> None:
-    """Index ``docs`` into ``store`` (documents already there must have been filtered out by the caller)."""
+    """Index ``docs`` into ``store`` (documents already there must have been filtered out by the caller).
+    With several ranks (``num_nodes`` x ``devices``), this rank indexes its round-robin share of ``docs``."""
     if not docs:
         return
     for name in ("lightning.pytorch", "lightning.fabric"):  # "GPU available: ..." and tips: not for this CLI
@@ -193,6 +195,7 @@ def run_prefill(
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
+        num_nodes=num_nodes,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -1,6 +1,7 @@
 """``s3-index``: build, inspect, verify, merge and query a posting-list index.
 
 s3-index build corpus/ [--out INDEX] [--sae RELEASE] [--layers 6,12] [--chunk N] [--dtype auto] [--resume]
+               [--devices N] [--num-nodes M] [--storage-options JSON]
 s3-index info INDEX
 s3-index verify INDEX
 s3-index merge INDEX
@@ -10,7 +11,9 @@ s3-index ask INDEX "question" [--mode s3|bm25|hybrid|full] [--budget N] [--fusio
 s3-index serve INDEX [--host 127.0.0.1] [--port 8000] [--mode M] [--budget N]  (HTTP JSON server)
 
 build and ask take --config FILE (YAML); `s3-index build --help` and `s3-index ask --help` list every
-option with its effective default.
+option with its effective default. INDEX may be a folder or an fsspec URL (s3://bucket/prefix, gs://...,
+memory://...); credentials and endpoint come from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID ...)
+or --storage-options JSON (`s3-index --storage-options JSON COMMAND ...` for every command).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from s3attn.config import CliParser, add_config
 from s3attn.errors import S3Error, cli_entry
 from s3attn.index_builder.config import BuildConfig
 from s3attn.logs import setup_cli_logging
+from s3attn.storage import set_storage_options, storage_error
 
 PROG = "s3-index"
 
@@ -32,6 +36,12 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The s3-index parser; ``argv`` is read for the chosen command's ``--config FILE``."""
     command = argv[0] if argv else None
     parser = CliParser(prog=PROG, description=__doc__)
+    parser.add_argument(
+        "--storage-options",
+        dest="global_storage_options",
+        metavar="JSON",
+        help="fsspec storage options (a JSON object) for an index URL, any command",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build = sub.add_parser(
         "build", help="index a corpus folder (streaming prefill -> Zarr posting lists + BM25)"
@@ -47,7 +57,8 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         ("gc", "delete segments that neither the index nor a live reader's generation needs"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("index", help="index folder")
+        p.add_argument("index", help="index folder or fsspec URL (s3://bucket/prefix ...)")
+        p.add_argument("--storage-options", metavar="JSON", help="fsspec storage options for a URL (JSON)")
         if name == "merge":
             p.add_argument(
                 "--tier", type=int, default=8, help="segments per tier before a merge (default: 8)"
@@ -137,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
+    cfg = getattr(args, "cfg", None)
+    opts = getattr(args, "storage_options", None) or getattr(cfg, "storage_options", None)
+    set_storage_options(opts or args.global_storage_options or None)  # None: from the environment
+    try:
+        return _run(args)
+    except Exception as err:  # an object store's client error (no credentials, endpoint down, ...)
+        bad = storage_error(err)
+        if bad is None:
+            raise
+        raise bad from None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "ask":
         from s3attn.retrieval.cli import cmd_ask
 

@@ -12,7 +12,10 @@ class BuildConfig:
     """Every option of ``s3-index build``."""
 
     out: str = "indexes/default"
-    """Index folder to create or add to."""
+    """Index folder to create or add to, or an fsspec URL (s3://bucket/prefix, gs://..., memory://...)."""
+    storage_options: str = ""
+    """For an --out URL: fsspec storage options as a JSON object (e.g. '{"endpoint_url": "http://..."}');
+    empty: $S3ATTN_STORAGE_OPTIONS, else the usual environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID ...)."""
     stack: StackOptions = field(default_factory=StackOptions)
     """The SAE release and model to prefill with (the index records them; questions use the same)."""
     chunk: int = 2048
@@ -34,7 +37,10 @@ class BuildConfig:
     resume: bool = False
     """Finish an interrupted build: drop a half-indexed last document and go on."""
     devices: int = 1
-    """Devices/processes for the prefill (documents are dealt to ranks)."""
+    """Devices/processes per node for the prefill (documents are dealt to ranks)."""
+    num_nodes: int = 1
+    """Nodes of a cluster build (Lightning Trainer num_nodes): ranks = num_nodes x devices, every rank writes
+    into the shared --out; a cluster launcher (torchrun, srun) starts every rank."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu."""
     progress: bool = True

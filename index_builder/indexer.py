@@ -3,7 +3,9 @@ collect garbage). It extends :class:`~s3attn.index_builder.reader.IndexReader`, 
 
 Crash safety: a segment is written under ``segments/.tmp-<uuid>``, renamed to ``segments/seg-NNNNNN`` when
 complete, and only then listed in ``manifest.json`` (atomic rename; a copy of each generation's manifest is
-written to ``manifests/`` just before). The manifest is the one source of truth for new readers; folders it
+written to ``manifests/`` just before). On object storage (an fsspec URL, ``s3attn.storage``) a segment is
+written under its final name (a rename there would be a copy) and ``manifest.json`` is one PUT, written last:
+the commit point is the same, and there is no writer lock and no reader lease there (``leases.REMOTE_GRACE_S``). The manifest is the one source of truth for new readers; folders it
 does not list are garbage once no live reader's leased generation lists them either (``s3attn.leases``), and
 ``garbage_collect`` removes them: when the index is opened for writing, after every commit, and by
 ``s3-index gc``. One writer at a time holds an fcntl lock on ``index.lock``.
@@ -24,7 +26,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 from s3attn.constants import (
     INDEX_FORMAT_VERSION,
@@ -37,7 +38,13 @@ from s3attn.constants import (
 )
 from s3attn.errors import S3Error
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentAttrs, SegmentMeta
-from s3attn.index_builder.reader import IndexReader, open_index_group, open_snapshot, segments_in_use
+from s3attn.index_builder.reader import (
+    IndexPath,
+    IndexReader,
+    open_index_group,
+    open_snapshot,
+    segments_in_use,
+)
 from s3attn.index_builder.schema import DocRecord, SegmentData, segment_checksum, segment_name, segment_path
 from s3attn.index_builder.segment_writer import (
     HeadPostings,
@@ -48,7 +55,8 @@ from s3attn.index_builder.segment_writer import (
     write_segment_arrays,
 )
 from s3attn.leases import Lease, manifest_copy, prune_manifest_copies, sweep_leases
-from s3attn.paths import atomic_write_json
+from s3attn.paths import atomic_write_json, kill_point
+from s3attn.storage import Location, index_location, move_dir, rmtree, write_json, zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +69,39 @@ class GcReport(NamedTuple):
     leased: list[int]  # the generations live readers hold
 
 
-def _publish_manifest(path: Path, manifest: Manifest) -> None:
-    """Keep a copy of ``manifest`` under ``manifests/``, then make it ``manifest.json`` (atomic rename)."""
-    atomic_write_json(manifest_copy(path, manifest.generation), manifest.to_json())
-    atomic_write_json(path / INDEX_MANIFEST, manifest.to_json())
+NO_LOCK = -1  # the "lock" of a writer on object storage, which has no locks: one writer at a time there
+KILL_COMMIT = "index-commit"  # paths.kill_point (tests): a segment is written, no manifest lists it yet
 
 
-def _is_empty_dir(path: Path) -> bool:
+def _write_json(target: IndexPath, obj: object) -> None:
+    """Temp file and rename on disk (``atomic_write_json``), one PUT on object storage."""
+    if isinstance(target, Location):
+        write_json(target, obj)
+    else:
+        atomic_write_json(target, obj)
+
+
+def _publish_manifest(path: IndexPath, manifest: Manifest) -> None:
+    """Keep a copy of ``manifest`` under ``manifests/``, then make it ``manifest.json`` (atomic rename; one
+    PUT on object storage)."""
+    _write_json(manifest_copy(path, manifest.generation), manifest.to_json())
+    _write_json(path / INDEX_MANIFEST, manifest.to_json())
+
+
+def _is_empty_dir(path: IndexPath) -> bool:
     return not any(p.name != INDEX_LOCK for p in path.iterdir())
 
 
-def _take_lock(path: Path) -> int:
-    """The writer lock of the index at ``path`` (a descriptor holding it); S3Error when another holds it."""
+def _release_lock(fd: int) -> None:
+    if fd != NO_LOCK:
+        os.close(fd)
+
+
+def _take_lock(path: IndexPath) -> int:
+    """The writer lock of the index at ``path`` (a descriptor holding it); S3Error when another holds it.
+    ``NO_LOCK`` on object storage."""
+    if isinstance(path, Location):
+        return NO_LOCK
     fd = os.open(path / INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,7 +121,7 @@ class IndexWriter(IndexReader):
 
     def __init__(
         self,
-        path: Path,
+        path: IndexPath,
         root: zarr.Group,
         manifest: Manifest,
         meta: IndexAttrs,
@@ -105,9 +134,10 @@ class IndexWriter(IndexReader):
 
     # ---- opening ---------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, attrs: IndexAttrs | Mapping[str, Any]) -> IndexWriter:
-        """Create an empty index at ``path``, or reopen for writing the same index (same model/SAE/layers/k)."""
-        path = Path(path)
+    def create(cls, path: str | os.PathLike | Location, attrs: IndexAttrs | Mapping[str, Any]) -> IndexWriter:
+        """Create an empty index at ``path`` (a folder or an fsspec URL), or reopen for writing the same index
+        (same model/SAE/layers/k)."""
+        path = index_location(path)
         want = attrs if isinstance(attrs, IndexAttrs) else IndexAttrs.from_json(attrs)
         if path.exists() and not path.is_dir():
             raise S3Error(f"{path}: is a file, not an index folder; choose a folder")
@@ -121,22 +151,22 @@ class IndexWriter(IndexReader):
         lock_fd = _take_lock(path)
         try:
             # an index.zarr without manifest is a create() that died before its manifest: nothing was live
-            shutil.rmtree(path / INDEX_ROOT, ignore_errors=True)
+            rmtree(path / INDEX_ROOT)
             created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             meta = dataclasses.replace(
                 want, kind=INDEX_KIND, format_version=INDEX_FORMAT_VERSION, created=created
             )
-            root = zarr.create_group(LocalStore(path / INDEX_ROOT), attributes=meta.to_json())
+            root = zarr.create_group(zarr_store(path / INDEX_ROOT), attributes=meta.to_json())
             root.create_group(SEGMENTS_DIR)
             manifest = Manifest()
             _publish_manifest(path, manifest)
         except BaseException:
-            os.close(lock_fd)
+            _release_lock(lock_fd)
             raise
         return cls(path, root, manifest, meta, lock_fd)
 
     @classmethod
-    def _reopen_same(cls, path: Path, want: IndexAttrs) -> IndexWriter:
+    def _reopen_same(cls, path: IndexPath, want: IndexAttrs) -> IndexWriter:
         store = cls._open(path, write=True)
         key = store.meta.identity_mismatch(want)
         if key is not None:
@@ -149,13 +179,15 @@ class IndexWriter(IndexReader):
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, write: bool = True) -> IndexWriter:  # type: ignore[override]
+    def open(  # type: ignore[override]
+        cls, path: str | os.PathLike | Location, *, write: bool = True
+    ) -> IndexWriter:
         """Open an existing index for writing: takes the writer lock and removes crash leftovers.
         (``write=False``: a read-only view whose changing methods refuse; prefer ``IndexReader.open``.)"""
-        return cls._open(Path(path), write=write)
+        return cls._open(index_location(path), write=write)
 
     @classmethod
-    def _open(cls, path: Path, *, write: bool) -> IndexWriter:
+    def _open(cls, path: IndexPath, *, write: bool) -> IndexWriter:
         lock_fd = _take_lock(path) if write and (path / INDEX_MANIFEST).is_file() else None
         try:  # a read-only view leases its generation, as IndexReader.open does
             root, manifest, meta, lease = (
@@ -163,7 +195,7 @@ class IndexWriter(IndexReader):
             )
         except BaseException:
             if lock_fd is not None:
-                os.close(lock_fd)
+                _release_lock(lock_fd)
             raise
         store = cls(path, root, manifest, meta, lock_fd, lease)
         if write:
@@ -174,7 +206,7 @@ class IndexWriter(IndexReader):
         """Release the writer lock (if held) and the chunk files held open for reads."""
         super().close()
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            _release_lock(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> IndexWriter:
@@ -220,24 +252,29 @@ class IndexWriter(IndexReader):
         """Write a segment under a temp name, rename it into place, swap the manifest (last): ``entry``
         (name and checksum filled in here) replaces the manifest's ``segments[where]``."""
         name = segment_name(self.generation + 1)
-        tmp = f"{SEGMENT_TMP_PREFIX}{uuid.uuid4().hex}"
+        local = not isinstance(self.path, Location)  # object storage: written under its final name
+        tmp = f"{SEGMENT_TMP_PREFIX}{uuid.uuid4().hex}" if local else name
         final = self._seg_dir(name)
         published = False
         try:
+            if not local:
+                rmtree(final)  # unreferenced leftover of a crashed run
             seg = self._root.create_group(segment_path(tmp))
             sums = write_segment_arrays(seg, token_ids, heads)
             seg.attrs.update(SegmentAttrs(entry.token_start, entry.num_tokens, tuple(docs), sums).to_json())
-            shutil.rmtree(final, ignore_errors=True)  # unreferenced leftover of a crashed run
-            os.replace(self._seg_dir(tmp), final)
+            if local:
+                shutil.rmtree(final, ignore_errors=True)  # unreferenced leftover of a crashed run
+                os.replace(self._seg_dir(tmp), final)
             published = True
+            kill_point(KILL_COMMIT)
             checksum = segment_checksum(sums, entry.token_start, entry.num_tokens)
             segs = list(self._manifest.segments)
             segs[where] = [dataclasses.replace(entry, name=name, checksum=checksum)]
             self._swap(self._manifest.swapped(segs))
         except BaseException:
-            shutil.rmtree(self._seg_dir(tmp), ignore_errors=True)
+            rmtree(self._seg_dir(tmp))
             if published:
-                shutil.rmtree(final, ignore_errors=True)
+                rmtree(final)
             raise
         self._collect()  # segments[where] go once no live reader's generation lists them
         return name
@@ -266,7 +303,7 @@ class IndexWriter(IndexReader):
                 for d in seg_attrs.docs
             )
             group.attrs.update(dataclasses.replace(seg_attrs, token_start=token_at, docs=docs).to_json())
-            os.replace(other._seg_dir(e.name), self._seg_dir(name))
+            move_dir(other._seg_dir(e.name), self._seg_dir(name))
             checksum = segment_checksum(dict(seg_attrs.checksums), token_at, e.num_tokens)
             new_entries.append(
                 dataclasses.replace(e, name=name, token_start=token_at, doc_start=doc_at, checksum=checksum)
@@ -338,8 +375,8 @@ class IndexWriter(IndexReader):
         manifest copies of generations nobody holds go too."""
         self._require_write()
         if not manifest_copy(self.path, self.generation).is_file():  # written before copies were kept
-            atomic_write_json(manifest_copy(self.path, self.generation), self._manifest.to_json())
-        leased = sweep_leases(self.path)
+            _write_json(manifest_copy(self.path, self.generation), self._manifest.to_json())
+        leased = sweep_leases(self.path, self.generation)
         in_use = segments_in_use(self.path, self._manifest, leased)
         live = {s.name for s in self._manifest.segments}
         deleted, pending = [], []
@@ -351,10 +388,10 @@ class IndexWriter(IndexReader):
             if (child.name in in_use) if in_use is not None else not temp:
                 pending.append(child.name)  # a live reader's generation lists it: the next collection
                 continue
-            shutil.rmtree(child, ignore_errors=True)
+            rmtree(child)
             deleted.append(child.name)
         prune_manifest_copies(self.path, leased | {self.generation})
-        for stray in self.path.glob(f".{INDEX_MANIFEST}.*.tmp"):
+        for stray in self.path.glob(f".{INDEX_MANIFEST}.*.tmp") if isinstance(self.path, Path) else ():
             stray.unlink(missing_ok=True)
         self.last_gc = GcReport(deleted, pending, sorted(leased))
         return self.last_gc

@@ -21,6 +21,7 @@ from typing import Any
 from s3attn.constants import INDEX_FORMAT_VERSION, INDEX_KIND, INDEX_MANIFEST
 from s3attn.errors import S3Error, index_damaged
 from s3attn.index_builder.schema import CHECKSUM_ALGO, DocRecord, doc_json
+from s3attn.storage import Location, index_location
 
 # ---- JSON field checks -----------------------------------------------------------------------------------
 _KIND_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "an object"}
@@ -125,9 +126,9 @@ class Manifest:
         )
 
 
-def read_manifest(index_dir: Path) -> Manifest:
+def read_manifest(index_dir: Path | Location) -> Manifest:
     """``INDEX/manifest.json``, checked; S3Error naming the file when it is corrupt or too new."""
-    path = Path(index_dir) / INDEX_MANIFEST
+    path = index_location(index_dir) / INDEX_MANIFEST
     try:
         manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as err:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
-from s3attn.constants import BM25_DIR, BM25_STATE
+from s3attn.constants import BM25_DIR, BM25_STATE, INDEX_MANIFEST
 from s3attn.corpus import Corpus, Document
 from s3attn.errors import S3Error
+from s3attn.index_builder.cluster import barrier, global_rank, share_plan, world_size
 from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.meta import IndexAttrs
-from s3attn.index_builder.reader import IndexReader, doc_ranges, open_index_group
+from s3attn.index_builder.reader import IndexPath, IndexReader, doc_ranges, open_index_group
 from s3attn.models.precision import DTYPE_AUTO, accelerator_device, dtype_name, model_dtype, resolve_dtype
-from s3attn.paths import atomic_write_json
 from s3attn.saes.stack import load_stack, model_name_for, resolve_release
+from s3attn.storage import index_location, parse_storage_options, rmtree, storage_error, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,13 @@ def index_attrs(
     )
 
 
-def existing_dtype(out: Path) -> str | None:
+def out_location(cfg: BuildConfig) -> IndexPath:
+    """``cfg.out`` as a folder or, for a URL, a Location with ``--storage-options`` (else the environment's)."""
+    opts = parse_storage_options(cfg.storage_options) if cfg.storage_options else None
+    return index_location(cfg.out, opts)
+
+
+def existing_dtype(out: IndexPath) -> str | None:
     """The precision of the index already at ``out``, or None when there is none (or it is unreadable: the
     writer reports that)."""
     try:
@@ -65,7 +70,7 @@ def build_dtype(cfg: BuildConfig, stack=None) -> str:
     """The precision (a name) to build ``cfg.out`` in: ``--dtype``, where ``auto`` keeps the precision of an
     index already there, else that of ``stack`` (a loaded stack passed in), else resolves for the device the
     build runs on. Another precision than the existing index's or the stack's is a one-line S3Error."""
-    name, have = cfg.stack.dtype, existing_dtype(Path(cfg.out))
+    name, have = cfg.stack.dtype, existing_dtype(out_location(cfg))
     resolve_dtype(name)  # a bad name first
     loaded_in = None if stack is None else dtype_name(model_dtype(stack[0].model))
     want = name
@@ -89,7 +94,7 @@ def rebuild_bm25(store: IndexReader, tokenizer, *, passage_tokens: int, stride: 
     passages = make_passages(ranges, passage_tokens=passage_tokens, stride=stride)
     texts = tokenizer.batch_decode([store.tokens(p.start, p.end).tolist() for p in passages])
     BM25Writer.build(passages, texts).save(store.path / BM25_DIR)
-    atomic_write_json(store.path / BM25_STATE, {"tokens": store.num_tokens, "passages": len(passages)})
+    write_json(store.path / BM25_STATE, {"tokens": store.num_tokens, "passages": len(passages)})
 
 
 def bm25_is_current(store: IndexReader) -> bool:
@@ -100,7 +105,7 @@ def bm25_is_current(store: IndexReader) -> bool:
     return state.get("tokens") == store.num_tokens and (store.path / BM25_DIR).is_dir()
 
 
-def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
+def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> IndexPath:
     """Index ``corpus_path`` into ``cfg.out``; ``stack`` = an already loaded ``load_stack`` result to reuse
     (its model and SAEs must be the ones ``cfg`` names), else the stack is loaded here."""
     if cfg.chunk < 1 or not 0 <= cfg.overlap < cfg.chunk:  # the context comes from the previous chunk
@@ -130,7 +135,7 @@ def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
     attrs = index_attrs(
         stack, release, rel_cfg, layers, chunk=cfg.chunk, overlap=cfg.overlap, model=cfg.stack.model
     )
-    out = Path(cfg.out)
+    out = out_location(cfg)
     logger.info("s3-index: building into %s", out)
     try:
         _write_index(out, attrs, all_docs, cfg, loaded, saes)
@@ -139,15 +144,24 @@ def build_index(corpus_path: str, cfg: BuildConfig, *, stack=None) -> Path:
             f"failed writing {out}: {err.strerror or err}; free space or fix permissions, "
             "then rerun with --resume"
         ) from None
+    except Exception as err:  # an object store's client error (no credentials, endpoint down, ...)
+        bad = storage_error(err)
+        if bad is None:
+            raise
+        raise bad from None
     return out
 
 
 STAGING_DIR = ".staging"  # per-rank staging indexes of a multi-device build, absorbed by rank 0
 
 
-def _rank() -> int:
-    """This process's global rank: Lightning's launcher sets RANK/LOCAL_RANK in the processes it starts."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+def _rank(cfg: BuildConfig) -> int:
+    """This process's global rank (Lightning's launcher or a cluster launcher names it, see ``cluster``)."""
+    return global_rank(cfg.num_nodes, cfg.devices)
+
+
+def _world(cfg: BuildConfig) -> int:
+    return world_size(cfg.num_nodes, cfg.devices)
 
 
 def _prefill(store: IndexWriter, docs: list[Document], cfg: BuildConfig, loaded, saes) -> None:
@@ -164,56 +178,84 @@ def _prefill(store: IndexWriter, docs: list[Document], cfg: BuildConfig, loaded,
         segment_tokens=cfg.segment_tokens,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        progress=cfg.progress and _rank() == 0,
+        num_nodes=cfg.num_nodes,
+        progress=cfg.progress and _rank(cfg) == 0,
     )
 
 
 def _staged_prefill(
-    out: Path, attrs: IndexAttrs, docs: list[Document], cfg: BuildConfig, loaded, saes
+    out: IndexPath, attrs: IndexAttrs, docs: list[Document], cfg: BuildConfig, loaded, saes
 ) -> list[IndexWriter]:
-    """Multi-device: every rank writes its own segments into ``out/.staging/rank-<r>`` (documents dealt
-    round-robin); returns the staging indexes of all ranks on rank 0 (after all ranks finished), else []."""
+    """Several ranks: every rank writes its own segments into ``out/.staging/rank-<r>`` (r = global rank,
+    documents dealt round-robin over all ranks of all nodes); returns the staging indexes of all ranks on
+    rank 0 (after all ranks finished), else []."""
     staging = out / STAGING_DIR
-    mine = staging / f"rank-{_rank()}"
-    shutil.rmtree(mine, ignore_errors=True)
+    mine = staging / f"rank-{_rank(cfg)}"
+    rmtree(mine)
     with IndexWriter.create(mine, attrs) as store:
         _prefill(store, docs, cfg, loaded, saes)  # ends with a barrier: every rank's segments are written
-    if _rank() != 0:
+    barrier()  # and every rank has let go of its staging index's writer lock
+    if _rank(cfg) != 0:
         return []
     return [
         IndexWriter.open(staging / f"rank-{r}")
-        for r in range(cfg.devices)
-        if (staging / f"rank-{r}").is_dir()
+        for r in range(_world(cfg))
+        if (staging / f"rank-{r}" / INDEX_MANIFEST).is_file()
     ]
 
 
-def _write_index(
-    out: Path, attrs: IndexAttrs, all_docs: list[Document], cfg: BuildConfig, loaded, saes
-) -> None:
-    """Open or create the index at ``out``, index the documents it lacks, merge, refresh BM25."""
-    if cfg.devices > 1 and _rank() > 0:  # a worker rank: read-only view of the index, its own staging store
+def _worker(out: IndexPath, attrs: IndexAttrs, all_docs: list[Document], cfg: BuildConfig, loaded, saes):
+    """A rank other than 0: index its share of the documents the index lacks into its staging index."""
+    if cfg.num_nodes > 1:  # started with rank 0 by a cluster launcher: rank 0 names the documents
+        docs = [all_docs[i] for i in share_plan(None, _rank(cfg), _world(cfg))]
+    else:  # started by Lightning once rank 0 has opened the index: read which ones it lacks
         with IndexReader.open(out) as main:
             docs = [d for d in all_docs if not main.has_document(d.path, d.content_hash)]
+    if docs:
         _staged_prefill(out, attrs, docs, cfg, loaded, saes)
-        return
-    with IndexWriter.create(out, attrs) as store:
-        if store.has_open_tail():
-            if not cfg.resume:
-                raise S3Error(f"{out}: an earlier build was interrupted; run the same command with --resume")
-            store.drop_open_tail()
-        docs: list[Document] = [d for d in all_docs if not store.has_document(d.path, d.content_hash)]
-        if docs and cfg.devices > 1:
-            for staged in _staged_prefill(out, attrs, docs, cfg, loaded, saes):
-                with staged:
-                    store.absorb(staged)
-            shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
-        elif docs:
-            _prefill(store, docs, cfg, loaded, saes)
-        if cfg.merge_tier > 1:
-            store.merge(cfg.merge_tier)
-        if not bm25_is_current(store):
-            rebuild_bm25(
-                store, loaded.tokenizer, passage_tokens=cfg.passage_tokens, stride=cfg.passage_stride
+
+
+def _todo(store: IndexWriter, all_docs: list[Document], cfg: BuildConfig) -> list[int]:
+    """Indexes of the documents ``store`` lacks, after dropping the open tail of a killed build (--resume)."""
+    if store.has_open_tail():
+        if not cfg.resume:
+            raise S3Error(
+                f"{store.path}: an earlier build was interrupted; run the same command with --resume"
             )
-        if not docs:
-            logger.info("s3-index: every document is already indexed; nothing to add")
+        store.drop_open_tail()
+    return [i for i, d in enumerate(all_docs) if not store.has_document(d.path, d.content_hash)]
+
+
+def _write_index(
+    out: IndexPath, attrs: IndexAttrs, all_docs: list[Document], cfg: BuildConfig, loaded, saes
+) -> None:
+    """Open or create the index at ``out``, index the documents it lacks, merge, refresh BM25."""
+    if _world(cfg) > 1 and _rank(cfg) > 0:  # a worker rank: its own staging store
+        _worker(out, attrs, all_docs, cfg, loaded, saes)
+        return
+    shared = cfg.num_nodes <= 1  # several nodes: the other ranks wait for rank 0's plan
+    try:
+        with IndexWriter.create(out, attrs) as store:
+            todo = _todo(store, all_docs, cfg)
+            if not shared:
+                shared = True
+                share_plan(todo, 0, _world(cfg))
+            docs = [all_docs[i] for i in todo]
+            if docs and _world(cfg) > 1:
+                for staged in _staged_prefill(out, attrs, docs, cfg, loaded, saes):
+                    with staged:
+                        store.absorb(staged)
+                rmtree(out / STAGING_DIR)
+            elif docs:
+                _prefill(store, docs, cfg, loaded, saes)
+            if cfg.merge_tier > 1:
+                store.merge(cfg.merge_tier)
+            if not bm25_is_current(store):
+                rebuild_bm25(
+                    store, loaded.tokenizer, passage_tokens=cfg.passage_tokens, stride=cfg.passage_stride
+                )
+            if not docs:
+                logger.info("s3-index: every document is already indexed; nothing to add")
+    finally:
+        if not shared:  # rank 0 failed before its plan: let the other ranks go
+            share_plan([], 0, _world(cfg))

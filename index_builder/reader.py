@@ -19,9 +19,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
-from s3attn.constants import INDEX_KIND, INDEX_MANIFEST, INDEX_ROOT, INDEX_TOKENS_ARRAY, SEGMENTS_DIR
+from s3attn.constants import (
+    BM25_DIR,
+    INDEX_KIND,
+    INDEX_MANIFEST,
+    INDEX_ROOT,
+    INDEX_TOKENS_ARRAY,
+    SEGMENTS_DIR,
+)
 from s3attn.errors import READ_ERRORS, S3Error, index_damaged, one_line
 from s3attn.index_builder.bm25 import verify_bm25
 from s3attn.index_builder.chunks import ChunkReader
@@ -35,9 +41,13 @@ from s3attn.index_builder.segment_reader import (
     verify_segments_group,
 )
 from s3attn.leases import MAX_TRIES, Lease, manifest_copy
+from s3attn.storage import Location, index_location, refresh_copy, zarr_store
+
+IndexPath = Path | Location
+"""Where an index lives: a local folder (read through its files directly) or an fsspec URL (``storage``)."""
 
 
-def open_index_group(path: Path, *, write: bool) -> tuple[zarr.Group, Manifest, IndexAttrs]:
+def open_index_group(path: IndexPath, *, write: bool) -> tuple[zarr.Group, Manifest, IndexAttrs]:
     """The root group (read-write when ``write``), the manifest and the typed root attributes of the index
     at ``path``; S3Error naming the file when one is missing, IndexCorruptError when one is damaged."""
     if not (path / INDEX_MANIFEST).is_file():
@@ -49,7 +59,7 @@ def open_index_group(path: Path, *, write: bool) -> tuple[zarr.Group, Manifest, 
     hint += "restore it from a backup or rebuild the index"
     try:
         root = zarr.open_group(
-            LocalStore(path / INDEX_ROOT, read_only=not write), mode="r+" if write else "r"
+            zarr_store(path / INDEX_ROOT, read_only=not write), mode="r+" if write else "r"
         )
         raw = root.attrs.asdict()
     except READ_ERRORS as err:
@@ -64,7 +74,7 @@ def open_index_group(path: Path, *, write: bool) -> tuple[zarr.Group, Manifest, 
 
 
 # ---- generations and leases -------------------------------------------------------------------------
-def lease_current(path: Path, first: Manifest) -> tuple[Manifest, Lease | None]:
+def lease_current(path: IndexPath, first: Manifest) -> tuple[Manifest, Lease | None]:
     """Lease the generation of ``first`` (the manifest just read) and confirm it is still the current one:
     then the lease was in place before any writer made it old, so the collection after that commit sees it.
     When a writer moved on meanwhile, lease the newer one instead. Returns the manifest and its lease."""
@@ -81,7 +91,7 @@ def lease_current(path: Path, first: Manifest) -> tuple[Manifest, Lease | None]:
     raise S3Error(f"{path}: the index changes faster than it can be opened; try again")
 
 
-def read_manifest_copy(path: Path, generation: int) -> Manifest | None:
+def read_manifest_copy(path: IndexPath, generation: int) -> Manifest | None:
     """The kept manifest of ``generation`` (``manifests/``), or None when it is missing or unreadable."""
     try:
         manifest = Manifest.from_json(json.loads(manifest_copy(path, generation).read_text(encoding="utf-8")))
@@ -90,7 +100,7 @@ def read_manifest_copy(path: Path, generation: int) -> Manifest | None:
     return manifest if manifest.generation == generation else None
 
 
-def segments_in_use(path: Path, current: Manifest, leased: set[int]) -> set[str] | None:
+def segments_in_use(path: IndexPath, current: Manifest, leased: set[int]) -> set[str] | None:
     """Names of the segments the current generation or a leased one lists; None when the manifest of a
     leased generation cannot be read (then only temp folders may be deleted)."""
     names = {s.name for s in current.segments}
@@ -111,7 +121,7 @@ class Snapshot(NamedTuple):
     lease: Lease | None  # None where the index folder is read-only (then nothing changes it)
 
 
-def open_snapshot(path: Path) -> Snapshot:
+def open_snapshot(path: IndexPath) -> Snapshot:
     """The index at ``path`` read-only, with its current generation leased (see ``s3attn.leases``)."""
     root, first, meta = open_index_group(path, write=False)
     manifest, lease = lease_current(path, first)
@@ -122,7 +132,12 @@ class IndexReader:
     """An index folder opened for reading: documents, tokens, posting lists, document frequencies, checks."""
 
     def __init__(
-        self, path: Path, root: zarr.Group, manifest: Manifest, meta: IndexAttrs, lease: Lease | None = None
+        self,
+        path: IndexPath,
+        root: zarr.Group,
+        manifest: Manifest,
+        meta: IndexAttrs,
+        lease: Lease | None = None,
     ) -> None:
         self._lease = lease  # held until refresh() moves it or close()
         self.path = path
@@ -133,9 +148,10 @@ class IndexReader:
         self._set_manifest(manifest)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> IndexReader:
-        """Open the index at ``path`` for reading, at its current generation (leased until close)."""
-        path = Path(path)
+    def open(cls, path: str | os.PathLike | Location) -> IndexReader:
+        """Open the index at ``path`` (a folder or an fsspec URL) for reading, at its current generation
+        (leased until close; see ``leases.REMOTE_GRACE_S`` for object storage)."""
+        path = index_location(path)
         return cls(path, *open_snapshot(path))
 
     def close(self) -> None:
@@ -150,6 +166,8 @@ class IndexReader:
         (Lucene's ``openIfChanged``; call it between questions). Segment readers of segments still listed are
         kept and only new segments are opened (on first use); the lease moves to the new generation, so the
         segments only the old one listed can be deleted. Returns whether the reader moved."""
+        if isinstance(self.path, Location):  # a BM25 folder copied here earlier is fetched again if rebuilt
+            refresh_copy(self.path / BM25_DIR)
         current = read_manifest(self.path)
         if current.generation == self.generation:
             return False
@@ -242,7 +260,7 @@ class IndexReader:
             r = self._readers[entry.name] = open_segment(self._root, entry, self.path, self.meta.num_latents)
         return r
 
-    def _seg_dir(self, name: str) -> Path:
+    def _seg_dir(self, name: str) -> IndexPath:
         return self.path / INDEX_ROOT / SEGMENTS_DIR / name
 
     # ---- reading ---------------------------------------------------------------------------------------

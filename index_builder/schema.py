@@ -37,6 +37,7 @@ from s3attn.constants import (
     SEGMENT_TMP_PREFIX,
     SEGMENTS_DIR,
 )
+from s3attn.storage import Location, file_sizes
 
 # ---- dtypes and chunking ---------------------------------------------------------------------------------
 TOKEN_DTYPE = np.dtype("uint32")
@@ -138,10 +139,18 @@ def head_array(layer: int, kv_head: int, kind: str) -> str:
     return f"{head_group(layer, kv_head)}/{kind}"
 
 
-def disk_usage(index_dir: Path) -> tuple[int, dict[str, int]]:
+def disk_usage(index_dir: Path | Location) -> tuple[int, dict[str, int]]:
     """Bytes of every file under ``index_dir``: total, and by array kind (chunk files) or ``metadata``."""
     total, by_kind = 0, {}
     kinds = (INDEX_TOKENS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_GAPS_ARRAY, INDEX_ACT_ARRAY)
+    if isinstance(index_dir, Location):  # object storage: one listing
+        for rel, size in file_sizes(index_dir).items():
+            parts = rel.split("/")
+            kind = next((k for k in kinds if k in parts[:-1]), "metadata")
+            total += size
+            key = "metadata" if parts[-1] == "zarr.json" else kind
+            by_kind[key] = by_kind.get(key, 0) + size
+        return total, by_kind
     for dirpath, _dirs, files in os.walk(index_dir):
         parts = Path(dirpath).relative_to(index_dir).parts
         kind = next((k for k in kinds if k in parts), "metadata")

@@ -8,10 +8,10 @@ New code reads with ``reader.IndexReader.open(path)`` and writes with ``indexer.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.reader import IndexReader, doc_ranges
+from s3attn.storage import Location, index_location
 
 __all__ = ["IndexReader", "IndexStore", "IndexWriter", "doc_ranges"]
 
@@ -20,6 +20,8 @@ class IndexStore(IndexWriter):
     """An index opened for reading (``open``) or for writing (``create`` / ``open(write=True)``)."""
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, write: bool = False) -> IndexStore:  # type: ignore[override]
+    def open(  # type: ignore[override]
+        cls, path: str | os.PathLike | Location, *, write: bool = False
+    ) -> IndexStore:
         """Open an existing index; ``write=True`` takes the writer lock and removes crash leftovers."""
-        return cls._open(Path(path), write=write)  # type: ignore[return-value]
+        return cls._open(index_location(path), write=write)  # type: ignore[return-value]

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import time
 from pathlib import Path
 
 from s3attn.constants import (
@@ -29,19 +31,29 @@ from s3attn.constants import (
     INDEX_MANIFESTS_DIR,
 )
 from s3attn.errors import S3Error
+from s3attn.storage import Location, index_location
+
+logger = logging.getLogger(__name__)
 
 MAX_TRIES = 1000  # attempts before giving up (each retry means the folder changed meanwhile)
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+REMOTE_GRACE_ENV = "S3ATTN_REMOTE_GC_GRACE_S"
+REMOTE_GRACE_S = 3600.0
+"""Object storage has no cross-process locks, so no reader leases there: a generation counts as leased for
+this many seconds after the next one replaced it (``$S3ATTN_REMOTE_GC_GRACE_S`` overrides it); a reader of
+an index on object storage must ``refresh()`` or reopen within that time."""
 
 
-def lease_file(index: Path, generation: int) -> Path:
-    return Path(index) / INDEX_LEASES_DIR / f"{INDEX_LEASE_PREFIX}{generation:06d}{INDEX_LEASE_SUFFIX}"
+def lease_file(index: Path | Location, generation: int) -> Path | Location:
+    return (
+        index_location(index) / INDEX_LEASES_DIR / f"{INDEX_LEASE_PREFIX}{generation:06d}{INDEX_LEASE_SUFFIX}"
+    )
 
 
-def manifest_copy(index: Path, generation: int) -> Path:
+def manifest_copy(index: Path | Location, generation: int) -> Path | Location:
     """Where the writer keeps the manifest of ``generation`` while it is current or leased."""
     name = f"{INDEX_MANIFEST_COPY_PREFIX}{generation:06d}{INDEX_MANIFEST_COPY_SUFFIX}"
-    return Path(index) / INDEX_MANIFESTS_DIR / name
+    return index_location(index) / INDEX_MANIFESTS_DIR / name
 
 
 def _number(name: str, prefix: str, suffix: str) -> int | None:
@@ -68,9 +80,11 @@ class Lease:
         self.index, self.generation, self._fd = Path(index), int(generation), fd
 
     @classmethod
-    def take(cls, index: Path, generation: int) -> Lease | None:
+    def take(cls, index: Path | Location, generation: int) -> Lease | None:
         """Lease ``generation``; None when the index folder cannot be written (a read-only copy, which no
-        writer changes either)."""
+        writer changes either) or lies on object storage (no locks there: see ``REMOTE_GRACE_S``)."""
+        if isinstance(index, Location):
+            return None
         path = lease_file(index, generation)
         for _ in range(MAX_TRIES):
             try:
@@ -113,9 +127,12 @@ class Lease:
 
 
 # ---- the writer's side: which generations are leased, what they need --------------------------------------
-def sweep_leases(index: Path) -> set[int]:
+def sweep_leases(index: Path | Location, current: int | None = None) -> set[int]:
     """Generations that live readers hold. Lease files that nobody holds (their readers closed or died) are
-    removed."""
+    removed. On object storage (``current``: the current generation): the generations replaced less than
+    ``REMOTE_GRACE_S`` ago (:func:`recent_generations`)."""
+    if isinstance(index, Location):
+        return recent_generations(index, current)
     folder = Path(index) / INDEX_LEASES_DIR
     leased: set[int] = set()
     for path in sorted(folder.iterdir()) if folder.is_dir() else ():
@@ -140,9 +157,38 @@ def sweep_leases(index: Path) -> set[int]:
     return leased
 
 
-def prune_manifest_copies(index: Path, keep: set[int]) -> None:
+def remote_grace() -> float:
+    """``REMOTE_GRACE_S``, or ``$S3ATTN_REMOTE_GC_GRACE_S`` when set."""
+    try:
+        return float(os.environ.get(REMOTE_GRACE_ENV, REMOTE_GRACE_S))
+    except ValueError:
+        raise S3Error(f"${REMOTE_GRACE_ENV}: not a number of seconds") from None
+
+
+def recent_generations(index: Location, current: int | None) -> set[int]:
+    """Object storage: the generations g whose successor's manifest copy (written when g stopped being
+    current) is younger than the grace period, or of unknown age; they count as leased."""
+    folder = index / INDEX_MANIFESTS_DIR
+    copies = {}
+    for child in folder.iterdir():
+        gen = _number(child.name, INDEX_MANIFEST_COPY_PREFIX, INDEX_MANIFEST_COPY_SUFFIX)
+        if gen is not None:
+            copies[gen] = child
+    now, grace = time.time(), remote_grace()
+    recent = set()
+    for gen in sorted(copies):
+        after = copies.get(gen + 1)
+        if current is not None and gen >= current or after is None:
+            continue
+        written = after.modified()
+        if written is None or now - written < grace:
+            recent.add(gen)
+    return recent
+
+
+def prune_manifest_copies(index: Path | Location, keep: set[int]) -> None:
     """Remove kept manifests of generations not in ``keep`` (and temp files of interrupted writes)."""
-    folder = Path(index) / INDEX_MANIFESTS_DIR
+    folder = index_location(index) / INDEX_MANIFESTS_DIR
     for path in folder.iterdir() if folder.is_dir() else ():
         gen = _number(path.name, INDEX_MANIFEST_COPY_PREFIX, INDEX_MANIFEST_COPY_SUFFIX)
         if gen not in keep and path.is_file():
