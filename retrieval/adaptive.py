@@ -11,15 +11,15 @@ floor. Instead each question gets a **share** of the budget per retriever, from 
 * **S3 peak prominence**: how far S3's best peak stands above the spread of its peaks,
   ``(best - median) / best`` in [0, 1]; a flat S3 landscape (every peak alike) has nothing to say.
 
-``bm25_share = clip(c^p / (c^p + ((1 - c) * m * s)^p), min_share, 1 - min_share)`` with ``c`` the coverage,
-``s`` the prominence, ``m = prominence_scale`` and ``p = coverage_power``: full coverage hands BM25 all but
-``min_share``; no coverage hands it ``min_share``; in between, a prominent S3 peak (``m * s`` above 1) pulls
-budget to S3 and a flat one (below 1) pushes it to BM25 (``m = 0``: prominence ignored, ``m * s`` taken as
-1). ``min_share`` of the budget is always each retriever's (when it has candidates), so its best candidates
-are fed whatever the other says.
+``bm25_share = clip(sigmoid(p * (logit(c) - logit(c0) - log(m * s))), min_share, 1 - min_share)`` with ``c``
+the coverage, ``c0 = coverage_center`` (the coverage at which the two retrievers are trusted alike), ``s`` the
+prominence, ``m = prominence_scale`` (``m * s`` above 1 pulls budget to S3, below 1 pushes it to BM25; ``m = 0``
+ignores prominence) and ``p = coverage_power`` (how sharply). A question asked in the document's words hands
+BM25 all but ``min_share``; a paraphrase hands it ``min_share``. ``min_share`` of the budget is always each
+retriever's (when it has candidates), so its best candidates are fed whatever the other says.
 
 The shares interleave the two rankings: a candidate's **slot** is the tokens its retriever has ranked up to
-and including it, divided by its retriever's share; candidates are taken by slot (earliest first), so the
+and including it (overlapping candidates counted once), divided by its retriever's share; candidates are taken by slot (earliest first), so the
 budget fills at the two retrievers' rates and a retriever that runs out of candidates leaves its room to the
 other. Every span's ``why`` says what it got and why (``bm25_coverage``, ``s3_prominence``, ``bm25_share``,
 ``slot``).
@@ -66,28 +66,54 @@ def prominence(s3: list[Span]) -> float:
     return float(np.clip((best - float(np.median(scores))) / best, 0.0, 1.0))
 
 
-def trust(
-    bm25: list[Span], s3: list[Span], coverage_power: float, min_share: float, prominence_scale: float = 2.0
-) -> Trust:
+class ShareRule(NamedTuple):
+    """The parameters of the share rule (``FusionConfig``'s adaptive fields; see the module docstring)."""
+
+    coverage_center: float = 0.3
+    coverage_power: float = 3.0
+    prominence_scale: float = 0.0
+    min_share: float = 0.15
+
+
+DEFAULT_RULE = ShareRule()  # the defaults of FusionConfig's adaptive fields
+
+
+def _logit(x: float) -> float:
+    x = min(max(x, 1e-6), 1 - 1e-6)
+    return float(np.log(x / (1 - x)))
+
+
+def trust(bm25: list[Span], s3: list[Span], rule: ShareRule) -> Trust:
     """The question's ``Trust`` from BM25's hits (``why["coverage"]``, best first) and the S3 spans."""
     c = float(bm25[0].why.get("coverage", 0.0)) if bm25 else 0.0
     s = prominence(s3)
     if not bm25 or not s3:  # one retriever has nothing: the other takes the whole budget
         return Trust(c, s, 0.0 if not bm25 else 1.0)
-    p = coverage_power
-    pull = prominence_scale * s if prominence_scale > 0 else 1.0
-    num, other = c**p, ((1.0 - c) * pull) ** p
-    share = num / (num + other) if num + other > 0 else 0.5
-    return Trust(c, s, float(np.clip(share, min_share, 1.0 - min_share)))
+    pull = float(np.log(max(rule.prominence_scale * s, 1e-6))) if rule.prominence_scale > 0 else 0.0
+    z = rule.coverage_power * (_logit(c) - _logit(rule.coverage_center) - pull)
+    share = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+    return Trust(c, s, float(np.clip(share, rule.min_share, 1.0 - rule.min_share)))
+
+
+def _union_cumsum(spans: list[Span]) -> np.ndarray:
+    """Tokens covered by the first 1, 2, ... of ``spans`` (in the given order), overlaps counted once."""
+    covered: list[tuple[int, int]] = []
+    out, total = [], 0
+    for x in spans:
+        new = x.length - sum(max(0, min(e, x.end) - max(b, x.start)) for b, e in covered)
+        total += max(new, 0)
+        covered.append((x.start, x.end))
+        out.append(total)
+    return np.asarray(out, dtype=np.float64)
 
 
 def slotted(spans: list[Span], share: float, extra: dict) -> list[Span]:
     """``spans`` (one retriever's, any order) scored by slot: rank by own score, then the tokens ranked up
-    to and including each over ``share``; the fused score is ``1 / (1 + slot)`` (earlier slot, higher)."""
+    to and including each (overlaps counted once) over ``share``; the fused score is ``1 / (1 + slot)`` (earlier slot, higher)."""
     if share <= 0 or not spans:
         return []
     order = sorted(spans, key=lambda x: (-x.score, x.start))
-    cum = np.cumsum([x.length for x in order], dtype=np.float64)
+    cum = _union_cumsum(order)
     out = []
     for x, tokens in zip(order, cum):
         slot = float(tokens / share)
@@ -97,17 +123,11 @@ def slotted(spans: list[Span], share: float, extra: dict) -> list[Span]:
 
 
 def adaptive_spans(
-    bias: list[Span],
-    bm25: list[Span],
-    s3: list[Span],
-    budget: int,
-    coverage_power: float,
-    min_share: float,
-    prominence_scale: float = 2.0,
+    bias: list[Span], bm25: list[Span], s3: list[Span], budget: int, rule: ShareRule
 ) -> tuple[list[Span], Trust]:
     """Bias spans first, then BM25 passages and S3 spans interleaved at the question's shares; the spans
     (merged, in document order, within ``budget``) and the ``Trust`` they were chosen with."""
-    t = trust(bm25, s3, coverage_power, min_share, prominence_scale)
+    t = trust(bm25, s3, rule)
     extra = {
         "bm25_coverage": round(t.bm25_coverage, 4),
         "s3_prominence": round(t.s3_prominence, 4),

@@ -32,7 +32,7 @@ import numpy as np
 
 from s3attn.errors import S3Error
 from s3attn.index_builder.schema import concat_ranges
-from s3attn.retrieval.adaptive import adaptive_spans
+from s3attn.retrieval.adaptive import DEFAULT_RULE, ShareRule, adaptive_spans
 from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
 
 FUSIONS = ("adaptive", "tiered", "linear", "rrf")
@@ -47,14 +47,14 @@ class FusionConfig:
     term coverage and S3's peak prominence), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
     max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the budget, then
     S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
-    coverage_power: float = 2.0
-    """adaptive: sharpness p of BM25's share c^p / (c^p + ((1 - c) m s)^p) (c: BM25 term coverage, s: S3
-    peak prominence, m: prominence_scale); higher hands the budget more decisively to the retriever with the
-    stronger evidence."""
-    prominence_scale: float = 2.0
-    """adaptive: how S3's peak prominence s (0-1) pulls the budget: the S3 side of the share rule is scaled
-    by prominence_scale x s (above 1 pulls budget to S3, below 1 pushes it to BM25); 0 ignores prominence."""
-    min_share: float = 0.15
+    coverage_center: float = DEFAULT_RULE.coverage_center
+    """adaptive: BM25 term coverage at which both retrievers get the same share (above it BM25 gets more)."""
+    coverage_power: float = DEFAULT_RULE.coverage_power
+    """adaptive: how sharply the share moves with coverage around coverage_center (a logistic slope)."""
+    prominence_scale: float = DEFAULT_RULE.prominence_scale
+    """adaptive: S3's peak prominence s (0-1) pulls the budget to S3 when prominence_scale x s is above 1
+    and pushes it to BM25 below 1; 0 ignores prominence."""
+    min_share: float = DEFAULT_RULE.min_share
     """adaptive: least share of the budget (after the bias spans) each retriever with candidates gets, so
     its best candidates are always fed."""
     bm25_share: float = 0.6
@@ -72,6 +72,11 @@ class FusionConfig:
     all), so the budget is not filled with weak candidates; hybrid may then feed fewer tokens than it."""
 
 
+def share_rule(cfg: FusionConfig) -> ShareRule:
+    """The adaptive fusion's share rule of ``cfg``."""
+    return ShareRule(cfg.coverage_center, cfg.coverage_power, cfg.prominence_scale, cfg.min_share)
+
+
 def check_fusion(fusion: str, option: str = "fusion") -> str:
     """``fusion`` if it is one of FUSIONS, else a one-line S3Error naming ``option``."""
     if fusion not in FUSIONS:
@@ -86,6 +91,8 @@ def check_fusion_config(cfg: FusionConfig) -> FusionConfig:
         raise S3Error(f"--min-share {cfg.min_share}: must be in [0, 0.5]")
     if cfg.prominence_scale < 0:
         raise S3Error(f"--prominence-scale {cfg.prominence_scale}: must be at least 0")
+    if not 0.0 < cfg.coverage_center < 1.0:
+        raise S3Error(f"--coverage-center {cfg.coverage_center}: must be in (0, 1)")
     if cfg.coverage_power <= 0:
         raise S3Error(f"--coverage-power {cfg.coverage_power}: must be above 0")
     for name in ("bm25_share", "s3_min_relevance", "bm25_weight", "min_relevance"):
@@ -201,8 +208,7 @@ def hybrid_spans(
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
     ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``cfg.fusion`` (see the module docstring)."""
     if check_fusion(cfg.fusion) == "adaptive":
-        args = (cfg.coverage_power, cfg.min_share, cfg.prominence_scale)
-        return adaptive_spans(bias, bm25_hits, s3, budget, *args)[0]
+        return adaptive_spans(bias, bm25_hits, s3, budget, share_rule(cfg))[0]
     if cfg.fusion == "tiered":
         rest = max(0, budget - sum(s.length for s in bias))
         bm25 = normalised(fuse([bm25_hits], int(rest * cfg.bm25_share))) if bm25_hits else []
