@@ -173,7 +173,8 @@ def time_modes(retriever: Retriever) -> tuple[dict[str, list[float]], dict[str, 
 
 def stage_times(retriever: Retriever) -> dict[str, float]:
     """Median ms per stage of an s3 retrieval over QUESTIONS: the question's forward + SAE codes, reading
-    postings and scoring every token, span selection (``Retriever.s3_spans``) and reading the spans' text."""
+    postings and scoring the tokens they touch (``SparseScores``), span selection (``Retriever.s3_spans``)
+    and reading the spans' text."""
     from s3attn.retrieval.question import head_features, question_token_range, score_tokens
 
     r, cfg = retriever, retriever.cfg

@@ -3,8 +3,9 @@
 A filter is a glob or a list of globs (``fnmatch``: ``*``, ``?``, ``[seq]``; ``*`` also matches ``/``) on
 the document path as the index records it (``s3-index info`` / ``--show-spans`` show them). Retrieval then
 only sees the documents whose path matches one of the globs: BM25 passages of other documents are dropped,
-S3 scores outside the matching documents' tokens are zeroed (before and after smoothing, so no peak or span
-starts there), the hybrid bias spans are the first tokens of the first matching document and the last
+S3 scores outside the matching documents' tokens are zeroed (the touched tokens are checked against the
+documents' sorted ranges, ``Scope.ranges``, before and after smoothing, so no peak or span starts there),
+the hybrid bias spans are the first tokens of the first matching document and the last
 tokens of the last one, and ``full`` is the matching documents' text, middle-truncated. A filter that
 matches no document is a one-line S3Error naming it (not an empty answer).
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from typing import NamedTuple
-
-import numpy as np
 
 from s3attn.errors import S3Error
 from s3attn.retrieval.spans import SOURCE_BIAS, Span
@@ -28,7 +27,6 @@ class Scope(NamedTuple):
 
     ranges: list[tuple[int, int]]  # (start, end) global token ranges of the matching documents, sorted
     doc_ids: frozenset[int]  # their doc ids
-    mask_T: np.ndarray  # bool [num_tokens]: the tokens inside them
 
 
 def globs_of(documents: Documents) -> tuple[str, ...]:
@@ -42,9 +40,7 @@ def globs_of(documents: Documents) -> tuple[str, ...]:
     return globs
 
 
-def scope_of(
-    documents: Documents, doc_table: list[tuple[int, str, int, int]], num_tokens: int
-) -> Scope | None:
+def scope_of(documents: Documents, doc_table: list[tuple[int, str, int, int]]) -> Scope | None:
     """The Scope of ``documents`` over ``doc_table`` ((doc_id, path, start, end), sorted by start), None
     when there is no filter; a one-line S3Error when no document matches."""
     globs = globs_of(documents)
@@ -57,10 +53,7 @@ def scope_of(
             f"--documents {','.join(globs)}: matches none of the index's {len(doc_table)} document paths"
             f"{example}; give a glob on the path"
         )
-    mask_T = np.zeros(num_tokens, dtype=bool)
-    for _, _, s, e in rows:
-        mask_T[s:e] = True
-    return Scope([(s, e) for _, _, s, e in rows], frozenset(d for d, _, _, _ in rows), mask_T)
+    return Scope([(s, e) for _, _, s, e in rows], frozenset(d for d, _, _, _ in rows))
 
 
 def edge_bias(ranges: list[tuple[int, int]], first: int, last: int) -> list[Span]:

@@ -34,6 +34,7 @@ from s3attn.errors import S3Error
 from s3attn.index_builder.schema import concat_ranges
 from s3attn.retrieval.adaptive import DEFAULT_RULE, ShareRule, adaptive_spans
 from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
+from s3attn.retrieval.sparse import SparseScores, range_max_sparse
 
 FUSIONS = ("adaptive", "tiered", "linear", "rrf")
 
@@ -128,11 +129,14 @@ def overlap_max(spans: list[Span], others: list[Span], values: np.ndarray) -> np
     return vals.max(axis=1)
 
 
-def range_max(spans: list[Span], scores_T: np.ndarray) -> np.ndarray:
-    """float64 [len(spans)]: the max of ``scores_T`` inside each span (one reduceat, no Python loop)."""
+def range_max(spans: list[Span], scores_T: np.ndarray | SparseScores) -> np.ndarray:
+    """float64 [len(spans)]: the max of ``scores_T`` inside each span (one reduceat, no Python loop);
+    ``SparseScores``: read from the touched tokens inside the spans, the others scoring 0."""
     if not spans:
         return np.zeros(0)
     a0, a1 = _bounds(spans)
+    if isinstance(scores_T, SparseScores):
+        return range_max_sparse(a0, a1, scores_T)
     n = scores_T.size
     a0, a1 = np.clip(a0, 0, n), np.clip(a1, 0, n)
     out = np.zeros(len(spans))
@@ -156,7 +160,7 @@ def _ranks(spans: list[Span]) -> np.ndarray:
 def fused_candidates(
     bm25: list[Span],
     s3: list[Span],
-    smoothed_T: np.ndarray,
+    smoothed: np.ndarray | SparseScores,
     *,
     fusion: str,
     bm25_weight: float = FusionConfig.bm25_weight,
@@ -166,7 +170,8 @@ def fused_candidates(
     ``fused`` (the score) and, for ``linear``, the ``bm25_norm`` / ``s3_norm`` it was made of.
 
     ``bm25``: passages, scores raw or normalised; ``s3``: S3 spans whose score is their smoothed peak;
-    ``smoothed_T``: the smoothed S3 score of every token (what the S3 spans' peaks were read from).
+    ``smoothed``: the smoothed S3 scores (what the S3 spans' peaks were read from): ``SparseScores`` (the
+    question path) or one per token.
     """
     if fusion not in ("linear", "rrf"):
         raise S3Error(f"fusion {fusion!r}: fused_candidates takes linear or rrf")
@@ -180,7 +185,7 @@ def fused_candidates(
     own_b = np.array([x.score for x in bm25], dtype=np.float64)
     own_s = np.array([x.score for x in s3], dtype=np.float64)
     if fusion == "linear":
-        inside_s = range_max(bm25, smoothed_T) / s3_top if s3_top > 0 else np.zeros(len(bm25))
+        inside_s = range_max(bm25, smoothed) / s3_top if s3_top > 0 else np.zeros(len(bm25))
         b = np.concatenate([own_b, overlap_max(s3, bm25, own_b)])
         s = np.clip(np.concatenate([inside_s, own_s]), 0.0, 1.0)
         fused = bm25_weight * b + (1.0 - bm25_weight) * s
@@ -201,12 +206,13 @@ def hybrid_spans(
     bias: list[Span],
     bm25_hits: list[Span],
     s3: list[Span],
-    smoothed_T: np.ndarray,
+    smoothed: np.ndarray | SparseScores,
     budget: int,
     cfg: FusionConfig,
 ) -> list[Span]:
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
-    ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``cfg.fusion`` (see the module docstring)."""
+    ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``cfg.fusion`` (see the module docstring);
+    ``smoothed``: the smoothed S3 scores the spans were read from (see :func:`fused_candidates`)."""
     if check_fusion(cfg.fusion) == "adaptive":
         return adaptive_spans(bias, bm25_hits, s3, budget, share_rule(cfg))[0]
     if cfg.fusion == "tiered":
@@ -216,7 +222,7 @@ def hybrid_spans(
         # BM25's passages (capped at their share) are kept whole; S3 spans fill the rest
         return fuse([bias, bm25, strong], budget, first=(SOURCE_BIAS, SOURCE_BM25))
     cands = fused_candidates(
-        bm25_hits, s3, smoothed_T, fusion=cfg.fusion, bm25_weight=cfg.bm25_weight, rrf_k=cfg.rrf_k
+        bm25_hits, s3, smoothed, fusion=cfg.fusion, bm25_weight=cfg.bm25_weight, rrf_k=cfg.rrf_k
     )
     best = max((c.score for c in cands), default=0.0)
     cands = [c for c in cands if c.score >= cfg.min_relevance * best]

@@ -1,8 +1,10 @@
 """S3 scores -> smoothed scores -> peaks: the model-free numpy steps before spans are grown.
 
-``smooth`` is a centred moving average over the per-token S3 scores (one float per token of the index);
-``find_peaks_nms`` picks the peaks of the smoothed scores by greedy non-maximum suppression, reading only
-the best-scoring 256-token blocks. :func:`s3attn.retrieval.spans.peak_spans` grows spans around them.
+``smooth`` is a centred moving average over the per-token S3 scores; ``find_peaks_nms`` picks the peaks of
+the smoothed scores by greedy non-maximum suppression. Both take a dense array (one float per token: only the
+best-scoring 256-token blocks are read for peaks) or :class:`~s3attn.retrieval.sparse.SparseScores` (the
+touched tokens only: the question path), with the same results.
+:func:`s3attn.retrieval.spans.peak_spans` grows spans around the peaks.
 """
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ from collections.abc import Iterator
 import numpy as np
 
 from s3attn.errors import S3Error
+from s3attn.retrieval.sparse import SparseScores
 
 
-def smooth(scores: np.ndarray, window: int) -> np.ndarray:
+def smooth(scores: np.ndarray | SparseScores, window: int) -> np.ndarray | SparseScores:
     """Centred moving average of ``window`` tokens (a direct convolution), same length; ``window`` 1 = identity.
 
     Token ``i`` averages ``scores[i - window // 2 : i + (window - 1) // 2 + 1]`` (the alignment of
     ``np.convolve(scores, ones(window) / window, "same")``); at the edges it divides by the number of
     tokens actually inside the array, so the first/last tokens are not pulled toward zero.
+    ``SparseScores`` in, ``SparseScores`` out: the nonzero smoothed tokens, equal to the dense result's.
     """
-    x_T = np.asarray(scores)
     if window < 1:
         raise S3Error(f"smooth: window={window} must be >= 1")
+    if isinstance(scores, SparseScores):
+        return _smooth_sparse(scores, window)
+    return _smooth_dense(np.asarray(scores), window)
+
+
+def _smooth_dense(x_T: np.ndarray, window: int) -> np.ndarray:
     out_dtype = np.result_type(x_T.dtype, np.float32)
     if window == 1 or x_T.size == 0:
         return x_T.astype(out_dtype, copy=True)
@@ -41,6 +50,54 @@ def smooth(scores: np.ndarray, window: int) -> np.ndarray:
     out[:before] /= np.arange(after, after + before, dtype=out_dtype)
     out[n - after + 1 :] /= np.arange(window - 1, before, -1, dtype=out_dtype)
     return out
+
+
+def _islands(pos_N: np.ndarray, window: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segments ``[lo, hi)`` around sorted touched positions (those closer than ``2 * window + 1`` share one),
+    each padded with ``window`` untouched tokens, clipped to ``[0, n)``; and the segment of each position."""
+    new = np.ones(pos_N.size, dtype=bool)
+    new[1:] = np.diff(pos_N) > 2 * window
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], pos_N.size) - 1
+    lo = np.maximum(pos_N[first] - window, 0)
+    hi = np.minimum(pos_N[last] + 1 + window, n)
+    return lo, hi, np.cumsum(new) - 1
+
+
+def _smooth_sparse(s: SparseScores, window: int) -> SparseScores:
+    """Smoothing of the touched tokens' neighbourhoods only.
+
+    The padded segments around the touched tokens are laid end to end (a window never reaches past a
+    segment's padding into the next) and smoothed by the same convolution as a dense array, so every sum
+    reads the same values in the same order as over the whole index; the nonzero results, back at their
+    global positions, divided by the tokens of their window inside the index."""
+    n, pos = s.num_tokens, s.positions_N
+    out_dtype = np.result_type(s.values_N.dtype, np.float32)
+    if window == 1 or pos.size == 0:
+        return SparseScores(pos.copy(), s.values_N.astype(out_dtype, copy=True), n)
+    lo, hi, seg_N = _islands(pos, window, n)
+    lens = hi - lo
+    base = np.cumsum(lens) - lens
+    total = int(lens.sum())
+    if total >= n:  # the neighbourhoods cover the whole (small) index: smooth it as it is
+        out_T = _smooth_dense(s.dense(), window)
+        nz = np.flatnonzero(out_T)
+        return SparseScores(nz.astype(np.int64), out_T[nz], n)
+    buf = np.zeros(total, out_dtype)
+    buf[base[seg_N] + pos - lo[seg_N]] = s.values_N
+    sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "same")
+    nz = np.flatnonzero(sums)
+    k = np.searchsorted(base, nz, side="right") - 1
+    g = (lo[k] - base[k] + nz).astype(np.int64)
+    out = sums[nz]
+    out /= window
+    before, after = window // 2, (window - 1) // 2 + 1
+    edge = (g < before) | (g > n - after)  # windows cut by the index's ends: divided by the tokens inside
+    if edge.any():
+        g_e = g[edge]
+        inside = np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)
+        out[edge] = sums[nz[edge]] / inside.astype(out_dtype)
+    return SparseScores(g, out, n)
 
 
 _BLOCK = 256  # tokens per block of the block maxima that find_peaks_nms narrows its candidates with
@@ -89,8 +146,28 @@ def _candidates_by_score(x_T: np.ndarray, min_score: float, chunk: int) -> Itera
         upper, want = tau, 2 * want
 
 
+def _sparse_candidates(s: SparseScores, min_score: float, chunk: int) -> Iterator[np.ndarray]:
+    """Yield the local maxima of ``s`` (``>=`` both neighbours, untouched ones scoring 0) above ``min_score``
+    (>= 0) in blocks sorted by score descending, ties by position; every score in a block is above every
+    score in later blocks. Only the best ``chunk`` are sorted first, twice as many each time more are asked."""
+    pos, v = s.positions_N, s.values_N
+    left_v, right_v = np.zeros_like(v), np.zeros_like(v)  # the neighbours' scores (0: untouched)
+    adjacent = np.diff(pos) == 1
+    left_v[1:][adjacent] = v[:-1][adjacent]
+    right_v[:-1][adjacent] = v[1:][adjacent]
+    ok = (v > min_score) & ((pos == 0) | (v >= left_v)) & ((pos == s.num_tokens - 1) | (v >= right_v))
+    cand, cand_v = pos[ok], v[ok]
+    want = chunk
+    while cand.size:
+        tau = np.partition(cand_v, cand.size - want)[cand.size - want] if want < cand.size else -np.inf
+        top = cand_v >= tau  # the best ``want``, and all that tie with the last of them
+        block, block_v = cand[top], cand_v[top]
+        yield block[np.lexsort((block, -block_v))]
+        cand, cand_v, want = cand[~top], cand_v[~top], 2 * want
+
+
 def find_peaks_nms(
-    scores: np.ndarray, *, min_distance: int, max_peaks: int, min_score: float = 0.0
+    scores: np.ndarray | SparseScores, *, min_distance: int, max_peaks: int, min_score: float = 0.0
 ) -> np.ndarray:
     """Greedy non-maximum suppression; int64 peak positions, highest score first.
 
@@ -98,19 +175,31 @@ def find_peaks_nms(
     (ties: lower position first). The best remaining candidate is accepted and every candidate closer
     than ``min_distance`` to it is dropped, until ``max_peaks`` are accepted. Accepted peaks are
     therefore ``>= min_distance`` apart and the first one is the global maximum (when above min_score).
+    ``SparseScores``: the candidates are its touched tokens, so ``min_score`` must be at least 0.
     """
+    chunk = max(64, 4 * max_peaks)
+    if isinstance(scores, SparseScores):
+        if min_score < 0:
+            raise S3Error(f"find_peaks_nms: min_score={min_score} must be >= 0 for sparse scores")
+        if max_peaks <= 0 or scores.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        return _greedy(_sparse_candidates(scores, min_score, chunk), min_distance, max_peaks)
     x_T = np.asarray(scores).ravel()
     if not np.issubdtype(x_T.dtype, np.floating):
         x_T = x_T.astype(np.float64)
     if max_peaks <= 0 or x_T.size == 0:
         return np.zeros(0, dtype=np.int64)
+    return _greedy(_candidates_by_score(x_T, min_score, chunk), min_distance, max_peaks)
+
+
+def _greedy(blocks: Iterator[np.ndarray], min_distance: int, max_peaks: int) -> np.ndarray:
+    """Greedy NMS over candidate blocks in score order (see :func:`find_peaks_nms`)."""
     dist = max(int(min_distance), 1)
     accepted: list[int] = []
     # Candidates are consumed in score-ordered blocks (only the blocks needed are found and sorted), and
     # each accepted peak filters one short block; a new block is first cleared of everything near the
     # peaks accepted so far. Same result as one pass over all candidates sorted by score.
-    chunk = max(64, 4 * max_peaks)
-    for block in _candidates_by_score(x_T, min_score, chunk):
+    for block in blocks:
         if accepted:
             acc = np.sort(np.asarray(accepted, dtype=np.int64))
             j = np.searchsorted(acc, block)

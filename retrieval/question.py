@@ -8,7 +8,8 @@ map), ``key`` (the question's own key vectors, per KV head: the default, see bel
 Per (layer, KV head) the activations are pooled over tokens (and the query heads of the group) with
 ``sum`` or ``max``, weighted by IDF(f) = 1 / (log(1 + df) + 1); features with more than ``stop_ratio``
 times the average number of postings are skipped as stop features, and the ``max_features`` best are read.
-A posting of feature f at position p adds ``weight_f * idf_f * act_p`` to the score of p.
+A posting of feature f at position p adds ``weight_f * idf_f * act_p`` to the score of p; only the touched
+positions are kept (``SparseScores``).
 
 Why ``key`` by default: with the published SmolLM2 SAEs, query-vector features are at chance at finding
 a needle (its 64-token window ranks at 0.70 of the windows of 16k-32k haystacks, on average), while the
@@ -30,6 +31,7 @@ from einops import rearrange
 from s3attn.constants import SITE_CODES, SITE_KEY_NAME, SITE_QUERY
 from s3attn.errors import S3Error
 from s3attn.models.taps import prefix_cache, tap_heads
+from s3attn.retrieval.sparse import SparseScores, accumulate
 
 
 @dataclass
@@ -251,19 +253,21 @@ def _fits(df_sorted: np.ndarray, budget: int, limit: int) -> np.ndarray:
     return keep
 
 
-def score_tokens(store, head_feats: dict[tuple[int, int], HeadFeatures], cfg: QuestionConfig) -> np.ndarray:
-    """float32 [num_tokens]: the IDF-weighted co-activation density over the whole index.
+def score_tokens(store, head_feats: dict[tuple[int, int], HeadFeatures], cfg: QuestionConfig) -> SparseScores:
+    """The IDF-weighted co-activation density of the tokens the postings read touch (every other token of
+    the index scores 0): cost in proportion to the postings, not to the index's length.
 
-    Each (layer, KV head)'s postings are added straight into the one dense array (unbuffered ``add.at``
-    in float32: no concatenated copy of every posting, no float64 array of the index's length)."""
-    scores_T = np.zeros(store.num_tokens, np.float32)
+    The (position, weight) pairs of every list read are concatenated and summed per touched position in
+    float32, in reading order (:func:`s3attn.retrieval.sparse.accumulate`)."""
+    positions, values = [], []
     for (layer, kv), hq in head_feats.items():
         if hq.features.size == 0:
             continue
         post = store.postings(layer, kv, hq.features)
         w = hq.weights[post.feature_slot]
-        np.add.at(scores_T, post.positions, w * post.acts if cfg.use_posting_acts else w)
-    return scores_T
+        positions.append(post.positions)
+        values.append(w * post.acts if cfg.use_posting_acts else w)
+    return accumulate(positions, values, store.num_tokens)
 
 
 def top_features_near(

@@ -37,6 +37,7 @@ from s3attn.retrieval.question import (
     top_features_near,
 )
 from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
+from s3attn.retrieval.sparse import SparseScores, from_dense, in_ranges, in_sorted
 
 MODES = ("s3", "bm25", "hybrid", "full")
 DEFAULT_MODE = "hybrid"
@@ -189,7 +190,7 @@ class Retriever:
         self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
         ends = np.array([e for _, _, _, e in self.doc_table], dtype=np.int64)
         sink = self._doc_starts[:, None] + np.arange(self.cfg.sink_tokens)[None, :]
-        self._sink_positions = sink[sink < ends[:, None]]
+        self._sink_positions = np.sort(sink[sink < ends[:, None]])
 
     def refresh(self) -> bool:
         """Move to the newest index generation between questions (Lucene's ``openIfChanged``): the index
@@ -237,7 +238,9 @@ class Retriever:
             )
 
     # ---- retrieval ----------------------------------------------------------------------------------
-    def s3_scores(self, question: str):
+    def s3_scores(self, question: str) -> tuple[SparseScores, dict]:
+        """The question's S3 scores (of the tokens its postings touch) and the features read per (layer,
+        KV head)."""
         prompt = self.prompt("", question)
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         codes = self.encoder.codes(ids, question_token_range(self.tokenizer, prompt, question))
@@ -246,20 +249,26 @@ class Retriever:
         return score_tokens(self.store, head_feats, self.cfg.question), head_feats
 
     def s3_candidates(
-        self, scores: np.ndarray, budget: int, *, allowed: np.ndarray | None = None
-    ) -> tuple[list[Span], np.ndarray]:
-        """Per-token S3 scores -> (S3 spans within ``budget``, the smoothed scores they were read from).
-        The sink tokens, and the tokens outside ``allowed`` (bool per token) when given, get no score
-        (``scores`` is changed in place)."""
+        self,
+        scores: SparseScores | np.ndarray,
+        budget: int,
+        *,
+        allowed: list[tuple[int, int]] | None = None,
+    ) -> tuple[list[Span], SparseScores]:
+        """S3 scores (``SparseScores``, or one per token) -> (S3 spans within ``budget``, the smoothed
+        scores they were read from). The sink tokens, and the tokens outside ``allowed`` (sorted, disjoint
+        ``(start, end)`` ranges) when given, get no score. Works on the touched tokens only."""
         cfg = self.cfg
-        scores[self._sink_positions] = 0.0
+        if not isinstance(scores, SparseScores):
+            scores = from_dense(scores)
+        scores = scores.keep(~in_sorted(scores.positions_N, self._sink_positions))
         if allowed is not None:
-            scores[~allowed] = 0.0
-        sm_T = smooth(scores, cfg.window)
+            scores = scores.keep(in_ranges(scores.positions_N, allowed))
+        sm = smooth(scores, cfg.window)
         if allowed is not None:  # smoothing spreads scores over the edges of the allowed documents
-            sm_T[~allowed] = 0.0
+            sm = sm.keep(in_ranges(sm.positions_N, allowed))
         peaks = peak_spans(
-            sm_T,
+            sm,
             budget=budget,
             min_distance=cfg.min_distance,
             frac=cfg.frac,
@@ -267,10 +276,10 @@ class Retriever:
             min_len=cfg.min_span,
             boundaries=self._doc_starts,
         )
-        return [s for s in fuse([peaks], budget) if SOURCE_S3 in s.source], sm_T
+        return [s for s in fuse([peaks], budget) if SOURCE_S3 in s.source], sm
 
-    def s3_spans(self, scores: np.ndarray, budget: int) -> list[Span]:
-        """Per-token S3 scores -> S3 spans within ``budget`` (see :meth:`s3_candidates`)."""
+    def s3_spans(self, scores: SparseScores | np.ndarray, budget: int) -> list[Span]:
+        """S3 scores -> S3 spans within ``budget`` (see :meth:`s3_candidates`)."""
         return self.s3_candidates(scores, budget)[0]
 
     def retrieve(
@@ -288,7 +297,7 @@ class Retriever:
         if mode not in MODES:
             raise S3Error(f"--mode {mode}: choose one of {', '.join(MODES)}")
         self._check_question(question, budget)
-        scope = scope_of(documents, self.doc_table, self.store.num_tokens)
+        scope = scope_of(documents, self.doc_table)
         if mode == "full":
             return self._materialise(
                 self._full_spans(budget) if scope is None else head_tail(scope.ranges, budget)
@@ -297,7 +306,7 @@ class Retriever:
         if mode == "bm25":
             return self._materialise(normalised(fuse([hits], budget)) if hits else [])
         scores, head_feats = self.s3_scores(question)
-        s3, sm_T = self.s3_candidates(scores, budget, allowed=None if scope is None else scope.mask_T)
+        s3, sm = self.s3_candidates(scores, budget, allowed=None if scope is None else scope.ranges)
         if explain:
             s3 = [
                 s._replace(
@@ -308,7 +317,7 @@ class Retriever:
         if mode == "s3":
             spans = normalised(s3)
         else:
-            spans = hybrid_spans(self._bias(scope), hits, s3, sm_T, budget, self.cfg.hybrid)
+            spans = hybrid_spans(self._bias(scope), hits, s3, sm, budget, self.cfg.hybrid)
         return self._materialise(spans)
 
     def _bm25_hits(self, question: str, scope: Scope | None, top_k: int = 64) -> list[Span]:

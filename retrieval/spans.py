@@ -1,9 +1,11 @@
 """Spans of global token positions: grown S3 peaks, bias anchors, BM25 hits, and their budgeted union.
 
-Everything here works on global token positions of the index and plain numpy arrays; no model, no BM25
-search. The flow of :class:`s3attn.retrieval.retriever.Retriever` (``s3_candidates``, ``retrieve``)::
+Everything here works on global token positions of the index and plain numpy arrays (scores: dense, one per
+token, or ``SparseScores``); no model, no BM25 search. The flow of
+:class:`s3attn.retrieval.retriever.Retriever` (``s3_candidates``, ``retrieve``)::
 
-    score_tokens(...)                  per-token S3 scores (s3attn.retrieval.question); sink tokens zeroed
+    score_tokens(...)                  S3 scores of the touched tokens (SparseScores, s3attn.retrieval.sparse;
+                                       s3attn.retrieval.question); sink tokens zeroed
     smooth(scores, window)             centred moving average (s3attn.retrieval.peaks)
     peak_spans(smoothed, budget, ...)  find_peaks_nms (greedy non-maximum suppression, in peaks.py), then
                                        grow_spans: each peak grows while score >= frac * peak, inside its
@@ -30,6 +32,7 @@ import numpy as np
 from s3attn.errors import S3Error
 from s3attn.index_builder.bm25 import Hit
 from s3attn.retrieval.peaks import find_peaks_nms, smooth
+from s3attn.retrieval.sparse import SparseScores, length_of, values_at
 
 __all__ = [
     "SOURCE_BIAS",
@@ -87,7 +90,7 @@ def _place(start: int, length: int, lo: int, hi: int) -> int:
 
 
 def grow_spans(
-    scores: np.ndarray,
+    scores: np.ndarray | SparseScores,
     peaks: np.ndarray,
     *,
     frac: float = 0.5,
@@ -101,14 +104,14 @@ def grow_spans(
     score stays ``>= frac * scores[peak]``; if that run is longer than ``max_len`` it is cut to
     ``max_len`` tokens centred on the peak, if shorter than ``min_len`` it is widened around its middle
     to ``min_len``. It never crosses a document boundary (``boundaries``: sorted global document start
-    positions; the peak's document ends at the next boundary or at ``len(scores)``). Score = peak score.
+    positions; the peak's document ends at the next boundary or at the scores' length). Score = peak score.
+    ``SparseScores``: untouched tokens score 0 (below any positive threshold).
     """
     if not 0.0 <= frac <= 1.0:
         raise S3Error(f"grow_spans: frac={frac} must be in [0, 1]")
     if max_len < 1:
         raise S3Error(f"grow_spans: max_len={max_len} must be >= 1")
-    x_T = np.asarray(scores)
-    n = x_T.size
+    n = length_of(scores)
     peaks_P = np.asarray(peaks, dtype=np.int64).ravel()
     if peaks_P.size and (peaks_P.min() < 0 or peaks_P.max() >= n):
         raise S3Error(f"grow_spans: peak positions must be in [0, {n})")
@@ -120,14 +123,15 @@ def grow_spans(
     L = max_len
     pos_PW = peaks_P[:, None] + np.arange(-(L - 1), L)[None, :]
     stop_PW = (pos_PW < lo_P[:, None]) | (pos_PW >= hi_P[:, None])
-    stop_PW |= x_T[np.clip(pos_PW, 0, max(n - 1, 0))] < (frac * x_T[peaks_P])[:, None]
+    peak_P = values_at(scores, peaks_P)
+    stop_PW |= values_at(scores, np.clip(pos_PW, 0, max(n - 1, 0))) < (frac * peak_P)[:, None]
     left, right = stop_PW[:, :L], stop_PW[:, L - 1 :]
     last_left = L - 1 - np.argmax(left[:, ::-1], axis=1)  # column of the last stop left of the peak
     starts = np.where(left.any(axis=1), peaks_P - (L - 1) + last_left + 1, peaks_P - (L - 1))
     ends = np.where(right.any(axis=1), peaks_P + np.argmax(right, axis=1), peaks_P + L)
     out: list[Span] = []
-    for p, lo, hi, start, end in zip(*(a.tolist() for a in (peaks_P, lo_P, hi_P, starts, ends))):
-        peak = float(x_T[p])
+    columns = (a.tolist() for a in (peaks_P, peak_P, lo_P, hi_P, starts, ends))
+    for p, peak, lo, hi, start, end in zip(*columns):
         start = min(start, p)  # a negative peak score would put p itself below threshold
         end = max(end, p + 1)
         if end - start > max_len:  # centre on the peak inside the run
@@ -340,7 +344,7 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
 
 
 def peak_spans(
-    smoothed: np.ndarray,
+    smoothed: np.ndarray | SparseScores,
     *,
     budget: int,
     min_distance: int,
@@ -351,7 +355,8 @@ def peak_spans(
     max_peaks: int | None = None,
     min_score: float = 0.0,
 ) -> list[Span]:
-    """Smoothed scores -> NMS peaks -> grown s3 spans (best peak first, not yet budgeted).
+    """Smoothed scores (dense or ``SparseScores``) -> NMS peaks -> grown s3 spans (best peak first, not yet
+    budgeted).
 
     ``max_peaks`` defaults to ``budget // min_len + 1`` (more spans could not fit).
     """

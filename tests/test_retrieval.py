@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -83,8 +84,10 @@ def test_hybrid_holds_bias_and_explains(tiny_index, retriever):
 
 
 def test_s3_scores_match_bruteforce(retriever):
-    """Dense scores equal a Python loop over every posting of the chosen features."""
-    scores, head_feats = retriever.s3_scores("paris queen river")
+    """The touched tokens' scores equal a Python loop over every posting of the chosen features."""
+    sparse, head_feats = retriever.s3_scores("paris queen river")
+    assert np.all(np.diff(sparse.positions_N) > 0) and sparse.num_tokens == retriever.store.num_tokens
+    scores = sparse.dense()
     ref = np.zeros(retriever.store.num_tokens)
     for (layer, kv), hq in head_feats.items():
         post = retriever.store.postings(layer, kv, hq.features)
@@ -92,6 +95,38 @@ def test_s3_scores_match_bruteforce(retriever):
             ref[p] += hq.weights[slot] * a
     np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-5)
     assert all(hq.features.size <= retriever.cfg.question.max_features for hq in head_feats.values())
+
+
+class _Huge:
+    """A real index reader that says it holds 10**12 tokens: its documents, then nothing."""
+
+    num_tokens = 10**12
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+def test_a_question_allocates_nothing_of_the_index_length(tiny_index, retriever):
+    """Scores, smoothing, peaks, spans, the document filter and linear fusion's range_max work on the
+    touched tokens: a 10**12-token index (4 TB as one float32 per token) answers in a few MB."""
+    r = configured(tiny_index, retriever, fusion="linear", min_relevance=0.0)
+    real_n = r.store.num_tokens
+    r.store = _Huge(r.store)
+    r._set_documents()
+    tracemalloc.start()
+    try:
+        s3 = r.retrieve("where is the queen of paris", "s3", 96)
+        hybrid = r.retrieve("paris queen", "hybrid", 300, documents="a.txt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+    assert s3 and all(s.source == "s3" and s.end <= real_n for s in s3)
+    assert {s.document for s in hybrid} == {"a.txt"} and any("s3" in s.source for s in hybrid)
+    assert any("paris queen" in s.text for s in hybrid)
 
 
 def test_query_encoder_reuses_the_prompt_prefix(retriever, monkeypatch):

@@ -1,0 +1,125 @@
+"""Per-token scores of the tokens a question touched: ``SparseScores``, and lookups on them.
+
+A question reads at most ``QuestionConfig.max_postings`` postings, so its S3 scores are nonzero on at most that
+many tokens, however long the index. ``SparseScores`` holds just those (sorted positions and their values);
+every other token of the index scores 0. The question path (``score_tokens``, the sink and document-filter
+zeroing, ``peaks.smooth``, ``peaks.find_peaks_nms``, ``spans.grow_spans``, ``fusion.range_max``) works on it,
+so a question costs in proportion to the postings it reads, never an array of the index's length. The same
+functions still take a dense array (one float per token) and give the same results bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from s3attn.index_builder.schema import concat_ranges
+
+logger = logging.getLogger(__name__)
+
+
+class SparseScores(NamedTuple):
+    """Scores over ``[0, num_tokens)`` that are 0 except at ``positions_N``."""
+
+    positions_N: np.ndarray  # int64 [N] sorted, unique global token positions
+    values_N: np.ndarray  # float32 [N] their scores (a position absent here scores 0)
+    num_tokens: int  # the index's length: the positions the scores are defined over
+
+    @property
+    def size(self) -> int:
+        """Touched positions held (not the index's length)."""
+        return int(self.positions_N.size)
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """The scores at ``positions`` (any shape, inside ``[0, num_tokens)``), 0 where untouched."""
+        pos = np.asarray(positions, dtype=np.int64)
+        k = np.searchsorted(self.positions_N, pos)
+        kc = np.minimum(k, max(self.size - 1, 0))
+        hit = (k < self.size) & (self.positions_N[kc] == pos) if self.size else np.zeros(pos.shape, bool)
+        zero = np.zeros((), self.values_N.dtype)
+        return np.where(hit, self.values_N[kc] if self.size else zero, zero)
+
+    def keep(self, mask_N: np.ndarray) -> SparseScores:
+        """Only the touched positions where ``mask_N`` (bool [N]) is true; the others score 0."""
+        return SparseScores(self.positions_N[mask_N], self.values_N[mask_N], self.num_tokens)
+
+    def dense(self) -> np.ndarray:
+        """The scores as one array of the index's length (for tests and small indexes only)."""
+        out = np.zeros(self.num_tokens, self.values_N.dtype)
+        out[self.positions_N] = self.values_N
+        return out
+
+
+def from_dense(scores_T: np.ndarray) -> SparseScores:
+    """``SparseScores`` of a dense array: its nonzero tokens."""
+    x_T = np.asarray(scores_T).ravel()
+    pos = np.flatnonzero(x_T)
+    return SparseScores(pos.astype(np.int64), x_T[pos], int(x_T.size))
+
+
+def accumulate(
+    positions: Sequence[np.ndarray], values: Sequence[np.ndarray], num_tokens: int
+) -> SparseScores:
+    """Sum the (position, value) pairs of several lists into ``SparseScores`` (float32).
+
+    Each touched position's sum is taken in float32 in the order the pairs are given (unbuffered
+    ``add.at`` over the compact positions), so it equals adding every pair into a dense float32 array."""
+    if not positions:
+        return SparseScores(np.zeros(0, np.int64), np.zeros(0, np.float32), int(num_tokens))
+    pos_N = np.concatenate([np.asarray(p, dtype=np.int64) for p in positions])
+    val_N = np.concatenate([np.asarray(v, dtype=np.float32) for v in values])
+    uniq, inverse = np.unique(pos_N, return_inverse=True)
+    out = np.zeros(uniq.size, np.float32)
+    np.add.at(out, inverse, val_N)
+    logger.debug("accumulated %d postings into %d touched tokens", pos_N.size, uniq.size)
+    return SparseScores(uniq, out, int(num_tokens))
+
+
+def length_of(scores: np.ndarray | SparseScores) -> int:
+    """The number of token positions ``scores`` is defined over."""
+    return scores.num_tokens if isinstance(scores, SparseScores) else int(np.asarray(scores).size)
+
+
+def values_at(scores: np.ndarray | SparseScores, positions: np.ndarray) -> np.ndarray:
+    """``scores[positions]`` of a dense array or of ``SparseScores`` (0 where untouched)."""
+    if isinstance(scores, SparseScores):
+        return scores.at(positions)
+    return np.asarray(scores)[positions]
+
+
+def in_sorted(positions_N: np.ndarray, sorted_M: np.ndarray) -> np.ndarray:
+    """bool [N]: which of ``positions_N`` occur in ``sorted_M`` (sorted ascending)."""
+    if sorted_M.size == 0:
+        return np.zeros(np.shape(positions_N), dtype=bool)
+    k = np.minimum(np.searchsorted(sorted_M, positions_N), sorted_M.size - 1)
+    return sorted_M[k] == positions_N
+
+
+def in_ranges(positions_N: np.ndarray, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """bool [N]: which of ``positions_N`` lie inside one of ``ranges`` (disjoint ``(start, end)``, sorted)."""
+    if not ranges:
+        return np.zeros(np.shape(positions_N), dtype=bool)
+    starts, ends = (np.asarray(c, dtype=np.int64) for c in zip(*ranges))
+    k = np.searchsorted(starts, positions_N, side="right") - 1
+    return (k >= 0) & (positions_N < ends[np.maximum(k, 0)])
+
+
+def range_max_sparse(a0: np.ndarray, a1: np.ndarray, scores: SparseScores) -> np.ndarray:
+    """float64: the max score inside each ``[a0, a1)`` (clipped to the index; 0 if empty), untouched
+    positions counting as 0; read from the touched positions inside the ranges only."""
+    n = scores.num_tokens
+    a0, a1 = np.clip(a0, 0, n), np.clip(a1, 0, n)
+    j0 = np.searchsorted(scores.positions_N, a0)
+    j1 = np.searchsorted(scores.positions_N, np.maximum(a1, a0))
+    count = j1 - j0
+    out = np.zeros(a0.size)
+    some = count > 0
+    if some.any():
+        vals = scores.values_N[concat_ranges(j0[some], count[some])].astype(np.float64)
+        out[some] = np.maximum.reduceat(vals, np.cumsum(count[some]) - count[some])
+    gaps = some & (count < a1 - a0)  # untouched tokens inside too: they score 0
+    out[gaps] = np.maximum(out[gaps], 0.0)
+    return out

@@ -1,0 +1,121 @@
+"""SparseScores (s3attn.retrieval.sparse): the question path on the touched tokens only gives, bit for bit,
+what the dense per-token arrays give, and never allocates anything of the index's length."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from s3attn.errors import S3Error
+from s3attn.retrieval.fusion import range_max
+from s3attn.retrieval.spans import Span, find_peaks_nms, grow_spans, peak_spans, smooth
+from s3attn.retrieval.sparse import SparseScores, accumulate, from_dense, in_ranges, in_sorted
+
+
+def _scattered(seed: int) -> np.ndarray:
+    """float32 scores like a question's: mostly zero, touched tokens alone and in clusters, edges too."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 12_000))
+    x = np.zeros(n, np.float32)
+    k = max(1, int(n * rng.choice([0.001, 0.01, 0.1, 0.6])))
+    x[rng.integers(0, n, k)] = (rng.random(k) * rng.choice([1e-3, 1.0, 50.0])).astype(np.float32)
+    if seed % 3 == 0:
+        x[0] = x[-1] = 2.0
+    return x
+
+
+def test_accumulate_equals_adding_into_a_dense_array():
+    rng = np.random.default_rng(0)
+    n = 5000
+    lists = [rng.integers(0, n, int(rng.integers(0, 3000))) for _ in range(7)]
+    vals = [rng.random(p.size).astype(np.float32) * 3 for p in lists]
+    ref = np.zeros(n, np.float32)
+    for p, v in zip(lists, vals):
+        np.add.at(ref, p, v)
+    got = accumulate(lists, vals, n)
+    assert got.positions_N.dtype == np.int64 and np.all(np.diff(got.positions_N) > 0)
+    np.testing.assert_array_equal(got.dense(), ref)  # bit for bit: same float32 sums, same order
+    empty = accumulate([], [], 10)
+    assert empty.size == 0 and empty.num_tokens == 10 and not empty.dense().any()
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 8, 9, 12, 32, 33, 64])
+def test_sparse_smooth_equals_dense_bit_for_bit(window):
+    for seed in range(12):
+        x = _scattered(seed * 100 + window)
+        got = smooth(from_dense(x), window)
+        assert isinstance(got, SparseScores) and got.num_tokens == x.size
+        np.testing.assert_array_equal(got.dense(), smooth(x, window))
+
+
+def test_sparse_smooth_reads_only_the_touched_neighbourhoods():
+    n = 10**12  # ~4 TB as a dense float32 array
+    s = SparseScores(np.array([0, 5, 500_000, n - 1], np.int64), np.ones(4, np.float32), n)
+    tracemalloc.start()
+    try:
+        sm = smooth(s, 9)
+        peaks = find_peaks_nms(sm, min_distance=64, max_peaks=10)
+        spans = grow_spans(sm, peaks, frac=0.35, max_len=160, min_len=48, boundaries=np.array([0, 400_000]))
+        peak_mem = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak_mem < 1 << 20
+    assert sm.positions_N.min() == 0 and sm.positions_N.max() == n - 1 and sm.size < 40
+    first, middle, last = sorted(peaks.tolist())
+    assert first <= 5 and abs(middle - 500_000) <= 4 and last >= n - 5
+    assert all(48 <= sp.end - sp.start <= 160 and 0 <= sp.start and sp.end <= n for sp in spans)
+
+
+@pytest.mark.parametrize(("min_distance", "max_peaks"), [(1, 5), (7, 40), (64, 22), (30, 1000)])
+def test_sparse_nms_equals_dense(min_distance, max_peaks):
+    for seed in range(10):
+        x = smooth(_scattered(seed), 9)
+        for min_score in (0.0, 0.01):
+            want = find_peaks_nms(x, min_distance=min_distance, max_peaks=max_peaks, min_score=min_score)
+            got = find_peaks_nms(
+                from_dense(x), min_distance=min_distance, max_peaks=max_peaks, min_score=min_score
+            )
+            assert got.tolist() == want.tolist()
+    with pytest.raises(S3Error, match="min_score"):
+        find_peaks_nms(from_dense(np.ones(4)), min_distance=1, max_peaks=2, min_score=-1)
+    assert find_peaks_nms(from_dense(np.zeros(4)), min_distance=1, max_peaks=2).size == 0
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.35, 1.0])
+def test_sparse_peak_spans_equal_dense(frac):
+    for seed in range(10):
+        x = smooth(_scattered(seed), 9)
+        bounds = np.unique(np.r_[0, np.random.default_rng(seed).integers(0, x.size, 5)])
+        options = dict(budget=1024, min_distance=64, frac=frac, max_len=160, min_len=48, boundaries=bounds)
+        want = peak_spans(x, **options)
+        got = peak_spans(from_dense(x), **options)
+        assert [(s.start, s.end, s.score, s.why) for s in got] == [
+            (s.start, s.end, s.score, s.why) for s in want
+        ]
+
+
+def test_sparse_range_max_equals_dense():
+    rng = np.random.default_rng(5)
+    x = smooth(_scattered(3), 9)
+    x[rng.integers(0, x.size, 20)] = -1.0  # negative scores: an untouched token (0) may be the max
+    n = x.size
+    spans = [
+        Span(int(a), int(a + w), 0.0, "bm25", {})
+        for a, w in zip(rng.integers(-5, n, 300), rng.integers(0, 200, 300))
+    ]
+    np.testing.assert_array_equal(range_max(spans, from_dense(x)), range_max(spans, x))
+
+
+def test_lookups():
+    s = SparseScores(np.array([2, 5, 9], np.int64), np.array([1.0, 2.0, 3.0], np.float32), 12)
+    np.testing.assert_array_equal(s.at(np.array([[0, 2], [5, 11]])), [[0, 1], [2, 0]])
+    assert s.at(np.array([1])).dtype == np.float32
+    assert SparseScores(np.zeros(0, np.int64), np.zeros(0, np.float32), 5).at(np.array([3])).tolist() == [0]
+    assert s.keep(np.array([True, False, True])).positions_N.tolist() == [2, 9]
+    pos = np.array([0, 3, 4, 10, 12, 20])
+    assert in_ranges(pos, [(3, 5), (10, 13)]).tolist() == [False, True, True, True, True, False]
+    assert not in_ranges(pos, []).any()
+    assert in_sorted(pos, np.array([3, 12, 30])).tolist() == [False, True, False, False, True, False]
+    assert not in_sorted(pos, np.zeros(0, np.int64)).any()
