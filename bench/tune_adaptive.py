@@ -1,0 +1,136 @@
+"""Choose the adaptive fusion's share rule on tuning seeds: every question's candidates are gathered once (BM25
+passages, S3 spans, bias spans, evidence token ranges), then a grid of rules is replayed offline on them.
+
+    python bench/tune_adaptive.py --tasks literal_niah,paraphrase_niah,paraphrase_multikey --samples 10 \\
+        --seeds 0,1,2 --lengths 16384 --budget 1024 --index-cache runs/icache --cache runs/tune/cands-niah.pkl
+    python bench/tune_adaptive.py --tasks drop_qa --samples 8 --seeds 0,1 ... --cache runs/tune/cands-drop.pkl
+    python bench/tune_adaptive.py --replay runs/tune/cands-niah.pkl,runs/tune/cands-drop.pkl
+
+Per rule it prints evidence recall per task family next to S3's and BM25's (the same candidates fed as the
+``s3`` and ``bm25`` modes feed them) and the worst family margin ``hybrid - max(s3, bm25)``, the issue's
+criterion (at least -0.03 on every family); rules are listed best margin first. Seeds must be tuning seeds
+(0-9): the script refuses held-out ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import pickle
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from s3attn.evaluation.evidence import evidence_coverage, evidence_recall, evidence_token_ranges
+from s3attn.evaluation.plan import TUNING_SEEDS, family_of
+from s3attn.retrieval.adaptive import ShareRule, adaptive_spans
+from s3attn.retrieval.fusion import normalised
+from s3attn.retrieval.spans import fuse
+
+GRID = {
+    "coverage_center": [0.2, 0.25, 0.3, 0.35, 0.4],
+    "coverage_power": [1.0, 2.0, 3.0, 5.0],
+    "prominence_scale": [0.0, 2.5],
+    "min_share": [0.05, 0.1, 0.15],
+}
+
+
+def gather(args: argparse.Namespace) -> list[dict]:
+    """Per question: task, family, evidence token ranges, bias / BM25 / S3 candidates (budget ``--budget``)."""
+    from s3attn.evaluation.evaluate import EvalConfig, check_config, count_tokens, load_eval_stack
+    from s3attn.evaluation.index_cache import index_identity, sample_index
+    from s3attn.evaluation.plan import make_sample, plan
+    from s3attn.retrieval.retriever import RetrievalConfig, Retriever
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if any(s not in TUNING_SEEDS for s in seeds):
+        sys.exit(
+            f"--seeds {args.seeds}: tune on tuning seeds only ({TUNING_SEEDS.start}-{TUNING_SEEDS.stop - 1})"
+        )
+    cfg = check_config(EvalConfig(tasks=args.tasks.split(","), lengths=[int(x) for x in args.lengths.split(",")],
+                                  seeds=seeds, samples=args.samples, depths=[50.0], index_cache=args.index_cache,
+                                  generate=False, retrieval=RetrievalConfig(budget=args.budget)))  # fmt: skip
+    stack, release = load_eval_stack(cfg)
+    identity, tok = index_identity(stack, cfg, release), stack[0].tokenizer
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for item in plan(cfg):
+            sample = make_sample(item, lambda t: count_tokens(tok, t), cfg.haystack)
+            shutil.rmtree(Path(tmp) / "w", ignore_errors=True)
+            index = sample_index(item.task, sample.context, stack, cfg, Path(tmp) / "w", identity).index
+            r = Retriever(index, cfg=cfg.retrieval, stack=stack)
+            scores, _ = r.s3_scores(sample.question)
+            s3, _ = r.s3_candidates(scores, args.budget)
+            out.append({"task": item.task, "family": family_of(item.task), "length": item.length,
+                        "evidence": evidence_token_ranges(tok, sample.context, sample.meta.get("evidence", [])),
+                        "bias": r._bias(None), "bm25": r._bm25_hits(sample.question, None), "s3": s3})  # fmt: skip
+            r.store.close()
+    return out
+
+
+def recall(q: dict, spans) -> float | None:
+    return evidence_recall(evidence_coverage(q["evidence"], [[s.start, s.end] for s in spans]))
+
+
+def family_means(questions: list[dict], spans_of) -> dict[str, float]:
+    by: dict[str, list[float]] = {}
+    for q in questions:
+        v = recall(q, spans_of(q))
+        if v is not None:
+            by.setdefault(q["family"], []).append(v)
+    return {f: float(np.mean(v)) for f, v in sorted(by.items())}
+
+
+def replay(questions: list[dict], budget: int, top: int) -> None:
+    s3 = family_means(questions, lambda q: normalised(q["s3"]))
+    bm25 = family_means(questions, lambda q: normalised(fuse([q["bm25"]], budget)) if q["bm25"] else [])
+    best = {f: max(s3[f], bm25[f]) for f in s3}
+    print("families:", ", ".join(f"{f} (n={sum(q['family'] == f for q in questions)})" for f in s3))
+    print("s3  ", {f: round(v, 3) for f, v in s3.items()})
+    print("bm25", {f: round(v, 3) for f, v in bm25.items()})
+    results = []
+    for values in itertools.product(*GRID.values()):
+        rule = ShareRule(**dict(zip(GRID, values)))
+        h = family_means(
+            questions, lambda q, rule=rule: adaptive_spans(q["bias"], q["bm25"], q["s3"], budget, rule)[0]
+        )
+        margin = min(h[f] - best[f] for f in h)
+        results.append((margin, float(np.mean(list(h.values()))), rule, h))
+    results.sort(key=lambda x: (-x[0], -x[1]))
+    for margin, mean, rule, h in results[:top]:
+        print(
+            f"margin {margin:+.3f} mean {mean:.3f} {tuple(rule)} "
+            + " ".join(f"{f} {v:.3f}" for f, v in h.items())
+        )
+    default = next(x for x in results if x[2] == ShareRule())
+    print(f"default {tuple(ShareRule())}: margin {default[0]:+.3f} mean {default[1]:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="literal_niah,paraphrase_niah,paraphrase_multikey")
+    p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--lengths", default="16384")
+    p.add_argument("--budget", type=int, default=1024)
+    p.add_argument("--index-cache", default="runs/icache")
+    p.add_argument("--cache", help="write the gathered candidates here (pickle)")
+    p.add_argument("--replay", help="comma-separated candidate pickles to replay instead of gathering")
+    p.add_argument("--top", type=int, default=15)
+    args = p.parse_args(argv)
+    if args.replay:
+        questions = [q for f in args.replay.split(",") for q in pickle.loads(Path(f).read_bytes())]
+    else:
+        questions = gather(args)
+        if args.cache:
+            Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.cache).write_bytes(pickle.dumps(questions))
+    replay(questions, args.budget, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
