@@ -69,10 +69,11 @@ def prominence(s3: list[Span]) -> float:
 class ShareRule(NamedTuple):
     """The parameters of the share rule (``FusionConfig``'s adaptive fields; see the module docstring)."""
 
-    coverage_center: float = 0.3
-    coverage_power: float = 3.0
-    prominence_scale: float = 0.0
-    min_share: float = 0.15
+    # chosen on tuning seeds by bench/tune_adaptive.py (best worst-family margin, then mean evidence recall)
+    coverage_center: float = 0.25
+    coverage_power: float = 1.0
+    prominence_scale: float = 2.5
+    min_share: float = 0.1
 
 
 DEFAULT_RULE = ShareRule()  # the defaults of FusionConfig's adaptive fields

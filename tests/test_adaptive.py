@@ -66,7 +66,8 @@ def test_lexical_question_feeds_bm25_best_and_keeps_s3_best():
     bm25 = [_bm25(5000 + 200 * i, 20.0 - i, 1.0 if i == 0 else 0.3) for i in range(10)]
     s3 = [_s3(300 + 100 * i, 5.0 - 0.1 * i) for i in range(10)]
     bias = [Span(0, 64, 1.0, SOURCE_BIAS, {})]
-    spans, t = adaptive_spans(bias, bm25, s3, 1024, ShareRule())
+    rule = ShareRule(coverage_center=0.3, coverage_power=3.0, prominence_scale=0.0, min_share=0.15)
+    spans, t = adaptive_spans(bias, bm25, s3, 1024, rule)
     assert t.bm25_share == pytest.approx(0.85)
     covered = _tokens(spans)
     assert _tokens(bias) <= covered and _tokens(bm25[:1]) <= covered and _tokens(s3[:1]) <= covered
