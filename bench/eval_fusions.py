@@ -107,7 +107,7 @@ class FusionsConfig:
     """The s3-eval run every variant is (its methods are the variant's)."""
 
 
-def run(cfg: FusionsConfig) -> list[dict]:
+def run(cfg: FusionsConfig) -> tuple[list[dict], dict]:
     """Every variant's rows (s3-eval's, ``method`` set to the variant's name), the samples and the model
     stack shared."""
     unknown = [n for n in cfg.variants if n not in VARIANTS]
@@ -116,12 +116,14 @@ def run(cfg: FusionsConfig) -> list[dict]:
     base = check_config(cfg.eval)
     stack, _ = load_eval_stack(base)
     rows: list[dict] = []
+    environment: dict = {}
     for name in cfg.variants:
         method, options = VARIANTS[name]
         retrieval = apply_values(base.retrieval, options, f"variant {name}")
         run_ = run_eval(replace(base, methods=[method], retrieval=retrieval), stack=stack)
+        environment = run_.environment  # the commit and machine of the run (the same for every variant)
         rows += [{**r._asdict(), "method": name} for r in run_.rows]
-    return rows
+    return rows, environment
 
 
 def table(rows: list[dict], names: list[str]) -> str:
@@ -154,13 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(FusionsConfig, "fusions", argv, prog=PROG, description=__doc__)
-    rows = run(cfg)
+    rows, environment = run(cfg)
     md = table(rows, cfg.variants)
     print(md)
     out = Path(cfg.eval.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {name: VARIANTS[name] for name in cfg.variants}
-    data = {"config": flat_options(cfg.eval), "variants": variants, "rows": rows}
+    data = {
+        "config": flat_options(cfg.eval),
+        "variants": variants,
+        "environment": environment,
+        "rows": rows,
+    }
     (out / "fusions.json").write_text(json.dumps(data, indent=1))
     command = " ".join(["python bench/eval_fusions.py", *argv])
     (out / "fusions.md").write_text(f"# Hybrid fusions side by side\n\n`{command}`\n{md}")
