@@ -3,7 +3,12 @@ segment), the root group's attributes (:class:`IndexAttrs`) and a segment group'
 
 Shared by the reading and the writing side. ``from_json`` checks names and types and raises ``ValueError``
 naming the bad field; :func:`read_manifest` and the index reader turn that into a one-line ``S3Error`` naming
-the file. The same classes read format 1 (no field was removed or renamed in format 2).
+the file. The same classes read formats 1 and 2 (no field was removed or renamed since).
+
+``Manifest.format_version`` is the newest format of the segments writers added: a writer of format 3 that
+adds a segment to (or merges) an index of format 1 or 2 raises it to 3, so readers of those formats refuse
+the index rather than misread its tiered lists. ``IndexAttrs.format_version`` stays the format the index was
+created in. ``SegmentAttrs`` says how a segment orders its lists (``posting_order``, ``tier_divisors``).
 
 ``IndexAttrs.dtype`` is the model precision the index was built in. Indexes written before it was
 recorded were all built in float32, so an absent ``dtype`` reads as float32, and a float32 index leaves the
@@ -20,7 +25,14 @@ from typing import Any
 
 from s3attn.constants import INDEX_FORMAT_VERSION, INDEX_KIND, INDEX_MANIFEST
 from s3attn.errors import S3Error, index_damaged
-from s3attn.index_builder.schema import CHECKSUM_ALGO, DocRecord, doc_json
+from s3attn.index_builder.schema import (
+    CHECKSUM_ALGO,
+    POSTING_ORDER_POSITION,
+    POSTING_ORDER_TIERS,
+    TIER_DIVISORS,
+    DocRecord,
+    doc_json,
+)
 from s3attn.storage import Location, index_location
 
 # ---- JSON field checks -----------------------------------------------------------------------------------
@@ -97,12 +109,15 @@ class Manifest:
 
     generation: int = 0
     segments: tuple[SegmentMeta, ...] = ()
-    format_version: int = INDEX_FORMAT_VERSION  # the format the index was created in; kept by later writers
+    format_version: int = INDEX_FORMAT_VERSION  # newest format of a segment a writer added (readers need)
     kind: str = INDEX_KIND
 
     def swapped(self, segments: list[SegmentMeta] | tuple[SegmentMeta, ...]) -> Manifest:
-        """The next generation, listing ``segments``."""
-        return replace(self, segments=tuple(segments), generation=self.generation + 1)
+        """The next generation, listing ``segments``. A segment it lists that this one does not was written
+        in the current format, so the format becomes at least the current one."""
+        added = {s.name for s in segments} - {s.name for s in self.segments}
+        version = max(self.format_version, INDEX_FORMAT_VERSION) if added else self.format_version
+        return replace(self, segments=tuple(segments), generation=self.generation + 1, format_version=version)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -219,22 +234,38 @@ class IndexAttrs:
 # ---- segment group attributes ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SegmentAttrs:
-    """Attributes of ``segments/<name>``: its token range, documents table and per-array checksums."""
+    """Attributes of ``segments/<name>``: its token range, documents table, per-array checksums and how its
+    lists are ordered. A segment of format 1 or 2 records no format (None) and keeps its lists in position
+    order; one of format 3 records its format, ``posting_order`` "impact-tiers" and the ``tier_divisors``."""
 
     token_start: int
     num_tokens: int
     docs: tuple[DocRecord, ...]  # token_start of each GLOBAL
     checksums: Mapping[str, str]  # array path relative to the segment -> crc32 of its raw bytes
     checksum_algo: str = CHECKSUM_ALGO
+    format_version: int | None = INDEX_FORMAT_VERSION  # None: written in format 1 or 2
+    posting_order: str = POSTING_ORDER_TIERS
+    tier_divisors: tuple[int, ...] = TIER_DIVISORS
+
+    @property
+    def tiers(self) -> tuple[int, ...]:
+        """The divisors of the segment's tier cuts (``schema.TIER_DIVISORS``); (1,) = one tier, the list."""
+        return tuple(self.tier_divisors) if self.posting_order == POSTING_ORDER_TIERS else (1,)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "token_start": int(self.token_start),
             "num_tokens": int(self.num_tokens),
             "docs": [doc_json(d) for d in self.docs],
             "checksums": dict(self.checksums),
             "checksum_algo": self.checksum_algo,
         }
+        if self.format_version is not None:  # segments of formats 1 and 2 keep their attributes as they were
+            out["format_version"] = int(self.format_version)
+            out["posting_order"] = self.posting_order
+            if self.posting_order == POSTING_ORDER_TIERS:
+                out["tier_divisors"] = [int(d) for d in self.tier_divisors]
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> SegmentAttrs:
@@ -251,10 +282,29 @@ class SegmentAttrs:
         checksums = _get(obj, "checksums", dict)
         if not all(isinstance(v, str) for v in checksums.values()):
             raise ValueError("field 'checksums' must map array paths to strings")
+        version = _opt(obj, "format_version", int)
+        order = _get(obj, "posting_order", str, POSTING_ORDER_POSITION)
+        if order not in (POSTING_ORDER_POSITION, POSTING_ORDER_TIERS):
+            raise ValueError(f"posting_order {order!r} is unknown to this s3attn; upgrade")
+        divisors = tuple(_get(obj, "tier_divisors", list, [1]))
+        if not _valid_divisors(divisors):
+            raise ValueError(
+                f"field 'tier_divisors' must be decreasing positive integers ending in 1: {divisors}"
+            )
         return cls(
             token_start=_get(obj, "token_start", int),
             num_tokens=_get(obj, "num_tokens", int),
             docs=docs,
             checksums=checksums,
             checksum_algo=_get(obj, "checksum_algo", str, CHECKSUM_ALGO),
+            format_version=version,
+            posting_order=order,
+            tier_divisors=divisors,
         )
+
+
+def _valid_divisors(divisors: tuple[Any, ...]) -> bool:
+    ints = all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in divisors)
+    return (
+        ints and bool(divisors) and divisors[-1] == 1 and all(a > b for a, b in zip(divisors, divisors[1:]))
+    )

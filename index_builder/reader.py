@@ -32,14 +32,16 @@ from s3attn.errors import READ_ERRORS, S3Error, index_damaged, one_line
 from s3attn.index_builder.bm25 import verify_bm25
 from s3attn.index_builder.chunks import ChunkReader
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentMeta, read_manifest
-from s3attn.index_builder.schema import TOKEN_DTYPE, DocRecord, Postings, disk_usage, segment_path
-from s3attn.index_builder.segment_reader import (
-    SegmentReader,
-    open_segment,
-    read_postings,
-    verify_segment,
-    verify_segments_group,
+from s3attn.index_builder.schema import (
+    TOKEN_DTYPE,
+    DocRecord,
+    Postings,
+    disk_usage,
+    segment_path,
+    tier_sizes,
 )
+from s3attn.index_builder.segment_reader import SegmentReader, open_segment, read_postings
+from s3attn.index_builder.verify import verify_segment, verify_segments_group
 from s3attn.leases import MAX_TRIES, Lease, manifest_copy
 from s3attn.storage import Location, index_location, refresh_copy, zarr_store
 
@@ -252,6 +254,7 @@ class IndexReader:
         self._readers = {n: r for n, r in self._readers.items() if n in live}
         self._starts = [s.token_start for s in manifest.segments]
         self._df: dict[tuple[int, int], np.ndarray] = {}
+        self._tf: dict[tuple[int, int], np.ndarray] = {}
         self._doc_keys: set[tuple[str, str]] | None = None
 
     def _reader(self, entry: SegmentMeta) -> SegmentReader:
@@ -300,8 +303,28 @@ class IndexReader:
             self._df[key] = df
         return df
 
-    def postings(self, layer: int, kv_head: int, features: np.ndarray) -> Postings:
-        """All postings of ``features`` (any order, repeats allowed), grouped by slot, positions ascending.
+    def tier_freq(self, layer: int, kv_head: int) -> np.ndarray:
+        """int64 [F, tiers]: postings of each feature in each impact tier, over all live segments (a segment
+        in position order, of format 1 or 2, counts its whole list as tier 0); sums to :meth:`doc_freq`."""
+        key = (int(layer), int(kv_head))
+        tf = self._tf.get(key)
+        if tf is None:
+            readers = [self._reader(e) for e in self._manifest.segments]
+            tf = np.zeros(
+                (self.meta.num_latents, max((len(r.tiers()) for r in readers), default=1)), np.int64
+            )
+            for r in readers:
+                sizes = tier_sizes(np.diff(r.offsets(*key)), r.tiers())
+                tf[:, : sizes.shape[1]] += sizes
+            self._tf[key] = tf
+        return tf
+
+    def postings(
+        self, layer: int, kv_head: int, features: np.ndarray, depths: np.ndarray | None = None
+    ) -> Postings:
+        """Postings of ``features`` (any order, repeats allowed), grouped by slot: all of them, positions
+        ascending; or, given ``depths`` (int per slot), only the top ``depths[j]`` impact tiers of slot j's
+        list in each segment, tier by tier (see :func:`~s3attn.index_builder.segment_reader.read_postings`).
 
         Per segment, each distinct feature's range of ``pos_gaps`` and ``act_u8`` is read by whole chunks
         (:class:`~s3attn.index_builder.chunks.ChunkReader`, decoded chunks cached); no per-posting loop.
@@ -311,7 +334,9 @@ class IndexReader:
         if features.size and (features.min() < 0 or features.max() >= num_f):
             raise ValueError(f"feature ids must lie in [0, {num_f})")
         readers = [self._reader(e) for e in self._manifest.segments]
-        return read_postings(readers, int(layer), int(kv_head), features, self._chunks)
+        if depths is not None and np.shape(depths) != features.shape:
+            raise ValueError(f"depths {np.shape(depths)} must give one depth per feature {features.shape}")
+        return read_postings(readers, int(layer), int(kv_head), features, self._chunks, depths)
 
     def info(self) -> dict:
         """Sizes: documents, tokens, postings, segments, bytes on disk (total and per array kind)."""

@@ -14,7 +14,8 @@ Layout (see ``index_builder/SCHEMA.md`` for the full description)::
             pos_gaps                   uint32[N]    gaps of segment-relative positions, first of each list absolute
             act_u8                     uint8[N]     act = expm1(q / 255 * log1p(act_scale))
 
-Every array of format 2 names its chunk layout in its attribute ``s3attn_layout`` (``LAYOUT_*`` below).
+Every array of format 2 names its chunk layout in its attribute ``s3attn_layout`` (``LAYOUT_*`` below). In
+format 3 each list is stored in impact tiers (``POSTING_ORDER_TIERS``, cuts by :func:`tier_ends`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,31 @@ def compressors(kind: str) -> list[BloscCodec]:
     if ARRAY_LAYOUT[kind] == LAYOUT_RAW:
         return []
     return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+
+
+# ---- posting order inside a list --------------------------------------------------------------------------
+POSTING_ORDER_POSITION = "position"
+"""Formats 1 and 2: a list is its positions in increasing order (one tier)."""
+POSTING_ORDER_TIERS = "impact-tiers"
+"""Format 3: a list is its tiers one after the other, tier 0 first, positions increasing within a tier."""
+TIER_DIVISORS = (4096, 1024, 256, 64, 16, 4, 1)
+"""Tier t of a list of n postings holds its postings of rank [ceil(n / d[t-1]), ceil(n / d[t])) by stored
+activation (q descending, ties by position; ceil(n / d[-1]) = 0): the top 1/4096 (at least one posting),
+then up to the top 1/1024, ..., the top quarter, the rest. Cuts follow from n alone, so no array holds them."""
+
+
+def tier_ends(lens: np.ndarray, divisors: tuple[int, ...] | list[int]) -> np.ndarray:
+    """int64 [..., NT]: where each tier of lists of ``lens`` postings ends, counted from the list's start
+    (``ceil(n / d)`` per divisor; the last is n when the last divisor is 1)."""
+    n = np.asarray(lens, dtype=np.int64)[..., None]
+    d = np.asarray(divisors, dtype=np.int64)
+    return (n + d - 1) // d
+
+
+def tier_sizes(lens: np.ndarray, divisors: tuple[int, ...] | list[int]) -> np.ndarray:
+    """int64 [..., NT]: postings in each tier of lists of ``lens`` postings (see :data:`TIER_DIVISORS`)."""
+    ends = tier_ends(lens, divisors)
+    return np.diff(ends, axis=-1, prepend=0)
 
 
 # ---- paths -----------------------------------------------------------------------------------------------

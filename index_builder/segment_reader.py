@@ -1,9 +1,11 @@
-"""Reading one immutable index segment: its arrays, documents and posting lists, and its verification.
+"""Reading one immutable index segment: its arrays, documents and posting lists.
 
 A segment holds the tokens ``[token_start, token_start + T)`` and, per (layer, kv head), CSR posting lists
-``feature -> sorted segment-relative positions`` (see ``schema``). Writing segments is ``segment_writer``.
-Reading a damaged segment raises ``IndexCorruptError`` naming the index, segment and array; ``verify_segment``
-reports damage as problem lines instead.
+``feature -> segment-relative positions`` (see ``schema``): in position order (formats 1 and 2), or in impact
+tiers (format 3: tier 0, the highest stored activations, first; positions increasing within each tier), so
+that the top tiers of a list are a prefix of it, read without the rest (:func:`read_postings`, ``depths``).
+Writing segments is ``segment_writer``. Reading a damaged segment raises ``IndexCorruptError`` naming the
+index, segment and array; ``verify.verify_segment`` reports damage as problem lines instead.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import zarr
@@ -22,9 +24,8 @@ from s3attn.constants import (
     INDEX_MANIFEST,
     INDEX_OFFSETS_ARRAY,
     INDEX_TOKENS_ARRAY,
-    SEGMENTS_DIR,
 )
-from s3attn.errors import READ_ERRORS, IndexCorruptError, index_damaged, one_line
+from s3attn.errors import READ_ERRORS, IndexCorruptError, index_damaged
 from s3attn.index_builder.chunks import ChunkDamage, ChunkReader
 from s3attn.index_builder.meta import SegmentAttrs, SegmentMeta
 from s3attn.index_builder.schema import (
@@ -40,6 +41,7 @@ from s3attn.index_builder.schema import (
     head_group,
     segment_checksum,
     segment_path,
+    tier_sizes,
 )
 
 HEAD_ARRAYS = (INDEX_OFFSETS_ARRAY, INDEX_GAPS_ARRAY, INDEX_ACT_ARRAY)
@@ -221,9 +223,15 @@ class SegmentReader:
         whole = start == 0 and end >= self.num_tokens
         return self.checked(INDEX_TOKENS_ARRAY, ids) if whole else ids
 
+    def tiers(self) -> tuple[int, ...]:
+        """The divisors of this segment's tier cuts (``schema.TIER_DIVISORS``); (1,): lists in position
+        order (formats 1 and 2)."""
+        return self.attrs().tiers
+
     def read_head(self, layer: int, kv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Whole head: (offsets uint64 as stored, positions int64 relative, q uint8, act_scale), each array
-        checked against its checksum (a merge must not copy damage into a new segment)."""
+        """Whole head: (offsets uint64 as stored, positions int64 relative, q uint8, act_scale), every list in
+        position order whatever the segment's format, each array checked against its checksum (a merge must
+        not copy damage into a new segment)."""
         data = []
         for kind in HEAD_ARRAYS:
             path = head_array(layer, kv, kind)
@@ -234,8 +242,21 @@ class SegmentReader:
         lens = np.diff(off.astype(np.int64))
         if lens.size and (lens.min() < 0 or int(off[-1]) != gaps.size):
             raise self.damaged(head_array(layer, kv, INDEX_OFFSETS_ARRAY), "offsets do not describe pos_gaps")
-        positions = self.positions(gaps, lens, head_array(layer, kv, INDEX_GAPS_ARRAY))
+        tiers = self.tiers()
+        positions = self.positions(
+            gaps, tier_sizes(lens, tiers).ravel(), head_array(layer, kv, INDEX_GAPS_ARRAY)
+        )
+        if len(tiers) > 1:
+            order = by_position(positions, lens, self.num_tokens)
+            positions, q = positions[order], q[order]
         return off, positions, q, self.act_scale(layer, kv)
+
+
+def by_position(positions: np.ndarray, lens: np.ndarray, num_tokens: int) -> np.ndarray:
+    """The order that puts each of the concatenated lists (``lens`` postings each, positions in
+    ``[0, num_tokens)``, unique within a list) in position order, lists kept in place."""
+    slot = np.repeat(np.arange(lens.size, dtype=np.int64), lens)
+    return np.argsort(slot * max(1, num_tokens) + positions, kind="stable")
 
 
 def open_segment(
@@ -256,13 +277,22 @@ def open_segment(
 
 
 def read_postings(
-    readers: list[SegmentReader], layer: int, kv: int, features: np.ndarray, chunks: ChunkReader
+    readers: list[SegmentReader],
+    layer: int,
+    kv: int,
+    features: np.ndarray,
+    chunks: ChunkReader,
+    depths: np.ndarray | None = None,
 ) -> Postings:
     """Posting lists of ``features`` (int64, any order, repeats allowed) over ``readers`` (token order).
 
-    Per segment the lists are read in slot order (whole chunks, see :mod:`chunks`), gaps decoded by one
-    cumulative sum; output slot-major, so every slot's list is in global position order. One segment needs
-    no reordering at all; several are interleaved by one scatter.
+    ``depths`` (int [slots], optional): read only the top ``depths[j]`` impact tiers of slot j's list in each
+    segment (0: none; a segment in position order holds one tier, its list). Those tiers are a prefix of the
+    stored list, read without the rest. Per segment the lists are read in slot order (whole chunks, see
+    :mod:`chunks`), gaps decoded by one cumulative sum; output slot-major, segment by segment in token order
+    within a slot. Without ``depths`` every slot's list comes in global position order (a tiered segment's
+    tiers sorted back); with them, a tiered segment's part of a slot comes tier by tier (impact order),
+    positions increasing within each tier.
     """
     features = np.asarray(features, dtype=np.int64)
     n_slots = features.size
@@ -270,12 +300,19 @@ def read_postings(
     gaps_path, act_path = head_array(layer, kv, INDEX_GAPS_ARRAY), head_array(layer, kv, INDEX_ACT_ARRAY)
     for r in readers:
         off = r.offsets(layer, kv)
-        lens = off[features + 1] - off[features]
+        tiers = r.tiers()
+        sub = tier_sizes(off[features + 1] - off[features], tiers)  # [slots, tiers]
+        if depths is not None:
+            sub = sub * (np.arange(len(tiers)) < np.asarray(depths, dtype=np.int64)[:, None])
+        lens = sub.sum(axis=1)
         if not lens.sum():
             continue
         gaps = r.read(chunks, gaps_path, off[features], lens)
         q = r.read(chunks, act_path, off[features], lens)
-        positions = r.positions(gaps, lens, gaps_path)
+        positions = r.positions(gaps, sub.ravel(), gaps_path)
+        if depths is None and len(tiers) > 1:
+            order = by_position(positions, lens, r.num_tokens)
+            positions, q = positions[order], q[order]
         positions += r.token_start
         parts.append((lens, positions, dequantize_acts(q, r.act_scale(layer, kv))))
     if not parts:
@@ -294,99 +331,3 @@ def read_postings(
         positions[dest] = pos
         acts[dest] = act
     return Postings(positions, slots, acts)
-
-
-# ---- verification ----------------------------------------------------------------------------------------
-def _check_tables(attrs: SegmentAttrs, entry: SegmentMeta, heads: list[tuple[int, int]], k: int) -> list[str]:
-    """The segment's attributes against its manifest entry: range, checksum, documents, postings count."""
-    problems = attrs_problems(attrs, entry)
-    paths = {INDEX_TOKENS_ARRAY} | {head_array(lay, h, kind) for lay, h in heads for kind in HEAD_ARRAYS}
-    if set(attrs.checksums) != paths:
-        problems.append("checksum table does not list exactly the segment's arrays")
-    if entry.num_postings != attrs.num_tokens * k * len(heads):
-        problems.append(f"num_postings {entry.num_postings} != tokens x k x heads")
-    return problems
-
-
-def _check_groups(seg: zarr.Group, heads: list[tuple[int, int]]) -> list[str]:
-    """The metadata of every group inside the segment (``L<layer>`` and ``L<layer>/h<kv>``) and the scales."""
-    problems: list[str] = []
-    groups = [f"L{layer}" for layer in dict.fromkeys(lay for lay, _ in heads)]
-    for where in groups + [head_group(lay, h) for lay, h in heads]:
-        try:
-            node = seg[where]
-        except READ_ERRORS as err:
-            problems.append(f"{where}/zarr.json: unreadable ({one_line(err)})")
-            continue
-        if not isinstance(node, zarr.Group):
-            problems.append(f"{where}/zarr.json: not a group")
-        elif where not in groups:
-            problem = scale_problem(act_scale_attr(node))
-            problems += [f"{where}: {problem}"] if problem else []
-    return problems
-
-
-def _check_head(
-    where: str, load: Callable[[str], np.ndarray | None], n: int, num_features: int, k: int
-) -> list[str]:
-    """One (layer, kv head) group ``where``: CSR shape, strictly increasing lists, k per token."""
-    off, gaps, q = (load(f"{where}/{kind}") for kind in HEAD_ARRAYS)
-    if off is None or gaps is None or q is None:
-        return []  # reported unreadable by load
-    off = off.astype(np.int64)
-    lens = np.diff(off)
-    if off.shape != (num_features + 1,) or off[0] != 0 or (lens < 0).any() or off[-1] != gaps.size:
-        return [f"{where}: offsets are not monotone from 0 to len(pos_gaps)"]
-    problems: list[str] = []
-    if q.shape != gaps.shape:
-        problems.append(f"{where}: act_u8 and pos_gaps differ in length")
-    positions = decode_gaps(gaps, lens)
-    problems += [f"{where}: {p}" for p in gaps_problems(gaps, lens, positions, n)]
-    if positions.size and int(positions.max()) >= n:
-        return problems  # reported; counting would take a bin per position, however far
-    bad = int((np.bincount(positions, minlength=n) != k).sum())
-    if bad:
-        problems.append(f"{where}: {bad} tokens do not hold exactly k={k} postings")
-    return problems
-
-
-def verify_segments_group(root: zarr.Group, expected: bool) -> list[str]:
-    """The metadata of the ``segments`` group (readers open each segment by its path, past it); ``expected``:
-    the manifest lists segments, so the group must exist."""
-    try:
-        node = root[SEGMENTS_DIR]
-    except KeyError:
-        return [f"{SEGMENTS_DIR}/zarr.json: missing"] if expected else []
-    except READ_ERRORS as err:
-        return [f"{SEGMENTS_DIR}/zarr.json: unreadable ({one_line(err)})"]
-    return [] if isinstance(node, zarr.Group) else [f"{SEGMENTS_DIR}/zarr.json: not a group"]
-
-
-def verify_segment(
-    seg: zarr.Group, entry: SegmentMeta, heads: list[tuple[int, int]], num_features: int, k: int
-) -> list[str]:
-    """Every invariant of one published segment against its manifest ``entry``; one line per problem (a
-    damaged file is a problem, never an exception)."""
-    try:
-        attrs = SegmentAttrs.from_json(seg.attrs.asdict())
-    except ValueError as err:
-        return [f"segment attributes are malformed ({one_line(err)})"]
-    problems = _check_tables(attrs, entry, heads, k) + _check_groups(seg, heads)
-
-    def load(path: str) -> np.ndarray | None:
-        try:
-            data = np.asarray(seg[path][...])
-        except READ_ERRORS as err:
-            problems.append(f"{path}: unreadable ({one_line(err)})")
-            return None
-        if array_checksum(data) != attrs.checksums.get(path):
-            problems.append(f"{path}: checksum mismatch")
-        return data
-
-    n = attrs.num_tokens
-    tokens = load(INDEX_TOKENS_ARRAY)
-    if tokens is not None and tokens.shape != (n,):
-        problems.append(f"tokens: shape differs from num_tokens={n}")
-    for layer, h in heads:
-        problems += _check_head(head_group(layer, h), load, n, num_features, k)
-    return problems

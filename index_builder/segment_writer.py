@@ -1,6 +1,10 @@
 """Writing one immutable index segment: posting lists built from codes (vectorised) or merged from adjacent
 segments, and the segment's arrays written into an unpublished group (each naming its chunk layout).
 
+Lists are built and merged in position order (:class:`HeadPostings`); :func:`write_segment_arrays` stores
+each in impact tiers (format 3, :func:`impact_order`), the order ``SegmentAttrs``' defaults record. A merge
+reads segments of any format back in position order (``SegmentReader.read_head``), so it converts them.
+
 The crash-safe publishing (temp name, rename, manifest) is the indexer's (``indexer``); reading a segment is
 ``segment_reader``.
 """
@@ -30,6 +34,7 @@ from s3attn.index_builder.schema import (
     GAP_DTYPE,
     GAP_SHARD,
     OFFSET_DTYPE,
+    TIER_DIVISORS,
     TOKEN_CHUNK,
     TOKEN_DTYPE,
     SegmentData,
@@ -37,11 +42,13 @@ from s3attn.index_builder.schema import (
     array_checksum,
     compressors,
     concat_ranges,
+    decode_gaps,
     dequantize_acts,
     encode_gaps,
     head_array,
     head_group,
     quantize_acts,
+    tier_ends,
 )
 from s3attn.index_builder.segment_reader import SegmentReader
 
@@ -165,6 +172,30 @@ def pick_merge_run(sizes: list[int], m: int) -> tuple[int, int] | None:
     return None
 
 
+def impact_order(hp: HeadPostings, divisors: tuple[int, ...] = TIER_DIVISORS) -> HeadPostings:
+    """``hp`` (lists in position order) with each list stored in impact tiers: its postings ranked by q
+    (descending, ties by position), cut into tiers at ``schema.tier_ends``, tier 0 first, positions increasing
+    within each tier and gap-coded there (the first entry of each non-empty tier absolute). Offsets unchanged."""
+    off = hp.offsets.astype(np.int64)
+    lens = np.diff(off)
+    n = int(off[-1])
+    if n == 0 or len(divisors) == 1:
+        return hp
+    positions = decode_gaps(hp.pos_gaps, lens)
+    feat = np.repeat(np.arange(lens.size, dtype=np.int64), lens)
+    by_impact = np.argsort(feat * 256 + (255 - hp.act_u8.astype(np.int64)), kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_impact] = np.arange(n, dtype=np.int64) - off[feat[by_impact]]  # rank inside its own list
+    ends = tier_ends(lens, divisors)
+    tier = np.zeros(n, dtype=np.int64)
+    for t in range(len(divisors) - 1):
+        tier += rank >= ends[feat, t]
+    order = np.argsort(feat * len(divisors) + tier, kind="stable")  # stable: positions stay increasing
+    sub_off = np.zeros(ends.size + 1, dtype=np.int64)
+    np.cumsum(np.diff(ends, axis=1, prepend=0).ravel(), out=sub_off[1:])
+    return HeadPostings(hp.offsets, encode_gaps(positions[order], sub_off), hp.act_u8[order], hp.act_scale)
+
+
 # ---- writing ---------------------------------------------------------------------------------------------
 def _write_array(
     group: zarr.Group, name: str, data: np.ndarray, kind: str, chunk: int, shard: int = 0
@@ -191,17 +222,19 @@ def _write_array(
 def write_segment_arrays(
     seg: zarr.Group, token_ids: np.ndarray, heads: Iterable[tuple[tuple[int, int], HeadPostings]]
 ) -> dict[str, str]:
-    """Write ``tokens`` and every head's three arrays into an (unpublished) segment group.
+    """Write ``tokens`` and every head's three arrays into an (unpublished) segment group, each list in
+    impact tiers (:func:`impact_order`, format 3).
 
-    ``heads`` may be a generator so only one head's postings are in memory at a time. Returns
-    ``{array path relative to the segment: checksum}``.
+    ``heads`` (lists in position order) may be a generator so only one head's postings are in memory at a
+    time. Returns ``{array path relative to the segment: checksum}``.
     """
     sums = {
         INDEX_TOKENS_ARRAY: _write_array(
             seg, INDEX_TOKENS_ARRAY, token_ids.astype(TOKEN_DTYPE), INDEX_TOKENS_ARRAY, TOKEN_CHUNK
         )
     }
-    for (layer, kv), hp in heads:
+    for (layer, kv), ordered in heads:
+        hp = impact_order(ordered)
         seg.create_group(head_group(layer, kv), attributes={ACT_SCALE_ATTR: float(hp.act_scale)})
         nf = hp.offsets.shape[0]
         for kind, data, chunk, shard in (

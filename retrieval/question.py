@@ -53,7 +53,11 @@ class QuestionConfig:
     """Multiply each posting by its stored (key-side) activation."""
     max_postings: int = 1 << 18
     """Postings read per question at most, split evenly over the (layer, KV head) pairs: in weight order, a
-    feature whose list no longer fits is skipped (the most frequent features go first, like stop words)."""
+    feature whose list (in an index of format 3: whose top impact tier) no longer fits is skipped (the most
+    frequent features go first, like stop words); then lower tiers of the features kept while it lasts."""
+    impact_tiers: bool = True
+    """Read lists by impact tiers (index format 3): the top tier of every chosen feature first, then lower
+    tiers while ``max_postings`` lasts. Off: whole lists only, as an index of format 2 is read."""
     read_layers: list[int] = field(default_factory=list)
     """Indexed layers whose postings the question reads (empty: all of the index's layers)."""
     half_weights: bool = True
@@ -65,16 +69,22 @@ class QuestionConfig:
 class HeadFeatures(NamedTuple):
     features: np.ndarray  # int64 [n]
     weights: np.ndarray  # float32 [n] pooled question activation x IDF
-    df: np.ndarray  # int64 [n]
-    skipped: int = 0  # better-weighted features passed over because their list no longer fit max_postings
+    df: np.ndarray  # int64 [n] postings of each whole list
+    skipped: int = 0  # better-weighted features passed over: their list (tier 0) no longer fit max_postings
+    depths: np.ndarray | None = None  # int64 [n] impact tiers read of each list; None: whole lists
+    read: np.ndarray | None = None  # int64 [n] postings read of each list; None: df (whole lists)
+    tiers: int | None = None  # (feature, tier) pairs read that hold postings; None: one per list
 
 
 def read_stats(head_feats: dict[tuple[int, int], HeadFeatures]) -> dict[str, int]:
-    """What one question reads: posting lists, postings, and lists skipped for the posting budget."""
+    """What one question reads: posting lists, postings, lists skipped for the posting budget, and impact
+    tiers read (a list of an index in position order, format 1 or 2, is one tier)."""
+    hs = head_feats.values()
     return {
-        "lists": int(sum(h.features.size for h in head_feats.values())),
-        "postings": int(sum(int(h.df.sum()) for h in head_feats.values())),
-        "lists_skipped": int(sum(h.skipped for h in head_feats.values())),
+        "lists": int(sum(h.features.size for h in hs)),
+        "postings": int(sum(int((h.df if h.read is None else h.read).sum()) for h in hs)),
+        "lists_skipped": int(sum(h.skipped for h in hs)),
+        "tiers": int(sum(h.features.size if h.tiers is None else h.tiers for h in hs)),
     }
 
 
@@ -234,12 +244,50 @@ def head_features(
         w[(df == 0) | (df > stop_df)] = 0.0
         nz = np.flatnonzero(w > 0)
         order = nz[np.argsort(-w[nz], kind="stable")]
-        keep = _fits(df[order], per_head, cfg.max_features)
+        tf = _tier_freq(store, key, df, cfg)[order]
+        keep, depths = _plan_tiers(tf, per_head, cfg.max_features)
         kept = np.flatnonzero(keep)
         skipped = int(kept[-1] + 1 - kept.size) if kept.size else int(min(order.size, cfg.max_features))
         top = order[keep]
-        out[key] = HeadFeatures(top.astype(np.int64), w[top].astype(np.float32), df[top], skipped)
+        if tf.shape[1] == 1:  # whole lists (format 1 or 2, or tiers off): read as before
+            out[key] = HeadFeatures(top.astype(np.int64), w[top].astype(np.float32), df[top], skipped)
+            continue
+        taken = tf[keep] * (np.arange(tf.shape[1]) < depths[keep][:, None])
+        out[key] = HeadFeatures(
+            top.astype(np.int64),
+            w[top].astype(np.float32),
+            df[top],
+            skipped,
+            depths[keep],
+            taken.sum(axis=1),
+            int(np.count_nonzero(taken)),
+        )
     return out
+
+
+def _tier_freq(store, key: tuple[int, int], df: np.ndarray, cfg: QuestionConfig) -> np.ndarray:
+    """int64 [F, tiers]: postings per impact tier of each feature (one tier, the list, when the index
+    keeps none, is read whole, or ``cfg.impact_tiers`` is off)."""
+    tf = store.tier_freq(*key) if cfg.impact_tiers and hasattr(store, "tier_freq") else None
+    if tf is None or tf.shape[1] == 1 or not tf[:, 1:].any():
+        return df[:, None]
+    return tf
+
+
+def _plan_tiers(tf_sorted: np.ndarray, budget: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which lists to read (bool mask) and how many impact tiers of each (int64), for ``tf_sorted`` [n,
+    tiers] (postings per tier, best-weighted first): tier 0 of up to ``limit`` lists that still fit in
+    ``budget`` postings (:func:`_fits`, as whole lists were chosen before tiers), then tier by tier, in weight
+    order, the next tier of each list kept whose tiers so far were all read, while it fits."""
+    keep = _fits(tf_sorted[:, 0], budget, limit)
+    depths = keep.astype(np.int64)
+    left = budget - int(tf_sorted[keep, 0].sum())
+    rows = [(int(i), tf_sorted[i].tolist()) for i in np.flatnonzero(keep)]
+    for t in range(1, tf_sorted.shape[1]):
+        for i, sizes in rows:
+            if depths[i] == t and sizes[t] <= left:
+                depths[i], left = t + 1, left - sizes[t]
+    return keep, depths
 
 
 def _fits(df_sorted: np.ndarray, budget: int, limit: int) -> np.ndarray:
@@ -256,7 +304,8 @@ def _fits(df_sorted: np.ndarray, budget: int, limit: int) -> np.ndarray:
 
 def score_tokens(store, head_feats: dict[tuple[int, int], HeadFeatures], cfg: QuestionConfig) -> SparseScores:
     """The IDF-weighted co-activation density of the tokens the postings read touch (every other token of
-    the index scores 0): cost in proportion to the postings, not to the index's length.
+    the index scores 0): cost in proportion to the postings, not to the index's length. Of a list whose
+    ``depths`` are given, only its top impact tiers are read (the postings of the highest activations).
 
     The (position, weight) pairs of every list read are concatenated and summed per touched position in
     float32, in reading order (:func:`s3attn.retrieval.sparse.accumulate`)."""
@@ -264,7 +313,10 @@ def score_tokens(store, head_feats: dict[tuple[int, int], HeadFeatures], cfg: Qu
     for (layer, kv), hq in head_feats.items():
         if hq.features.size == 0:
             continue
-        post = store.postings(layer, kv, hq.features)
+        if hq.depths is None:
+            post = store.postings(layer, kv, hq.features)
+        else:  # the top impact tiers of each list (format 3)
+            post = store.postings(layer, kv, hq.features, hq.depths)
         w = hq.weights[post.feature_slot]
         positions.append(post.positions)
         values.append(w * post.acts if cfg.use_posting_acts else w)

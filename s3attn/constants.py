@@ -56,7 +56,7 @@ TRAIN_STATE = "train_state.ckpt"  # Lightning checkpoint inside the run folder, 
 ACT_CACHE = "activations.zarr"  # optional harvested head-vector cache
 
 # ---- Index -------------------------------------------------------------------------------------------
-INDEX_FORMAT_VERSION = 2  # 2: each array names its chunk layout (INDEX_LAYOUT_ATTR); 1 is still read
+INDEX_FORMAT_VERSION = 3  # 3: lists in impact tiers; 2: arrays name their layout; 1 and 2 still read
 INDEX_ROOT = "index.zarr"  # Zarr v3 group holding the whole index
 INDEX_MANIFEST = "manifest.json"  # live segments; written last, by atomic rename
 INDEX_KIND = "s3attn-index"

@@ -1,9 +1,11 @@
-"""Typed index metadata (golden JSON), reading an index of the previous format (tests/data/index_v1), the
-recorded chunk layouts of format 2, and the split of index_builder into reading and writing modules."""
+"""Typed index metadata (golden JSON), reading an index of format 1 (tests/data/index_v1), the recorded chunk
+layouts of format 2, the impact tiers of format 3 (more in test_impact_tiers.py), and the split of
+index_builder into reading and writing modules."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +24,7 @@ from s3attn.index_builder.store import IndexStore
 
 DATA = Path(__file__).parent / "data"
 PACKAGE = Path(__file__).parent.parent / "index_builder"
-READING = ("schema", "meta", "chunks", "segment_reader", "reader", "bm25")
+READING = ("schema", "meta", "chunks", "segment_reader", "verify", "reader", "bm25")
 WRITING = ("segment_writer", "indexer", "store", "build", "prefill", "pipeline", "bm25_build", "cluster")
 
 # ---- golden JSON -------------------------------------------------------------------------------------------
@@ -32,7 +34,7 @@ GOLDEN_MANIFEST = Manifest(
         SegmentMeta("seg-000003", 0, 1000, 0, 2, 64000, "0badc0de", False),
         SegmentMeta("seg-000004", 1000, 500, 2, 1, 32000, "12345678", open_doc=True),
     ),
-    format_version=2,
+    format_version=3,
 )
 GOLDEN_ATTRS = IndexAttrs(
     model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -46,7 +48,7 @@ GOLDEN_ATTRS = IndexAttrs(
     overlap=64,
     sae_release_path="/data/releases/smollm2-135m-k32",
     model="smollm2",
-    format_version=2,
+    format_version=3,
     created="2026-01-02T03:04:05+00:00",
     extra={"note": "any other key the builder passed is kept"},
 )
@@ -56,6 +58,9 @@ GOLDEN_SEGMENT = SegmentAttrs(
     docs=(DocRecord(2, "docs/a.txt", "3f2a", 1000, 300), DocRecord(3, "docs/b.md", "9e01", 1300, 200)),
     checksums={"tokens": "0000abcd", "L6/h0/offsets": "1111abcd"},
 )
+GOLDEN_SEGMENT_V2 = dataclasses.replace(  # a segment of format 1 or 2: lists in position order, no new keys
+    GOLDEN_SEGMENT, format_version=None, posting_order="position", tier_divisors=(1,)
+)
 
 
 def test_metadata_matches_the_golden_file() -> None:
@@ -64,12 +69,20 @@ def test_metadata_matches_the_golden_file() -> None:
         "manifest": GOLDEN_MANIFEST.to_json(),
         "index_attrs": GOLDEN_ATTRS.to_json(),
         "segment_attrs": GOLDEN_SEGMENT.to_json(),
+        "segment_attrs_v2": GOLDEN_SEGMENT_V2.to_json(),
     }
     assert json.dumps(ours, indent=2, sort_keys=True) + "\n" == text
     golden = json.loads(text)
     assert Manifest.from_json(golden["manifest"]) == GOLDEN_MANIFEST
     assert IndexAttrs.from_json(golden["index_attrs"]) == GOLDEN_ATTRS
     assert SegmentAttrs.from_json(golden["segment_attrs"]) == GOLDEN_SEGMENT
+    assert SegmentAttrs.from_json(golden["segment_attrs_v2"]) == GOLDEN_SEGMENT_V2
+    assert GOLDEN_SEGMENT.tiers == (4096, 1024, 256, 64, 16, 4, 1) and GOLDEN_SEGMENT_V2.tiers == (1,)
+    assert set(golden["segment_attrs"]) - set(golden["segment_attrs_v2"]) == {
+        "format_version",
+        "posting_order",
+        "tier_divisors",
+    }
     assert GOLDEN_ATTRS.heads == [(6, 0), (6, 1), (6, 2), (12, 0), (12, 1), (12, 2)]
     assert GOLDEN_MANIFEST.segments[1].token_end == 1500
     other = IndexAttrs.from_json({**golden["index_attrs"], "layers": [6, 13]})
@@ -110,6 +123,11 @@ def test_newer_format_and_bad_attrs_are_refused(tmp_path: Path) -> None:
         SegmentAttrs.from_json(
             {**GOLDEN_SEGMENT.to_json(), "docs": [{**GOLDEN_SEGMENT.to_json()["docs"][0], "path": 3}]}
         )
+    with pytest.raises(ValueError, match="posting_order 'zigzag' is unknown"):
+        SegmentAttrs.from_json({**GOLDEN_SEGMENT.to_json(), "posting_order": "zigzag"})
+    for bad in ([4, 16, 1], [4, 2], [], [2, True]):
+        with pytest.raises(ValueError, match="tier_divisors"):
+            SegmentAttrs.from_json({**GOLDEN_SEGMENT.to_json(), "tier_divisors": bad})
 
 
 # ---- an index of format 1 -----------------------------------------------------------------------------------
@@ -164,12 +182,14 @@ def test_index_of_format_1_is_read(old_index: tuple[Path, dict]) -> None:
 
 
 def test_writer_on_format_1_keeps_postings(old_index: tuple[Path, dict]) -> None:
-    """A writer merges old segments into a segment of format 2 (recorded layouts); the index keeps saying
-    format 1 (it was created in it) and reads the same."""
+    """A writer merges old segments into a segment of the current format (recorded layouts, impact tiers):
+    the manifest's format rises to 3 (readers of format 1 or 2 would misread tiered lists, so they refuse
+    it), the root attributes keep saying format 1 (it was created in it), and it reads the same."""
     path, expected = old_index
     with IndexWriter.open(path) as st:
         assert st.merge(into_one=True) == 3 and len(st.segments) == 1 and st.verify() == []
-        assert st.format_version == 1
+        assert st.format_version == INDEX_FORMAT_VERSION == 3 and st.meta.format_version == 1
+        assert st._reader(st.segments[0]).attrs().posting_order == "impact-tiers"
         seg = st._reader(st.segments[0])
         for kind, layout in ARRAY_LAYOUT.items():
             arr = seg.array(kind if kind == "tokens" else head_array(3, 1, kind))
@@ -185,8 +205,9 @@ def test_writer_on_format_1_keeps_postings(old_index: tuple[Path, dict]) -> None
             )
 
 
-def test_new_index_is_format_2_with_recorded_layouts(old_index: tuple[Path, dict], tmp_path: Path) -> None:
-    """Copy the old index's documents into a new index (same codes): same postings, format 2, layouts named."""
+def test_new_index_is_format_3_with_recorded_layouts(old_index: tuple[Path, dict], tmp_path: Path) -> None:
+    """Copy the old index's documents into a new index (same codes): same postings, format 3 (lists in impact
+    tiers, recorded in the segment's attributes), layouts named."""
     path, expected = old_index
     with IndexReader.open(path) as old:
         attrs = old.meta
@@ -201,12 +222,14 @@ def test_new_index_is_format_2_with_recorded_layouts(old_index: tuple[Path, dict
         tokens, docs = old.tokens(0, old.num_tokens), old.documents()
     with IndexWriter.create(tmp_path / "new", attrs) as st:
         st.add_segment(SegmentData(tokens, docs, 0, codes))
-        assert st.format_version == INDEX_FORMAT_VERSION == 2 and st.meta.format_version == 2
+        assert st.format_version == INDEX_FORMAT_VERSION == 3 and st.meta.format_version == 3
         assert st.verify() == []
-        _assert_postings(st, expected)
-        gaps = st._reader(st.segments[0]).array(head_array(1, 1, "pos_gaps"))
+        _assert_postings(st, expected)  # read whole, every list comes back in position order
+        seg = st._reader(st.segments[0])
+        gaps = seg.array(head_array(1, 1, "pos_gaps"))
         assert gaps.attrs[INDEX_LAYOUT_ATTR] == LAYOUT_SHARDED
-    assert json.loads((tmp_path / "new" / INDEX_MANIFEST).read_text())["format_version"] == 2
+        assert seg.attrs().format_version == 3 and seg.tiers() == (4096, 1024, 256, 64, 16, 4, 1)
+    assert json.loads((tmp_path / "new" / INDEX_MANIFEST).read_text())["format_version"] == 3
 
 
 # ---- reading modules import no writing module --------------------------------------------------------------

@@ -327,7 +327,8 @@ def test_stop_features_are_skipped(retriever):
 
 
 def test_read_stats_count_lists_postings_and_budget_skips(retriever):
-    """read_stats adds up what a question reads; a small posting budget skips lists and says so."""
+    """read_stats adds up what a question reads; a small posting budget reads the top impact tiers of more
+    lists (index format 3) than whole lists would fit, and whole lists that no longer fit are skipped."""
     from s3attn.retrieval.question import QuestionConfig, head_features, read_stats
 
     store = retriever.store
@@ -340,9 +341,14 @@ def test_read_stats_count_lists_postings_and_budget_skips(retriever):
     stats = read_stats(wide)
     assert stats["lists"] == sum(h.features.size for h in wide.values()) > 0
     assert stats["postings"] == sum(int(h.df.sum()) for h in wide.values())
-    assert stats["lists_skipped"] == 0
-    tight = read_stats(head_features(codes, store, QuestionConfig(stop_ratio=0, max_postings=len(wide) * 8)))
-    assert tight["postings"] <= len(wide) * 8 and tight["lists_skipped"] > 0
+    assert stats["lists_skipped"] == 0 and stats["tiers"] >= stats["lists"]
+    budget = len(wide) * 8
+    tight = read_stats(head_features(codes, store, QuestionConfig(stop_ratio=0, max_postings=budget)))
+    whole = read_stats(
+        head_features(codes, store, QuestionConfig(stop_ratio=0, max_postings=budget, impact_tiers=False))
+    )
+    assert tight["postings"] <= budget and whole["postings"] <= budget and whole["lists_skipped"] > 0
+    assert tight["lists"] > whole["lists"] and whole["tiers"] == whole["lists"]
     retriever.s3_scores("paris queen river")
     assert retriever.last_read["lists"] > 0
 

@@ -173,7 +173,7 @@ def test_plain_zarr_reader(built):
     path, _segs, ref = built
     manifest = json.loads((path / "manifest.json").read_text())
     layer, kv, feature = 2, 1, 5
-    positions, acts = [], []
+    postings = []
     for seg in manifest["segments"]:
         base = f"segments/{seg['name']}/L{layer}/h{kv}"
         offsets = zarr.open_array(path / "index.zarr", path=f"{base}/offsets", mode="r")[
@@ -181,10 +181,15 @@ def test_plain_zarr_reader(built):
         ]
         lo, hi = int(offsets[0]), int(offsets[1])
         gaps = zarr.open_array(path / "index.zarr", path=f"{base}/pos_gaps", mode="r")[lo:hi]
-        positions += (np.cumsum(gaps.astype(np.int64)) + seg["token_start"]).tolist()
         q = zarr.open_array(path / "index.zarr", path=f"{base}/act_u8", mode="r")[lo:hi]
         scale = zarr.open_group(path / "index.zarr", path=base, mode="r").attrs["act_scale"]
-        acts += np.expm1(q / 255 * np.log1p(scale)).tolist()
+        seg_attrs = zarr.open_group(path / "index.zarr", path=f"segments/{seg['name']}", mode="r").attrs
+        ends = [-(-(hi - lo) // d) for d in seg_attrs.get("tier_divisors", [1])]  # format 3: impact tiers
+        for a, b in zip([0, *ends[:-1]], ends):  # each tier's positions as gaps, its first entry absolute
+            pos = np.cumsum(gaps[a:b].astype(np.int64)) + seg["token_start"]
+            postings += zip(pos.tolist(), np.expm1(q[a:b] / 255 * np.log1p(scale)).tolist())
+    postings.sort()
+    positions, acts = [p for p, _ in postings], [a for _, a in postings]
     assert positions == [p for p, _ in ref[(layer, kv)][feature]]
     exp_acts = np.array([a for _, a in ref[(layer, kv)][feature]])
     assert np.allclose(acts, exp_acts, rtol=0.02, atol=0.02)
@@ -209,7 +214,8 @@ def test_verify_reports_tampering(built, tmp_path):
     seg0 = manifest["segments"][0]["name"]
     gaps = zarr.open_array(path / INDEX_ROOT, path=f"{SEGMENTS_DIR}/{seg0}/L0/h1/pos_gaps", mode="r+")
     off = zarr.open_array(path / INDEX_ROOT, path=f"{SEGMENTS_DIR}/{seg0}/L0/h1/offsets", mode="r")[...]
-    i = int(off[3]) + 1  # second entry of feature 3's list
+    n = int(off[4]) - int(off[3])
+    i = int(off[3]) + -(-n // 4) + 1  # second entry of the last impact tier of feature 3's list
     assert int(off[4]) > i
     gaps[i] = 0  # duplicate position: breaks sort order, k per token and the checksum
     problems = IndexStore.open(path).verify()
