@@ -167,7 +167,7 @@ def time_modes(retriever: Retriever) -> tuple[dict[str, list[float]], dict[str, 
             stats[mode]["chunk_hits"] += chunks.hits - h
             stats[mode]["chunk_misses"] += chunks.misses - m
             for k, v in retriever.last_read.items():
-                stats[mode][k] += v
+                stats[mode][k] = stats[mode].get(k, 0) + v
     return secs, stats
 
 
