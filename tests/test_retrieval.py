@@ -249,7 +249,15 @@ def test_ask_cli_json(tiny_index, capsys):
 def test_ask_cli_show_spans_says_why_each_side_got_its_share(tiny_index, capsys):
     from s3attn.index_builder.cli import main
 
-    argv = ["ask", str(tiny_index["index"]), "paris queen", "--budget", "256", "--show-spans", "--no-generate"]
+    argv = [
+        "ask",
+        str(tiny_index["index"]),
+        "paris queen",
+        "--budget",
+        "256",
+        "--show-spans",
+        "--no-generate",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("hybrid (adaptive):"))
