@@ -317,16 +317,19 @@ def test_query_sites_code_the_right_vectors(retriever):
         q.question_codes(*args, site="value")
 
 
+def _question_codes(retriever, question: str) -> dict:
+    """The question's SAE codes per (layer, KV head), as ``Retriever.s3_scores`` computes them."""
+    prompt = retriever.prompt("", question)
+    ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return retriever.encoder.codes(ids, question_token_range(retriever.tokenizer, prompt, question))
+
+
 def test_stop_features_are_skipped(retriever):
     """No feature with more than stop_ratio x the average postings is read; 0 keeps them."""
     from s3attn.retrieval.question import QuestionConfig, head_features
 
     store = retriever.store
-    prompt = retriever.prompt("", "paris queen river")
-    ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    codes = retriever.encoder.codes(
-        ids, question_token_range(retriever.tokenizer, prompt, "paris queen river")
-    )
+    codes = _question_codes(retriever, "paris queen river")
     mean_df = store.num_tokens * int(store.attrs["k"]) / int(store.attrs["num_latents"])
     kept = head_features(codes, store, QuestionConfig(stop_ratio=1.0))
     every = head_features(codes, store, QuestionConfig(stop_ratio=0))
@@ -340,11 +343,7 @@ def test_read_stats_count_lists_postings_and_budget_skips(retriever):
     from s3attn.retrieval.question import QuestionConfig, head_features, read_stats
 
     store = retriever.store
-    prompt = retriever.prompt("", "paris queen river")
-    ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    codes = retriever.encoder.codes(
-        ids, question_token_range(retriever.tokenizer, prompt, "paris queen river")
-    )
+    codes = _question_codes(retriever, "paris queen river")
     wide = head_features(codes, store, QuestionConfig(stop_ratio=0))
     stats = read_stats(wide)
     assert stats["lists"] == sum(h.features.size for h in wide.values()) > 0
@@ -365,11 +364,7 @@ def test_read_layers_restrict_the_postings_read(retriever):
     from s3attn.retrieval.question import QuestionConfig, head_features
 
     store = retriever.store
-    prompt = retriever.prompt("", "paris queen river")
-    ids = torch.tensor(retriever.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    codes = retriever.encoder.codes(
-        ids, question_token_range(retriever.tokenizer, prompt, "paris queen river")
-    )
+    codes = _question_codes(retriever, "paris queen river")
     first = int(store.meta.layers[0])
     only = head_features(codes, store, QuestionConfig(read_layers=[first]))
     assert only and {layer for layer, _ in only} == {first}
