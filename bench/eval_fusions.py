@@ -22,13 +22,11 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from s3attn.config import apply_values, flat_options, parse_config
 from s3attn.errors import S3Error, cli_entry
 from s3attn.evaluation.evaluate import EvalConfig, check_config, load_eval_stack, run_eval
-from s3attn.evaluation.paired import PAIRED_HEADER, paired_by_family, paired_lines
-from s3attn.evaluation.plan import FAMILY_ORDER, family_of
+from s3attn.evaluation.paired import paired_by_family, paired_lines, paired_table
+from s3attn.evaluation.report import evidence_grid
 from s3attn.logs import setup_cli_logging
 
 PROG = "eval_fusions"
@@ -132,26 +130,12 @@ def run(cfg: FusionsConfig) -> tuple[list[dict], dict]:
 def table(rows: list[dict], names: list[str]) -> str:
     """Markdown: evidence recall per family x length per variant, then each variant paired against bm25
     and s3 (wins / ties / losses, mean difference, 95% cluster-bootstrap CI)."""
-    out = [
-        "| variant | length | " + " | ".join(FAMILY_ORDER) + " |",
-        "|---|---|" + "---|" * len(FAMILY_ORDER),
-    ]
-    for name in names:
-        for length in sorted({r["length"] for r in rows}):
-            cells = []
-            for fam in FAMILY_ORDER:
-                vals = [r["evidence_recall"] for r in rows if r["method"] == name and r["length"] == length
-                        and family_of(r["task"]) == fam and r["evidence_recall"] is not None]  # fmt: skip
-                cells.append(f"{np.mean(vals):.3f} ({len(vals)})" if vals else "")
-            out.append(f"| {name} | {length} | " + " | ".join(cells) + " |")
     body = []
     for ref in ("bm25", "s3"):
         for name in names:
             if ref in names and name != ref and not (ref == "s3" and name.startswith("s3")):
                 body += paired_lines(f"{name} vs {ref}", paired_by_family(rows, name, ref))
-    out += ["", "| " + " | ".join(PAIRED_HEADER) + " |", "|" + "---|" * len(PAIRED_HEADER)]
-    out += ["| " + " | ".join(r) + " |" for r in body]
-    return "\n".join(out) + "\n"
+    return "\n".join([*evidence_grid(rows, names), "", *paired_table(body)]) + "\n"
 
 
 @cli_entry(PROG)

@@ -17,10 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from s3attn.evaluation.paired import PAIRED_HEADER, paired_by_family, paired_lines
-from s3attn.evaluation.plan import FAMILY_ORDER, family_of
+from s3attn.evaluation.paired import paired_by_family, paired_lines, paired_table
+from s3attn.evaluation.report import evidence_grid
 
 COMPARE = [("hybrid", "bm25"), ("hybrid", "s3"), ("s3", "bm25"), ("s3.query", "s3"), ("s3.both", "s3")]
 
@@ -38,39 +36,24 @@ def load(spec: str) -> tuple[list[dict], dict]:
     return rows, data.get("environment", {})
 
 
-def _mean(rows: list[dict], key: str) -> str:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return f"{np.mean(vals):.3f} ({len(vals)})" if vals else ""
-
-
-def recall_table(rows: list[dict], methods: list[str], key: str = "evidence_recall") -> list[str]:
-    out = ["| family | length | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-    for fam in [f for f in FAMILY_ORDER if any(family_of(r["task"]) == f for r in rows)]:
-        for length in sorted({r["length"] for r in rows}):
-            sel = [r for r in rows if family_of(r["task"]) == fam and r["length"] == length]
-            cells = [_mean([r for r in sel if r["method"] == m], key) for m in methods]
-            if any(cells):
-                out.append(f"| {fam} | {length} | " + " | ".join(cells) + " |")
-    return out
-
-
-def paired_table(rows: list[dict], methods: list[str]) -> list[str]:
+def paired_rows(rows: list[dict], methods: list[str]) -> list[list[str]]:
+    """``COMPARE`` pairs present in ``methods``, per length (and over all lengths when there are several)."""
     body = []
+    lengths = sorted({r["length"] for r in rows})
     for a, b in COMPARE:
         if a in methods and b in methods:
-            for length in sorted({r["length"] for r in rows}):
+            for length in lengths:
                 at = [r for r in rows if r["length"] == length]
                 body += paired_lines(f"{a} vs {b} @{length}", paired_by_family(at, a, b))
-            if len({r["length"] for r in rows}) > 1:
+            if len(lengths) > 1:
                 body += paired_lines(f"{a} vs {b} @all", paired_by_family(rows, a, b))
-    head = ["| " + " | ".join(PAIRED_HEADER) + " |", "|" + "---|" * len(PAIRED_HEADER)]
-    return head + ["| " + " | ".join(r) + " |" for r in body]
+    return body
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="s3-eval output folders, or NAME=FOLDER to rename its method")
-    p.add_argument("--out", help="also write the tables here (markdown) and the rows next to it (.json)")
+    p.add_argument("--out", help="also write the tables here (markdown)")
     args = p.parse_args(argv)
     rows, commits = [], set()
     for spec in args.runs:
@@ -78,18 +61,21 @@ def main(argv: list[str] | None = None) -> int:
         rows += got
         commits.add(f"{env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}")
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = [f"Runs: {', '.join(args.runs)}; commits: {', '.join(sorted(commits))}; {len(rows)} rows.", ""]
-    lines += ["## Evidence recall", "", *recall_table(rows, methods), ""]
-    lines += ["## Paired evidence recall", "", *paired_table(rows, methods), ""]
+    command = " ".join(["python bench/summarize_runs.py", *(argv if argv is not None else sys.argv[1:])])
+    lines = [
+        f"`{command}`",
+        "",
+        f"Runs: {', '.join(args.runs)}; commits: {', '.join(sorted(commits))}; {len(rows)} rows.",
+        "",
+    ]
+    lines += ["## Evidence recall", "", *evidence_grid(rows, methods), ""]
+    lines += ["## Paired evidence recall", "", *paired_table(paired_rows(rows, methods)), ""]
     if any(r.get("score") is not None for r in rows):
-        lines += ["## Answer score", "", *recall_table(rows, methods, "score"), ""]
+        lines += ["## Answer score", "", *evidence_grid(rows, methods, "score"), ""]
     text = "\n".join(lines)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(
-            json.dumps({"runs": args.runs, "rows": rows}, indent=1)
-        )
+        Path(args.out).write_text(text + "\n")  # the rows stay in the runs' own results.json
     return 0
 
 

@@ -83,7 +83,7 @@ def paired(
     unpaired = len(a.keys() - b.keys()) + len(b.keys() - a.keys())
     by_task: dict[str, list[float]] = defaultdict(list)
     no_value = 0
-    for key in a.keys() & b.keys():
+    for key in sorted(a.keys() & b.keys(), key=repr):  # a fixed order: the bootstrap is reproducible
         va, vb = a[key].get(metric), b[key].get(metric)
         if va is None or vb is None:
             no_value += 1
@@ -148,8 +148,11 @@ def paired_markdown(
     body = []
     for a, b in method_pairs(methods):
         body += paired_lines(f"{a} vs {b}", paired_by_family(rows, a, b, metric))
-    if not body:
-        return []
+    return paired_table(body) if body else []
+
+
+def paired_table(body: Sequence[Sequence[str]]) -> list[str]:
+    """Markdown lines of a paired table (``PAIRED_HEADER``) over rows from :func:`paired_lines`."""
     header = "| " + " | ".join(PAIRED_HEADER) + " |"
     sep = "|" + "|".join("---" for _ in PAIRED_HEADER) + "|"
     return [header, sep] + ["| " + " | ".join(r) + " |" for r in body]

@@ -150,12 +150,13 @@ def families_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return _order((family_of(r["task"]) for r in rows), FAMILY_ORDER)
 
 
-def evidence_summary(rows: Sequence[Mapping[str, Any]]) -> list[EvidenceRow]:
-    """Mean evidence recall per (family, length, method), over the rows with evidence."""
+def evidence_summary(rows: Sequence[Mapping[str, Any]], metric: str = "evidence_recall") -> list[EvidenceRow]:
+    """Mean evidence recall (or another row ``metric``) per (family, length, method), over the rows that
+    have a value."""
     groups: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     for r in rows:
-        if r.get("evidence_recall") is not None:
-            groups[(family_of(r["task"]), int(r["length"]), r["method"])].append(float(r["evidence_recall"]))
+        if r.get(metric) is not None:
+            groups[(family_of(r["task"]), int(r["length"]), r["method"])].append(float(r[metric]))
     fams, rank = families_of(rows), {m: i for i, m in enumerate(methods_of(rows))}
     out = [EvidenceRow(f, n, m, len(g), _mean(g)) for (f, n, m), g in groups.items()]
     return sorted(out, key=lambda e: (fams.index(e.family), e.length, rank[e.method]))
@@ -231,8 +232,11 @@ def _grid(agg: Sequence[AggRow], methods: list[str], field: str, with_fidelity: 
     return _table(header, body)
 
 
-def _evidence_grid(rows: Sequence[Mapping[str, Any]], methods: list[str]) -> list[str]:
-    ev = evidence_summary(rows)
+def evidence_grid(
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], metric: str = "evidence_recall"
+) -> list[str]:
+    """Markdown: mean ``metric`` (n) per family x length (rows) and method (columns)."""
+    ev = evidence_summary(rows, metric)
     if not ev:
         return ["No sample has localized evidence (meta['evidence'])."]
     cells = {(e.family, e.length, e.method): e for e in ev}
@@ -276,7 +280,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], env: 
         "",
         "## Evidence recall (fraction of evidence items at least half fed; mean (samples with evidence))",
         "",
-        *_evidence_grid(rows, methods),
+        *evidence_grid(rows, methods),
         "",
         "## Paired evidence recall (a - b on the same samples; W/T/L, mean, task-cluster bootstrap 95% CI)",
         "",

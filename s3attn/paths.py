@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from s3attn.constants import CACHE_ENV
@@ -55,6 +57,22 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
     shutil.rmtree(old, ignore_errors=True)  # also one left by a process killed between the two renames
+
+
+@contextmanager
+def staged_dir(final_dir: Path) -> Iterator[Path]:
+    """A fresh temp folder beside ``final_dir`` to write into; published there (``publish_dir``) when the
+    block ends, removed if it raises (a killed process leaves it to the next ``fresh_temp_dir``)."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_temp_dir(final_dir)  # also removes those of earlier writes that were killed
+    try:
+        tmp.mkdir()
+        yield tmp
+        publish_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _pid_alive(pid: int) -> bool:

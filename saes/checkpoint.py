@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from s3attn.constants import (
     TENSOR_W_DEC,
 )
 from s3attn.errors import S3Error
-from s3attn.paths import atomic_write_json, atomic_write_text, fresh_temp_dir, kill_point, publish_dir
+from s3attn.paths import atomic_write_json, atomic_write_text, kill_point, staged_dir
 
 from .card import front_matter
 from .sae import SaeConfig, TopKSAE
@@ -334,20 +333,13 @@ def write_release(
             release_info.get("training_tokens", max(m.training_tokens for m in metas.values()))
         ),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_temp_dir(out_dir)  # also removes those of earlier writes that were killed
-    try:
-        tmp.mkdir()
+    with staged_dir(out_dir) as tmp:
         for layer in sorted(saes):
             save_sae(saes[layer], _layer_dir(tmp, layer), metas[layer])
             kill_point("release-layer")  # test-only hook (s3attn.paths.kill_point)
         atomic_write_json(tmp / RELEASE_CONFIG, config)
         atomic_write_text(tmp / RELEASE_CARD, front_matter(config) + _model_card(config, saes, metas))
         kill_point("release-publish")
-        publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

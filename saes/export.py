@@ -20,7 +20,6 @@ the last dimension, every head alike). Nothing here imports sae_lens.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from safetensors.torch import save_file
 
 from s3attn.constants import RELEASE_CARD
 from s3attn.errors import S3Error
-from s3attn.paths import atomic_write_json, atomic_write_text, fresh_temp_dir, publish_dir
+from s3attn.paths import atomic_write_json, atomic_write_text, staged_dir
 
 from .card import front_matter
 from .checkpoint import load_many, read_release_config
@@ -127,10 +126,7 @@ def export_saelens(release: str | Path, out: str | Path, *, layers: Iterable[int
     saes = load_many(release, layers=layers)
     sites = list(config.get("sites") or ["k", "q"])
     _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_temp_dir(out)
-    try:
-        tmp.mkdir()
+    with staged_dir(out) as tmp:
         folders = []
         for layer, sae in saes.items():
             tensors = saelens_tensors(sae)
@@ -141,10 +137,6 @@ def export_saelens(release: str | Path, out: str | Path, *, layers: Iterable[int
                 atomic_write_json(tmp / name / SAELENS_CFG, saelens_cfg(sae, config, layer, site))
                 folders.append(name)
         atomic_write_text(tmp / RELEASE_CARD, _card(config, folders))
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
