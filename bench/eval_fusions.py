@@ -61,6 +61,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
         {"fusion": "adaptive", "coverage_power": 1.0, "bias_first": 32, "bias_last": 32},
     ),
     "s3.pool-sum": ("s3", {"pool": "sum"}),
+    **{f"s3.coord{c}": ("s3", {"coordination": float(c)}) for c in (0.5, 1, 2)},
+    **{
+        f"s3.coord{c}.w{w}": ("s3", {"coordination": float(c), "coordination_window": w})
+        for c in (1, 2)
+        for w in (8, 64)
+    },
+    **{f"hybrid.coord{c}": ("hybrid", {"coordination": float(c)}) for c in (1, 2)},
+    "s3.query.map": ("s3", {"site": "query", "query_map": "runs/query_map/query_map.safetensors"}),
+    "s3.both.map": ("s3", {"site": "both", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.idf-log": ("s3", {"idf": "log"}),
     "s3.feat32": ("s3", {"max_features": 32}),
     "s3.feat128": ("s3", {"max_features": 128}),

@@ -89,6 +89,9 @@ class EvalConfig:
     Seeds 0-9 are tuning seeds, 100 and up held out (rows record the split)."""
     seeds: list[int] | None = None
     """Base seeds to run one after the other, e.g. 100,101 (held out); default: --seed alone."""
+    same_needles: bool = False
+    """literal_niah, paraphrase_niah, paraphrase_multikey: plant the same needles at the same relative depths
+    at every length (their seed leaves the length out), to compare recall across index sizes."""
     generate: bool = True
     """Generate and score answers; without (--no-generate), rows have an empty answer and no score, a
     retrieval-only run measuring evidence recall quickly."""

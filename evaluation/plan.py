@@ -89,11 +89,16 @@ def _derive(base_seed: int, key: str) -> int:
     return (base_seed * 1_000_003 + zlib.crc32(key.encode())) % (2**31)
 
 
-def item_seed(base_seed: int, task: str, length: int, depth: float | None, number: int) -> int:
+def item_seed(
+    base_seed: int, task: str, length: int, depth: float | None, number: int, same_needles: bool = False
+) -> int:
     """A sample's seed: from (task, length, depth, number), or for a shared-context task from its context
-    group and length only (the seed its context depends on)."""
+    group and length only (the seed its context depends on). ``same_needles``: a shared-context task's seed
+    leaves the length out, so every length plants the same needles at the same relative depths."""
     if task in SHARED_CONTEXT:
-        return _derive(base_seed, f"{SHARED_CONTEXT[task]}|{length}")
+        return _derive(
+            base_seed, SHARED_CONTEXT[task] if same_needles else f"{SHARED_CONTEXT[task]}|{length}"
+        )
     return _derive(base_seed, f"{task}|{length}|{depth}|{number}")
 
 
@@ -125,7 +130,7 @@ def plan(cfg: Any) -> list[EvalItem]:
             for length in cfg.lengths:
                 for depth in cfg.depths if task == "niah" else [None]:
                     for number in range(cfg.samples):
-                        seed = item_seed(base, task, length, depth, number)
+                        seed = item_seed(base, task, length, depth, number, cfg.same_needles)
                         items.append(EvalItem(task, length, depth, number, seed, base))
     groups: dict[tuple | int, list[EvalItem]] = {}
     for i, item in enumerate(items):

@@ -31,7 +31,8 @@ from einops import rearrange
 from s3attn.constants import SITE_CODES, SITE_KEY_NAME, SITE_QUERY
 from s3attn.errors import S3Error
 from s3attn.models.taps import prefix_cache, tap_heads
-from s3attn.retrieval.sparse import SparseScores, accumulate
+from s3attn.retrieval.sparse import SparseScores, accumulate, coordinated
+from s3attn.saes.query_map import QueryMap
 
 
 @dataclass
@@ -58,6 +59,14 @@ class QuestionConfig:
     impact_tiers: bool = True
     """Read lists by impact tiers (index format 3): the top tier of every chosen feature first, then lower
     tiers while ``max_postings`` lasts. Off: whole lists only, as an index of format 2 is read."""
+    query_map: str = ""
+    """A query map file (``train.query_map``): with site query or both, the question's query vectors are
+    mapped into the key space before they are coded (empty: coded as they are, as in the paper)."""
+    coordination: float = 0.0
+    """Coordination power: a touched token's score is multiplied by (share of the (layer, KV head) pairs
+    with postings within ``coordination_window`` tokens) ** this; 0: off."""
+    coordination_window: int = 32
+    """Tokens either side within which a (layer, KV head) pair's postings count for coordination."""
     read_layers: list[int] = field(default_factory=list)
     """Indexed layers whose postings the question reads (empty: all of the index's layers)."""
     half_weights: bool = True
@@ -125,11 +134,13 @@ def question_codes(
     token_range: tuple[int, int],
     cache: Any = None,
     site: str = SITE_KEY_NAME,
+    query_map: QueryMap | None = None,
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """Per (layer, KV head): (indices [n, k], acts [n, k]) over the question's tokens: its key vector of that
     KV head (``site`` key), every query head of the group (query), or both, rows stacked.
 
-    ``cache``: KV cache of the tokens before ``input_ids`` (extended in place).
+    ``cache``: KV cache of the tokens before ``input_ids`` (extended in place). ``query_map``: query vectors
+    are mapped into the key space first (:class:`~s3attn.saes.query_map.QueryMap`).
     """
     sites = check_site(site)
     taps = tap_heads(model, input_ids[None], sorted(saes), sites=sites, cache=cache)
@@ -138,6 +149,8 @@ def question_codes(
     for layer, sae in saes.items():
         for tap_site in sites:  # rows of several sites are stacked, query rows first
             x_THD = (taps.queries if tap_site == SITE_QUERY else taps.keys)[layer][0, lo:hi]
+            if tap_site == SITE_QUERY and query_map is not None:
+                x_THD = query_map.apply(layer, x_THD.float())
             n_tok, n_heads, _ = x_THD.shape
             kv_of_head = kv_of_query if tap_site == SITE_QUERY else range(n_heads)
             enc = sae.encode(rearrange(x_THD, "t h d -> (t h) d").to(sae.dtype))  # as the index keys were
@@ -172,12 +185,13 @@ class QuestionEncoder:
         site: str = SITE_KEY_NAME,
         *,
         half_weights: bool = False,
+        query_map: QueryMap | None = None,
     ):
         from s3attn.models.half import half_weight_view
 
         self.model = half_weight_view(model, max(saes)) if half_weights else model
         self.saes, self.kv_of_query = saes, kv_of_query
-        self.site = site
+        self.site, self.query_map = site, query_map
         check_site(site)
         self._prefix: tuple[int, ...] | None = None
         self._cache: Any = None
@@ -189,12 +203,27 @@ class QuestionEncoder:
         lo, hi = token_range
         ids = input_ids[:hi].to(self.model.device)
         if lo == 0:
-            return question_codes(self.model, self.saes, self.kv_of_query, ids, (0, hi), site=self.site)
+            return question_codes(
+                self.model,
+                self.saes,
+                self.kv_of_query,
+                ids,
+                (0, hi),
+                site=self.site,
+                query_map=self.query_map,
+            )
         prefix = tuple(ids[:lo].tolist())
         if prefix != self._prefix:
             self._cache, self._prefix = prefix_cache(self.model, ids[None, :lo]), prefix
         return question_codes(
-            self.model, self.saes, self.kv_of_query, ids[lo:], (0, hi - lo), _fork(self._cache), self.site
+            self.model,
+            self.saes,
+            self.kv_of_query,
+            ids[lo:],
+            (0, hi - lo),
+            _fork(self._cache),
+            self.site,
+            self.query_map,
         )
 
 
@@ -320,7 +349,8 @@ def score_tokens(store, head_feats: dict[tuple[int, int], HeadFeatures], cfg: Qu
         w = hq.weights[post.feature_slot]
         positions.append(post.positions)
         values.append(w * post.acts if cfg.use_posting_acts else w)
-    return accumulate(positions, values, store.num_tokens)
+    summed = accumulate(positions, values, store.num_tokens)
+    return coordinated(summed, positions, cfg.coordination_window, cfg.coordination)
 
 
 def top_features_near(

@@ -38,6 +38,7 @@ from s3attn.retrieval.question import (
 )
 from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
 from s3attn.retrieval.sparse import SparseScores, from_dense, in_ranges, in_sorted
+from s3attn.saes.query_map import QueryMap
 
 MODES = ("s3", "bm25", "hybrid", "full")
 DEFAULT_MODE = "hybrid"
@@ -207,10 +208,17 @@ class Retriever:
     @property
     def encoder(self) -> QuestionEncoder:
         """The question encoder for the current ``cfg.question`` (site, half weights), made on first use."""
-        key = (self.cfg.question.site, self.cfg.question.half_weights)
+        q = self.cfg.question
+        key = (q.site, q.half_weights, q.query_map)
         if key not in self._encoders:
+            qmap = QueryMap.load(Path(q.query_map)) if q.query_map else None
             self._encoders[key] = QuestionEncoder(
-                self.model, self.saes, self.geom.kv_head_of_query, key[0], half_weights=key[1]
+                self.model,
+                self.saes,
+                self.geom.kv_head_of_query,
+                q.site,
+                half_weights=q.half_weights,
+                query_map=qmap,
             )
         return self._encoders[key]
 

@@ -123,3 +123,21 @@ def range_max_sparse(a0: np.ndarray, a1: np.ndarray, scores: SparseScores) -> np
     gaps = some & (count < a1 - a0)  # untouched tokens inside too: they score 0
     out[gaps] = np.maximum(out[gaps], 0.0)
     return out
+
+
+def coordinated(
+    scores: SparseScores, head_positions: Sequence[np.ndarray], window: int, power: float
+) -> SparseScores:
+    """``scores`` times ``(n / H) ** power`` per touched position, with ``n`` the number of the ``H`` (layer, KV
+    head) pairs whose postings (sorted ``head_positions``) touch ``[p - window, p + window]``: Lucene's
+    coordination factor, so a position that many heads agree on outranks one that a single head's frequent
+    feature lifts."""
+    if power <= 0 or not head_positions or scores.size == 0:
+        return scores
+    p = scores.positions_N
+    n = np.zeros(p.size, np.float32)
+    for pos in head_positions:
+        srt = np.sort(np.asarray(pos, dtype=np.int64))
+        n += (np.searchsorted(srt, p + window, side="right") - np.searchsorted(srt, p - window)) > 0
+    factor = (n / len(head_positions)) ** power
+    return SparseScores(p, (scores.values_N * factor).astype(np.float32), scores.num_tokens)

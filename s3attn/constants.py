@@ -7,6 +7,7 @@ Checkpoint (SAE release) layout::
       README.md                   model card with training metrics
       layers.<L>/cfg.json         SAE_CFG: eai-sparsify fields + ours
       layers.<L>/sae.safetensors  SAE_WEIGHTS: encoder.weight, encoder.bias, W_dec, b_dec
+      query_map.safetensors       QUERY_MAP_FILE (optional): per layer, query -> key-space maps (saes.query_map)
 
 Index layout: see ``s3attn.index_builder.schema`` and the README.
 """
@@ -24,6 +25,7 @@ TENSOR_ENCODER_W = "encoder.weight"
 TENSOR_ENCODER_B = "encoder.bias"
 TENSOR_W_DEC = "W_dec"
 TENSOR_B_DEC = "b_dec"
+QUERY_MAP_FILE = "query_map.safetensors"  # layer.<L>.weight [H_q, D, D] (x @ W), layer.<L>.bias [H_q, D]
 # The sites an SAE is trained on: attention key and query head vectors, pre-RoPE. These codes are what a
 # release's config.json / cfg.json "sites" hold (published releases: ["k", "q"]) and name the tap sites.
 SITE_KEY = "k"

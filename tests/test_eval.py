@@ -472,3 +472,21 @@ def test_write_report_from_rows(tmp_path):
     assert data["rows"] == ROWS and data["config"] == {"budget": 64}
     assert data["summary"]["fidelity_hybrid_over_full"][0] == {"task": "niah", "length": 1024, "ratio": 0.5}
     assert files.plot.read_bytes()[:4] == b"\x89PNG" and files.markdown.is_file()
+
+
+def test_same_needles_plants_the_same_needles_at_every_length():
+    """--same-needles: a shared-context task's seed leaves the length out, so two lengths plant the same
+    needles (the same answers per question); without it they differ."""
+    from s3attn.evaluation.plan import EvalItem, item_seed, make_sample
+
+    words = lambda text: len(text.split())  # noqa: E731
+
+    def answers(length: int, same: bool) -> list:
+        seed = item_seed(100, "literal_niah", length, None, 0, same)
+        return [
+            make_sample(EvalItem("literal_niah", length, None, n, seed, 100), words).answers
+            for n in range(10)
+        ]
+
+    assert answers(1500, True) == answers(3000, True)
+    assert answers(1500, False) != answers(3000, False)

@@ -119,3 +119,15 @@ def test_lookups():
     assert not in_ranges(pos, []).any()
     assert in_sorted(pos, np.array([3, 12, 30])).tolist() == [False, True, False, False, True, False]
     assert not in_sorted(pos, np.zeros(0, np.int64)).any()
+
+
+def test_coordination_scales_by_the_share_of_heads_nearby():
+    from s3attn.retrieval.sparse import SparseScores, coordinated
+
+    scores = SparseScores(np.array([10, 50, 90]), np.array([1.0, 1.0, 1.0], np.float32), 100)
+    heads = [np.array([10, 52]), np.array([12]), np.array([88, 95])]
+    out = coordinated(scores, heads, window=4, power=1.0)
+    # position 10: heads 0 and 1 nearby (2/3); 50: head 0 (1/3); 90: head 2 (1/3)
+    np.testing.assert_allclose(out.values_N, [2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    assert coordinated(scores, heads, window=4, power=0.0) is scores
+    np.testing.assert_allclose(coordinated(scores, heads, 4, 2.0).values_N, [4 / 9, 1 / 9, 1 / 9], rtol=1e-6)

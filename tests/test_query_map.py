@@ -1,0 +1,79 @@
+"""Query maps: the attention targets match the model's own attention, the ridge fit recovers a known map,
+the file round-trips, and a mapped query site codes the mapped vectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from s3attn.errors import S3Error
+from s3attn.models.taps import attention_geometry, tap_heads
+from s3attn.saes.query_map import QueryMap
+from s3attn.train.query_map import NormalEquations, attended_keys, fit_query_map, rope
+from tests.conftest import tiny_model
+
+
+def test_rope_attention_matches_the_models_own():
+    model = tiny_model("llama")
+    geo = attention_geometry(model)
+    ids = torch.randint(4, 40, (1, 24), generator=torch.Generator().manual_seed(0))
+    out = model(ids, output_attentions=True)
+    taps = tap_heads(model, ids, [1])
+    q, k = taps.queries[1][0], taps.keys[1][0]
+    kv = torch.tensor(geo.kv_head_of_query)
+    logits = torch.einsum("thd,shd->hts", rope(model, q), rope(model, k)[:, kv]) / geo.head_dim**0.5
+    mask = torch.ones(24, 24, dtype=torch.bool).tril()
+    mine = logits.masked_fill(~mask, float("-inf")).softmax(-1)
+    torch.testing.assert_close(mine, out.attentions[1][0], atol=1e-5, rtol=1e-4)
+
+
+def test_attended_keys_mean_and_argmax():
+    model = tiny_model("llama")
+    geo = attention_geometry(model)
+    ids = torch.randint(4, 40, (1, 32), generator=torch.Generator().manual_seed(1))
+    taps = tap_heads(model, ids, [0])
+    q, k = taps.queries[0][0], taps.keys[0][0]
+    y_mean, mass = attended_keys(model, q, k, geo.kv_head_of_query, sink=2, local=4, target="mean")
+    y_arg, _ = attended_keys(model, q, k, geo.kv_head_of_query, sink=2, local=4, target="argmax")
+    assert y_mean.shape == q.shape and mass.shape == q.shape[:2]
+    assert torch.all(mass[:6] == 0) and torch.all(mass[6:] > 0)  # no position outside sink + local before 6
+    assert torch.all((mass >= 0) & (mass <= 1 + 1e-6))
+    # the argmax target is one of the group's keys outside sink and local window
+    t, h = 20, 3
+    cands = k[2 : t - 4 + 1, geo.kv_head_of_query[h]]
+    assert torch.isclose(cands, y_arg[t, h]).all(-1).any()
+
+
+def test_ridge_recovers_a_linear_map():
+    torch.manual_seed(0)
+    w_true, b_true = torch.randn(2, 8, 8), torch.randn(2, 8)
+    eq = NormalEquations(2, 8)
+    for _ in range(3):
+        x = torch.randn(200, 2, 8)
+        eq.add(x, torch.einsum("nhd,hde->nhe", x, w_true) + b_true, torch.rand(200, 2) + 0.1)
+    w, b = eq.solve(ridge=1e-9)
+    torch.testing.assert_close(w, w_true, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b, b_true, atol=1e-4, rtol=1e-4)
+
+
+def test_fit_save_load_apply(tmp_path):
+    model = tiny_model("llama")
+    ctxs = [torch.randint(4, 40, (40,), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    qm = fit_query_map(model, ctxs, [1, 2], sink=1, local=2)
+    path = tmp_path / "qm.safetensors"
+    qm.save(path)
+    back = QueryMap.load(path)
+    assert back.fit["rows"] == qm.fit["rows"] == 3 * (40 - 3)
+    x = torch.randn(5, 4, 16)
+    torch.testing.assert_close(back.apply(2, x), torch.einsum("thd,hde->the", x, qm.weight[2]) + qm.bias[2])
+    with pytest.raises(S3Error, match="no layer 0"):
+        back.apply(0, x)
+
+
+def test_damaged_query_map_is_one_clear_error(tmp_path):
+    bad = tmp_path / "qm.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(S3Error, match="not a readable query map"):
+        QueryMap.load(bad)
+    with pytest.raises(S3Error, match="no such file"):
+        QueryMap.load(tmp_path / "missing.safetensors")

@@ -1,0 +1,130 @@
+"""Fit a query map: per (layer, query head) a linear map from the question's **query** vectors into the key
+space, so the paper's site (queries matched against key postings) reads the key dictionary.
+
+The SAEs code keys and queries with one dictionary, but a query and the keys it attends to lie in different
+regions (their codes barely overlap), so raw query codes find needles at chance. The map is fitted on the
+model's own attention over training text (never the evaluation essays): for the query of head ``h`` at
+position ``i``, the target is the key it attends to, ``sum_j a_ij k_j`` over the positions ``j`` outside the
+attention sink (the first ``sink`` tokens) and the local window (the last ``local`` tokens), with
+``a_ij`` the model's attention (RoPE applied, causal softmax) renormalised over those positions
+(``target="mean"``) or the single most attended of them (``"argmax"``). Each row is weighted by the
+attention mass those positions hold. The fit is weighted ridge regression in closed form: per (layer, head)
+the normal equations are accumulated chunk by chunk (``NormalEquations``), so memory does not grow with
+the text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+from einops import einsum, rearrange
+from tqdm import tqdm
+
+from s3attn.models.taps import attention_geometry, decoder_layers, tap_heads
+from s3attn.saes.query_map import QueryMap
+
+log = logging.getLogger(__name__)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def rope(model, x_THD: torch.Tensor) -> torch.Tensor:
+    """``x_THD`` with the model's rotary embedding of positions 0..T-1 applied (Llama-style rotate-half)."""
+    inner = getattr(model, "model", model)
+    pos = torch.arange(x_THD.shape[0], device=x_THD.device)[None]
+    cos, sin = inner.rotary_emb(x_THD[None].transpose(1, 2), pos)  # [1, T, D]
+    cos, sin = cos[0, :, None, :].to(x_THD.dtype), sin[0, :, None, :].to(x_THD.dtype)
+    return x_THD * cos + _rotate_half(x_THD) * sin
+
+
+def attended_keys(
+    model,
+    q_THD: torch.Tensor,
+    k_TGD: torch.Tensor,
+    kv_of_query: tuple[int, ...],
+    sink: int,
+    local: int,
+    target: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query row: the key it attends to outside sink and local window (``target_THD``) and the attention
+    mass there (``mass_TH``); see the module docstring."""
+    T, H, D = q_THD.shape
+    kv = torch.tensor(kv_of_query, device=q_THD.device)
+    qr, kr = rope(model, q_THD.float()), rope(model, k_TGD.float())[:, kv]  # keys per query head [T, H, D]
+    logits_HTS = einsum(qr, kr, "t h d, s h d -> h t s") / D**0.5
+    i = torch.arange(T, device=q_THD.device)
+    causal = i[None, :] <= i[:, None]
+    logits_HTS = logits_HTS.masked_fill(~causal, float("-inf"))
+    attn_HTS = logits_HTS.softmax(-1)
+    far = (i[None, :] >= sink) & (i[None, :] <= i[:, None] - local)
+    attn_HTS = attn_HTS * far
+    mass_HT = attn_HTS.sum(-1)
+    if target == "argmax":
+        best_HT = attn_HTS.argmax(-1)
+        k_HSD = k_TGD.float()[:, kv].permute(1, 0, 2)
+        target_HTD = torch.gather(k_HSD, 1, best_HT[..., None].expand(-1, -1, D))
+    else:
+        w_HTS = attn_HTS / mass_HT.clamp_min(1e-9)[..., None]
+        target_HTD = einsum(w_HTS, k_TGD.float()[:, kv], "h t s, s h d -> h t d")
+    return rearrange(target_HTD, "h t d -> t h d"), rearrange(mass_HT, "h t -> t h")
+
+
+class NormalEquations:
+    """Weighted ridge regression ``y ~ [x, 1] @ W`` per head, accumulated over chunks."""
+
+    def __init__(self, heads: int, dim: int):
+        self.xtx = torch.zeros(heads, dim + 1, dim + 1, dtype=torch.float64)
+        self.xty = torch.zeros(heads, dim + 1, dim, dtype=torch.float64)
+        self.rows = 0
+
+    def add(self, x_NHD: torch.Tensor, y_NHD: torch.Tensor, w_NH: torch.Tensor) -> None:
+        x1 = torch.cat([x_NHD, torch.ones_like(x_NHD[..., :1])], -1).double()
+        wx = x1 * w_NH.double()[..., None]
+        self.xtx += einsum(wx, x1, "n h a, n h b -> h a b")
+        self.xty += einsum(wx, y_NHD.double(), "n h a, n h d -> h a d")
+        self.rows += x_NHD.shape[0]
+
+    def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight_HDD acting as ``x @ W``, bias_HD)."""
+        dim = self.xtx.shape[-1]
+        scale = self.xtx.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
+        eye = torch.eye(dim, dtype=torch.float64) * ridge * scale
+        eye[:, -1, -1] = 0.0  # the bias is not shrunk
+        w = torch.linalg.solve(self.xtx + eye, self.xty)
+        return w[:, :-1].float(), w[:, -1].float()
+
+
+@torch.no_grad()
+def fit_query_map(
+    model,
+    contexts: Iterable[torch.Tensor],
+    layers: list[int],
+    *,
+    sink: int = 4,
+    local: int = 16,
+    target: str = "mean",
+    ridge: float = 1e-3,
+    total: int | None = None,
+) -> QueryMap:
+    """A ``QueryMap`` for ``layers`` fitted on ``contexts`` (token id tensors [T]), see the module docstring."""
+    geo = attention_geometry(model)
+    decoder_layers(model)
+    eqs = {layer: NormalEquations(geo.num_heads, geo.head_dim) for layer in layers}
+    for ids in tqdm(contexts, total=total, desc="query map", unit="ctx"):
+        taps = tap_heads(model, ids[None].to(model.device), layers)
+        for layer in layers:
+            q_THD, k_TGD = taps.queries[layer][0], taps.keys[layer][0]
+            y_THD, mass_TH = attended_keys(model, q_THD, k_TGD, geo.kv_head_of_query, sink, local, target)
+            keep = slice(sink + local, None)
+            eqs[layer].add(q_THD[keep].float().cpu(), y_THD[keep].cpu(), mass_TH[keep].cpu())
+    maps = {layer: eq.solve(ridge) for layer, eq in eqs.items()}
+    log.info("query map fitted on %d rows per layer", next(iter(eqs.values())).rows)
+    meta = {"sink": sink, "local": local, "target": target, "ridge": ridge, "rows": eqs[layers[0]].rows}
+    return QueryMap(
+        {layer: w for layer, (w, _) in maps.items()}, {layer: b for layer, (_, b) in maps.items()}, meta
+    )
