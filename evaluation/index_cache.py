@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from s3attn.constants import QUERY_MAP_FILE
 from s3attn.evaluation.runtime import quiet_logs
 from s3attn.paths import atomic_write_json
 
@@ -38,8 +39,9 @@ class CachedIndex(NamedTuple):
 
 
 def release_fingerprint(release: Path) -> dict:
-    """The release's path and the (name, size, mtime) of every file in it: changes when it is rewritten."""
-    files = sorted(p for p in Path(release).rglob("*") if p.is_file())
+    """The release's path and the (name, size, mtime) of every file in it: changes when it is rewritten. A
+    query map (``QUERY_MAP_FILE``) is left out: it changes questions, not the indexes."""
+    files = sorted(p for p in Path(release).rglob("*") if p.is_file() and p.name != QUERY_MAP_FILE)
     return {
         "path": str(Path(release).resolve()),
         "files": [[str(p.relative_to(release)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],

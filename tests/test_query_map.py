@@ -77,3 +77,50 @@ def test_damaged_query_map_is_one_clear_error(tmp_path):
         QueryMap.load(bad)
     with pytest.raises(S3Error, match="no such file"):
         QueryMap.load(tmp_path / "missing.safetensors")
+
+
+def test_query_map_cli_writes_a_map_the_release_fingerprint_ignores(tmp_path, tiny_model_dir):
+    from s3attn.evaluation.index_cache import release_fingerprint
+    from s3attn.train.cli import main
+    from tests.conftest import filler_words, make_tiny_release
+
+    release = make_tiny_release(tmp_path / "rel", tiny_model_dir)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.txt").write_text(filler_words(400, i))
+    before = release_fingerprint(release)
+    args = ["query-map", str(release), "--model", str(tiny_model_dir), "--corpus", str(corpus)]
+    args += ["--contexts", "4", "--context-length", "32"]
+    assert main([*args, "--sink", "1", "--local", "2"]) == 0
+    qm = QueryMap.load(release / "query_map.safetensors")
+    assert sorted(qm.weight) == [1, 3] and qm.weight[1].shape == (4, 16, 16)
+    assert qm.fit["rows"] == 4 * (32 - 3) and qm.fit["local"] == 2
+    assert release_fingerprint(release) == before  # cached indexes of the release stay valid
+    with pytest.raises(SystemExit) as exit_info:  # too few contexts: one clear error, exit code 2
+        main([*args, "--contexts", "999"])
+    assert exit_info.value.code == 2
+
+
+def test_mapped_queries_are_what_gets_coded():
+    """An identity map codes the raw queries; a zero map with a bias codes that bias for every row."""
+    from s3attn.retrieval.question import question_codes
+    from s3attn.saes import SaeConfig, TopKSAE
+
+    model = tiny_model("llama")
+    geo = attention_geometry(model)
+    torch.manual_seed(0)
+    saes = {1: TopKSAE(SaeConfig(d_in=16, num_latents=64, k=4))}
+    ids = torch.randint(4, 40, (12,), generator=torch.Generator().manual_seed(2))
+    kv = geo.kv_head_of_query
+    raw = question_codes(model, saes, kv, ids, (0, 12), site="query")
+    eye = QueryMap({1: torch.eye(16).repeat(4, 1, 1)}, {1: torch.zeros(4, 16)}, {})
+    same = question_codes(model, saes, kv, ids, (0, 12), site="query", query_map=eye)
+    for key in raw:
+        assert (raw[key][0] == same[key][0]).all()
+    bias = torch.randn(16)
+    const = QueryMap({1: torch.zeros(4, 16, 16)}, {1: bias.repeat(4, 1)}, {})
+    out = question_codes(model, saes, kv, ids, (0, 12), site="query", query_map=const)
+    want = saes[1].encode(bias[None]).top_indices[0].sort().values
+    for idx, _ in out.values():
+        assert (torch.from_numpy(idx).sort(-1).values == want).all()

@@ -3,6 +3,7 @@
 s3-train-sae --layer 16 --k 32
 s3-train-sae --layers 8,16 --tokens 2000000 --out checkpoints/smollm2-135m-k32
 s3-train-sae export RELEASE --format saelens --out DIR   (see s3-train-sae export --help)
+s3-train-sae query-map RELEASE [--target argmax --out FILE] (see s3-train-sae query-map --help)
 
 Every option is listed below with its effective default (TrainConfig, then configs/train.yaml, then
 --config FILE); options on the command line win over all of them.
@@ -300,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
+    if argv[:1] == ["query-map"]:
+        from s3attn.train.query_map import query_map_main
+
+        return query_map_main(argv[1:], PROG)
     cfg = parse_args(argv)
     train(cfg)
     return 0

@@ -16,12 +16,18 @@ the text.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import random
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from einops import einsum, rearrange
 from tqdm import tqdm
 
+from s3attn.constants import QUERY_MAP_FILE
+from s3attn.corpus import Corpus
+from s3attn.errors import S3Error
 from s3attn.models.taps import attention_geometry, decoder_layers, tap_heads
 from s3attn.saes.query_map import QueryMap
 
@@ -128,3 +134,54 @@ def fit_query_map(
     return QueryMap(
         {layer: w for layer, (w, _) in maps.items()}, {layer: b for layer, (_, b) in maps.items()}, meta
     )
+
+
+def sample_contexts(corpus: Corpus, tokenizer, count: int, length: int, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` contexts of ``length`` tokens spread over the whole corpus: every document is cut into
+    contexts, every ``stride``-th is a candidate, and ``count`` are drawn (seeded)."""
+    cands: list[torch.Tensor] = []
+    stride = 7  # neighbouring contexts of one text are alike: take every 7th
+    for doc in corpus:
+        ids = [t for block in doc.token_blocks(tokenizer) for t in block]
+        cands += [torch.tensor(ids[s : s + length]) for s in range(0, len(ids) - length + 1, length * stride)]
+    if len(cands) < count:
+        raise S3Error(f"--contexts {count}: the corpus gives only {len(cands)} contexts of {length} tokens")
+    random.Random(seed).shuffle(cands)
+    return cands[:count]
+
+
+def query_map_main(argv: Sequence[str], prog: str) -> int:
+    """``s3-train-sae query-map RELEASE``: fit a query map for a release's layers (see the module docstring)."""
+    import argparse
+
+    from s3attn.models.precision import resolve_dtype
+    from s3attn.saes.stack import load_stack, resolve_release
+
+    ap = argparse.ArgumentParser(prog=f"{prog} query-map", description=__doc__.split("\n\n")[0])
+    ap.add_argument("release", help="the SAE release folder (its layers and model)")
+    ap.add_argument("--model", default=None, help="local model folder (default: the release's model)")
+    ap.add_argument("--corpus", default="corpora/public-domain", help="training text (never evaluation text)")
+    ap.add_argument("--contexts", type=int, default=40, help="contexts to fit on")
+    ap.add_argument("--context-length", type=int, default=512, help="tokens per context")
+    ap.add_argument(
+        "--target", choices=("mean", "argmax"), default="mean", help="the attended key: see above"
+    )
+    ap.add_argument("--sink", type=int, default=4, help="first tokens left out (attention sink)")
+    ap.add_argument(
+        "--local", type=int, default=16, help="last tokens before a query left out (local window)"
+    )
+    ap.add_argument("--ridge", type=float, default=1e-3, help="ridge, relative to the mean input power")
+    ap.add_argument("--out", default=None, help=f"file to write (default RELEASE/{QUERY_MAP_FILE})")
+    args = ap.parse_args(list(argv))
+    rel = resolve_release(args.release, None)
+    stack = load_stack(rel.path, rel.config, rel.layers, args.model, dtype=resolve_dtype("auto", "cpu"))
+    corpus = Corpus(args.corpus, option="--corpus")
+    ctxs = sample_contexts(corpus, stack.loaded.tokenizer, args.contexts, args.context_length)
+    qm = fit_query_map(
+        stack.loaded.model, ctxs, rel.layers, sink=args.sink, local=args.local, target=args.target,
+        ridge=args.ridge, total=len(ctxs),
+    )  # fmt: skip
+    out = Path(args.out) if args.out else rel.path / QUERY_MAP_FILE
+    qm._replace(fit={**qm.fit, "corpus": str(args.corpus), "contexts": args.contexts}).save(out)
+    print(f"{prog}: wrote query map {out} ({qm.fit['rows']} rows per layer)", file=sys.stderr)
+    return 0
