@@ -26,7 +26,7 @@ import numpy as np
 
 from s3attn.evaluation.evidence import evidence_coverage, evidence_recall, evidence_token_ranges
 from s3attn.evaluation.plan import TUNING_SEEDS, family_of
-from s3attn.retrieval.adaptive import ShareRule, adaptive_spans
+from s3attn.retrieval.adaptive import ShareRule, adaptive_spans, shared_spans
 from s3attn.retrieval.fusion import normalised
 from s3attn.retrieval.spans import fuse
 
@@ -107,6 +107,29 @@ def replay(questions: list[dict], budget: int, top: int) -> None:
         )
     default = next(x for x in results if x[2] == ShareRule())
     print(f"default {tuple(ShareRule())}: margin {default[0]:+.3f} mean {default[1]:.3f}")
+    frontier(questions, budget, best)
+
+
+def frontier(questions: list[dict], budget: int, best: dict[str, float]) -> None:
+    """What any share rule can reach: every fixed BM25 share, and the oracle that takes, per question, the
+    better retriever's own result (the bound no per-question share exceeds)."""
+    print("fixed BM25 share: recall per family, worst margin")
+    for share in np.linspace(0.0, 1.0, 11):
+        h = family_means(
+            questions, lambda q, a=float(share): shared_spans(q["bias"], q["bm25"], q["s3"], budget, a)
+        )
+        print(f"  {share:.1f} " + " ".join(f"{f} {v:.3f}" for f, v in h.items()) +
+              f"  margin {min(h[f] - best[f] for f in h):+.3f}")  # fmt: skip
+    by: dict[str, list[float]] = {}
+    for q in questions:
+        own = [
+            recall(q, normalised(q["s3"])),
+            recall(q, normalised(fuse([q["bm25"]], budget)) if q["bm25"] else []),
+        ]
+        by.setdefault(q["family"], []).append(max(v or 0.0 for v in own))
+    print(
+        "oracle (better retriever per question): " + " ".join(f"{f} {np.mean(v):.3f}" for f, v in by.items())
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,5 +134,18 @@ def adaptive_spans(
         "s3_prominence": round(t.s3_prominence, 4),
         "bm25_share": round(t.bm25_share, 4),
     }
-    cands = slotted(bm25, t.bm25_share, extra) + slotted(s3, 1.0 - t.bm25_share, extra)
-    return fuse([bias, cands], budget, first=(SOURCE_BIAS,)), t
+    return shared_spans(bias, bm25, s3, budget, t.bm25_share, extra), t
+
+
+def shared_spans(
+    bias: list[Span],
+    bm25: list[Span],
+    s3: list[Span],
+    budget: int,
+    bm25_share: float,
+    extra: dict | None = None,
+) -> list[Span]:
+    """Bias spans first, then BM25 passages and S3 spans interleaved at ``bm25_share`` / ``1 - bm25_share``
+    (by slot), merged, in document order, within ``budget``."""
+    cands = slotted(bm25, bm25_share, extra or {}) + slotted(s3, 1.0 - bm25_share, extra or {})
+    return fuse([bias, cands], budget, first=(SOURCE_BIAS,))
