@@ -32,166 +32,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _tiling import (
+    MODES,
+    QUESTIONS,
+    doc_folder,
+    seed_index,
+    stage_times,
+    tiled_index,
+    time_modes,
+    warm_page_cache,
+)
 
-from s3attn.evaluation.tasks import paul_graham_text
-from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.config import BuildConfig
-from s3attn.index_builder.indexer import IndexWriter
-from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
-from s3attn.index_builder.schema import DocRecord, SegmentData
 from s3attn.models.loading import load_model
 from s3attn.retrieval.retriever import Retriever
 from s3attn.saes.stack import default_release, load_stack, model_name_for, resolve_release
-
-QUESTIONS = (
-    "What do startups need to do to survive? | Why is the App Store approval process broken? | What makes "
-    "things addictive? | How should founders think about fundraising? | What is the best way to come up "
-    "with startup ideas? | Why do some programmers dislike Apple? | What is default alive? | How do good "
-    "essays get written? | What did the author learn from Lisp? | Why are cities important for ambition? "
-    "| What is the role of investors? | How do you hire programmers? | What makes a good programmer? | "
-    "Why do schools teach badly? | How do you get users? | What is wrong with meetings? | How should you "
-    "pick a cofounder? | Why is wealth not zero-sum? | What does it mean to be relentlessly resourceful? "
-    "| How does the web change publishing?"
-).split(" | ")
-WARMUP = "Which programming language did the author write his first startup in?"  # never timed
-MODES = ("s3", "hybrid", "bm25")
-
-
-def _attrs(stack, release: Path, layers: list[int]) -> dict:
-    from s3attn.saes.checkpoint import read_release_config
-
-    return index_attrs(stack, release, read_release_config(release), layers, chunk=2048, overlap=64)
-
-
-def _doc_folder(work: Path, name: str, tokenizer, n_tokens: int) -> Path:
-    ids = tokenizer(paul_graham_text(), add_special_tokens=False)["input_ids"]
-    ids = (ids * (n_tokens // len(ids) + 1))[:n_tokens]
-    folder = work / name
-    folder.mkdir()
-    (folder / "essays.txt").write_text(tokenizer.decode(ids))
-    return folder
-
-
-def seed_index(stack, release, layers, work: Path, seed_tokens: int) -> Path:
-    """A real index of ``seed_tokens`` tokens of the essays (one segment), at ``work/seed_idx``."""
-    from s3attn.corpus import Corpus
-
-    loaded, saes, _ = stack
-    seed = _doc_folder(work, "seed", loaded.tokenizer, seed_tokens)
-    with IndexWriter.create(work / "seed_idx", _attrs(stack, release, layers)) as st:
-        run_prefill(
-            loaded.model,
-            saes,
-            loaded.tokenizer,
-            list(Corpus(seed)),
-            st,
-            chunk=2048,
-            overlap=64,
-            segment_tokens=1 << 20,
-            progress=False,
-        )
-    return work / "seed_idx"
-
-
-def tiled_index(stack, release, layers, work: Path, seed_tokens: int, index_tokens: int) -> Path:
-    from s3attn.index_builder.reader import IndexReader
-
-    loaded = stack[0]
-    with IndexReader.open(seed_index(stack, release, layers, work, seed_tokens)) as st:
-        n = st.num_tokens
-        toks = st.tokens(0, n)
-        # rebuild dense codes [T, k] per head from the postings of every feature
-        codes = {}
-        feats = np.arange(int(st.meta.num_latents))
-        for head in st.heads:
-            post = st.postings(*head, feats)
-            order = np.lexsort((post.feature_slot, post.positions))
-            k = int(st.meta.k)
-            codes[head] = (
-                post.feature_slot[order].reshape(n, k).astype(np.uint16),
-                post.acts[order].reshape(n, k).astype(np.float16),
-            )
-    rng = np.random.default_rng(0)
-    block = 2048
-    starts = np.arange(0, n - block + 1, block)
-    seg_tokens = 1 << 18
-    with IndexWriter.create(work / "big_idx", _attrs(stack, release, layers)) as big:
-        while big.num_tokens < index_tokens:
-            picks = rng.choice(starts, size=seg_tokens // block)
-            sel = np.concatenate([np.arange(s, s + block) for s in picks])
-            start = big.num_tokens
-            docs = [
-                DocRecord(big.num_docs + i, f"tiled/{i}.txt", f"h{start}-{i}", start + i * block, block)
-                for i in range(len(picks))
-            ]
-            big.add_segment(
-                SegmentData(toks[sel], docs, start, {h: (c[0][sel], c[1][sel]) for h, c in codes.items()})
-            )
-        big.merge(into_one=True)
-        rebuild_bm25(big, loaded.tokenizer, passage_tokens=128, stride=64)
-    return work / "big_idx"
-
-
-def warm_page_cache(folder: Path) -> int:
-    """Read every file of the index once, so that timings see it in the OS page cache (as on a serving
-    machine with RAM to spare) rather than whatever the disk holds; returns the bytes read. Our own caches
-    (decoded chunks, offsets, BM25) stay empty."""
-    total = 0
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            with f.open("rb") as fh:
-                while block := fh.read(1 << 20):
-                    total += len(block)
-    return total
-
-
-def time_modes(retriever: Retriever) -> tuple[dict[str, list[float]], dict[str, dict[str, int]]]:
-    """Seconds per question of every mode, the modes rotated per question (question i asks them starting at
-    mode i mod 3, so none always runs on a cache its predecessor warmed), after a warm-up question outside the
-    timed set (it loads BM25, offsets, the prompt prefix); also, per mode, the decoded-chunk cache hits and
-    misses of its timed questions and the posting lists / postings its S3 side read (summed)."""
-    for mode in MODES:
-        retriever.retrieve(WARMUP, mode, 2048)
-    chunks = retriever.store._chunks
-    secs: dict[str, list[float]] = {m: [] for m in MODES}
-    stats = {
-        m: {"chunk_hits": 0, "chunk_misses": 0, "lists": 0, "postings": 0, "lists_skipped": 0} for m in MODES
-    }
-    for i, q in enumerate(QUESTIONS):
-        for mode in MODES[i % 3 :] + MODES[: i % 3]:
-            h, m = chunks.hits, chunks.misses
-            retriever.last_read = {}
-            t = time.perf_counter()
-            retriever.retrieve(q, mode, 2048)
-            secs[mode].append(time.perf_counter() - t)
-            stats[mode]["chunk_hits"] += chunks.hits - h
-            stats[mode]["chunk_misses"] += chunks.misses - m
-            for k, v in retriever.last_read.items():
-                stats[mode][k] = stats[mode].get(k, 0) + v
-    return secs, stats
-
-
-def stage_times(retriever: Retriever) -> dict[str, float]:
-    """Median ms per stage of an s3 retrieval over QUESTIONS: the question's forward + SAE codes, reading
-    postings and scoring the tokens they touch (``SparseScores``), span selection (``Retriever.s3_spans``)
-    and reading the spans' text."""
-    from s3attn.retrieval.question import head_features, question_token_range, score_tokens
-
-    r, cfg = retriever, retriever.cfg
-    parts: dict[str, list[float]] = {"forward_codes": [], "postings_score": [], "select_text": []}
-    for q in QUESTIONS:
-        prompt = r.prompt("", q)
-        ids = torch.tensor(r.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        t0 = time.perf_counter()
-        codes = r.encoder.codes(ids, question_token_range(r.tokenizer, prompt, q))
-        t1 = time.perf_counter()
-        scores = score_tokens(r.store, head_features(codes, r.store, cfg.question), cfg.question)
-        t2 = time.perf_counter()
-        r._materialise(r.s3_spans(scores, 2048))
-        t3 = time.perf_counter()
-        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
-            parts[key].append(dt)
-    return {k: 1000 * statistics.median(v) for k, v in parts.items()}
 
 
 def question_encoders(retriever: Retriever, model_bf16) -> dict:
@@ -289,7 +144,7 @@ def answer_ratio(stack, release: Path, work: Path, args: argparse.Namespace, res
     from s3attn.index_builder.pipeline import build_index
 
     loaded = stack[0]
-    doc = _doc_folder(work, "doc", loaded.tokenizer, args.doc_tokens)
+    doc = doc_folder(work, "doc", loaded.tokenizer, args.doc_tokens)
     t = time.perf_counter()
     build_index(
         str(doc), BuildConfig(out=str(work / "doc_idx"), sae=str(release), progress=False), stack=stack
@@ -326,7 +181,7 @@ def latency(r: Retriever, res: dict) -> None:
     secs, stats = time_modes(r)
     res["timed_questions"], res["modes_rotated"] = len(QUESTIONS), True
     for mode in MODES:
-        ts, st = secs[mode], stats[mode]
+        ts, st = secs[mode], {k: sum(v) for k, v in stats[mode].items()}
         res[f"retrieve_{mode}_p50_ms"] = 1000 * statistics.median(ts)
         res[f"retrieve_{mode}_p90_ms"] = 1000 * float(np.percentile(ts, 90))
         res[f"retrieve_{mode}_reads"] = {k: v / len(ts) for k, v in st.items()}  # per question

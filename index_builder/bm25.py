@@ -20,9 +20,10 @@ On disk (one folder, written to a temp folder and renamed into place)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -86,10 +87,24 @@ def _question_words(question: str) -> list[str]:
 class BM25Index:
     """BM25 over :class:`Passage` windows: :meth:`load` one, :meth:`search` it (built by ``bm25_build``)."""
 
-    def __init__(self, passages_P3: np.ndarray, texts: list[str], retriever: bm25s.BM25 | None) -> None:
+    def __init__(
+        self,
+        passages_P3: np.ndarray,
+        texts: list[str] | Callable[[], list[str]],
+        retriever: bm25s.BM25 | None,
+    ) -> None:
         self.passages_P3 = np.asarray(passages_P3, dtype=np.int64).reshape(-1, 3)
-        self.texts = texts
+        self._texts = texts  # or what reads them: a loaded index reads them on first use (see texts)
         self.retriever = retriever  # None when no passage has an indexable word
+
+    @property
+    def texts(self) -> list[str]:
+        """The passage texts. An index from :meth:`load` reads them on first use: a question never needs
+        them (only a rebuild does). Read at load, a 16M-token reader held 151 MiB of them and kept ~340 MiB of
+        the Arrow buffers they came from, against 99 MiB of score matrix (``bench/bench_scale.py``)."""
+        if callable(self._texts):
+            self._texts = self._texts()
+        return self._texts
 
     def __len__(self) -> int:
         return int(self.passages_P3.shape[0])
@@ -123,13 +138,11 @@ class BM25Index:
             return []
         idf = {t: self._idf(int(indptr[vocab[t] + 1] - indptr[vocab[t]]) if t in vocab else 0) for t in stems}
         scores_P = np.asarray(self.retriever.get_scores(list(by_stem)), dtype=np.float64)
-        pos = np.flatnonzero(scores_P > 0)
-        top = pos[np.argsort(-scores_P[pos], kind="stable")[:top_k]]
+        top = top_passages(scores_P, top_k)
         terms: list[list[str]] = [[] for _ in range(top.size)]
         found_H = np.zeros(top.size)
         for stem, words in by_stem.items():  # loop over the few question terms, vectorised over hits
-            c = vocab[stem]
-            has = np.isin(top, indices[indptr[c] : indptr[c + 1]])
+            has = holds(indices[indptr[vocab[stem]] : indptr[vocab[stem] + 1]], top)
             found_H += has * idf[stem]
             for j in np.flatnonzero(has).tolist():
                 terms[j].extend(words)
@@ -165,10 +178,10 @@ class BM25Index:
                 raise _damaged(folder, name, "missing")
         with _reading(folder, BM25_PASSAGES):
             passages = np.load(folder / BM25_PASSAGES, allow_pickle=False)
-        with _reading(folder, BM25_TEXTS):
-            texts = pq.read_table(folder / BM25_TEXTS).column("text").to_pylist()
+        with _reading(folder, BM25_TEXTS):  # the row count only: the texts are read on first use
+            rows = pq.ParquetFile(folder / BM25_TEXTS).metadata.num_rows
         n = meta["num_passages"]
-        if passages.shape != (n, 3) or passages.dtype != np.int64 or len(texts) != n:
+        if passages.shape != (n, 3) or passages.dtype != np.int64 or rows != n:
             raise _damaged(
                 folder, BM25_PASSAGES, f"passages/texts do not hold the {n} passages {BM25_META} says"
             )
@@ -176,7 +189,33 @@ class BM25Index:
         if not meta.get("empty"):
             with _reading(folder, "bm25s files (*.index.*)"):
                 retriever = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False, verbosity=0)
-        return cls(passages, texts, retriever)
+        return cls(passages, functools.partial(_read_texts, folder), retriever)
+
+
+def _read_texts(folder: Path) -> list[str]:
+    with _reading(folder, BM25_TEXTS):
+        return pq.read_table(folder / BM25_TEXTS).column("text").to_pylist()
+
+
+def top_passages(scores_P: np.ndarray, top_k: int) -> np.ndarray:
+    """Indices of the best ``top_k`` positive scores, best first, ties by lower index: what a stable sort of
+    every positive score gives, in time linear in the passages (a partition finds the k-th best score; only
+    the passages at or above it are sorted)."""
+    pos = np.flatnonzero(scores_P > 0)
+    if pos.size > top_k > 0:
+        kth = np.partition(scores_P[pos], pos.size - top_k)[pos.size - top_k]
+        above, tied = pos[scores_P[pos] > kth], pos[scores_P[pos] == kth]
+        pos = np.sort(np.concatenate([above, tied[: top_k - above.size]]))
+    return pos[np.argsort(-scores_P[pos], kind="stable")[:top_k]]
+
+
+def holds(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``np.isin(rows, column)`` for a column of the CSC score matrix: by binary search when its row ids are
+    increasing (bm25s writes them so), without sorting a column that may hold most passages."""
+    if column.size > 1 and not (column[1:] > column[:-1]).all():
+        return np.isin(rows, column)
+    at = np.minimum(np.searchsorted(column, rows), max(column.size - 1, 0))
+    return (column[at] == rows) if column.size else np.zeros(rows.shape, bool)
 
 
 # ---- damage -----------------------------------------------------------------------------------------------
