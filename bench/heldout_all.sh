@@ -11,4 +11,6 @@ bash bench/heldout.sh "$R/heldout-32k-64k" 32768,65536
 S="--tasks literal_niah,paraphrase_niah --samples 10 --seeds 100 --budget 1024 --no-generate --no-progress --index-cache ${CACHE:-runs/icache} --haystack long"
 s3-eval $S --lengths 262144 --methods bm25,s3,hybrid --out "$R/scale-256k"
 s3-eval $S --lengths 262144 --methods s3 --max-postings 100000000 --out "$R/scale-256k-full-read"
+#   2b. the same needles at 64k and 256k (--same-needles), recall lost with the index's size
+s3-eval $S --same-needles --lengths 65536,262144 --methods bm25,s3,hybrid --out "$R/scale-64k-vs-256k-same-needles"
 python bench/bench_retrieval.py --answer-questions 0 --out "$R/bench/retrieval-reads.json"
