@@ -9,3 +9,4 @@ python bench/bench_harvest.py
 python bench/bench_index.py
 python bench/bench_precision.py
 python bench/bench_retrieval.py
+python bench/bench_scale.py --work runs/scale --out bench/out/scale.json  # builds 1M/4M/16M-token indexes once (~12 GB in runs/scale)
