@@ -60,6 +60,8 @@ from _tiling import (
 )
 from tqdm.auto import tqdm
 
+from s3attn.evaluation.runtime import git_state
+
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -331,12 +333,8 @@ def prepare(args: argparse.Namespace, sizes: list[int]) -> tuple[dict, dict]:
 
 
 def git_commit() -> str:
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    mine = ["bench", "index_builder", "retrieval"]
-    return head + (
-        "+dirty" if subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *mine]).returncode else ""
-    )
+    commit, dirty = git_state()
+    return commit + ("+dirty" if dirty else "")
 
 
 def parse_args() -> argparse.Namespace:

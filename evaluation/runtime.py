@@ -45,22 +45,28 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
-def environment(stack, window: int, release: Path) -> dict[str, Any]:
-    """The machine, library versions, model, window, SAE release, git commit and dirtiness of a run."""
+def git_state() -> tuple[str, bool | None]:
+    """(HEAD commit, whether the checkout has uncommitted changes) of the code that runs; ("", None) outside
+    a git checkout."""
     import subprocess
 
-    import torch
-    import transformers
-
-    loaded, saes, _ = stack
     git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
     try:
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, timeout=30)
-        dirty = bool(status.stdout.strip()) if commit.stdout.strip() and status.returncode == 0 else None
-        commit_id = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit_id, dirty = "", None
+        return "", None
+    commit_id = commit.stdout.strip()
+    return commit_id, bool(status.stdout.strip()) if commit_id and status.returncode == 0 else None
+
+
+def environment(stack, window: int, release: Path) -> dict[str, Any]:
+    """The machine, library versions, model, window, SAE release, git commit and dirtiness of a run."""
+    import torch
+    import transformers
+
+    loaded, saes, _ = stack
+    commit_id, dirty = git_state()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),

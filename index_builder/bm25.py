@@ -42,6 +42,7 @@ from s3attn.constants import (
     BM25_TEXTS,
 )
 from s3attn.errors import READ_ERRORS, IndexCorruptError, S3Error, index_damaged, one_line
+from s3attn.index_builder.schema import in_sorted
 from s3attn.storage import Location, shown
 
 STOPWORDS = "en"
@@ -214,8 +215,7 @@ def holds(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
     increasing (bm25s writes them so), without sorting a column that may hold most passages."""
     if column.size > 1 and not (column[1:] > column[:-1]).all():
         return np.isin(rows, column)
-    at = np.minimum(np.searchsorted(column, rows), max(column.size - 1, 0))
-    return (column[at] == rows) if column.size else np.zeros(rows.shape, bool)
+    return in_sorted(rows, column)
 
 
 # ---- damage -----------------------------------------------------------------------------------------------

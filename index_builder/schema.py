@@ -245,6 +245,14 @@ def concat_ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, dtype=np.int64) - before, lens) + np.arange(total, dtype=np.int64)
 
 
+def in_sorted(positions_N: np.ndarray, sorted_M: np.ndarray) -> np.ndarray:
+    """bool [N]: which of ``positions_N`` occur in ``sorted_M`` (sorted ascending)."""
+    if sorted_M.size == 0:
+        return np.zeros(np.shape(positions_N), dtype=bool)
+    k = np.minimum(np.searchsorted(sorted_M, positions_N), sorted_M.size - 1)
+    return sorted_M[k] == positions_N
+
+
 def decode_gaps(gaps: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Positions from concatenated gap lists (first entry of each list absolute), int64."""
     cs = np.cumsum(gaps, dtype=np.int64)

@@ -22,6 +22,7 @@ import torch
 
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
+from s3attn.index_builder.schema import in_sorted
 from s3attn.models.precision import DTYPES
 from s3attn.retrieval.dtypes import question_dtype
 from s3attn.retrieval.filters import Documents, Scope, edge_bias, head_tail, scope_of
@@ -37,7 +38,7 @@ from s3attn.retrieval.question import (
     top_features_near,
 )
 from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
-from s3attn.retrieval.sparse import SparseScores, from_dense, in_ranges, in_sorted
+from s3attn.retrieval.sparse import SparseScores, from_dense, in_ranges
 from s3attn.saes.query_map import QueryMap
 
 MODES = ("s3", "bm25", "hybrid", "full")

@@ -90,14 +90,6 @@ def values_at(scores: np.ndarray | SparseScores, positions: np.ndarray) -> np.nd
     return np.asarray(scores)[positions]
 
 
-def in_sorted(positions_N: np.ndarray, sorted_M: np.ndarray) -> np.ndarray:
-    """bool [N]: which of ``positions_N`` occur in ``sorted_M`` (sorted ascending)."""
-    if sorted_M.size == 0:
-        return np.zeros(np.shape(positions_N), dtype=bool)
-    k = np.minimum(np.searchsorted(sorted_M, positions_N), sorted_M.size - 1)
-    return sorted_M[k] == positions_N
-
-
 def in_ranges(positions_N: np.ndarray, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
     """bool [N]: which of ``positions_N`` lie inside one of ``ranges`` (disjoint ``(start, end)``, sorted)."""
     if not ranges:

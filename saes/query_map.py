@@ -45,7 +45,7 @@ class QueryMap(NamedTuple):
     @classmethod
     def load(cls, path: Path) -> QueryMap:
         if not Path(path).is_file():
-            raise S3Error(f"--query-map {path}: no such file; fit one with python -m s3attn.train.query_map")
+            raise S3Error(f"--query-map {path}: no such file; fit one with s3-train-sae query-map RELEASE")
         try:
             with safe_open(str(path), "pt") as f:
                 fit = json.loads((f.metadata() or {}).get("fit", "{}"))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from s3attn.errors import S3Error
+from s3attn.index_builder.schema import in_sorted
 from s3attn.retrieval.fusion import range_max
 from s3attn.retrieval.spans import Span, find_peaks_nms, grow_spans, peak_spans, smooth
-from s3attn.retrieval.sparse import SparseScores, accumulate, from_dense, in_ranges, in_sorted
+from s3attn.retrieval.sparse import SparseScores, accumulate, from_dense, in_ranges
 
 
 def _scattered(seed: int) -> np.ndarray:

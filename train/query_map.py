@@ -28,7 +28,7 @@ from tqdm import tqdm
 from s3attn.constants import QUERY_MAP_FILE
 from s3attn.corpus import Corpus
 from s3attn.errors import S3Error
-from s3attn.models.taps import attention_geometry, decoder_layers, tap_heads
+from s3attn.models.taps import attention_geometry, tap_heads
 from s3attn.saes.query_map import QueryMap
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ def attended_keys(
     mass there (``mass_TH``); see the module docstring."""
     T, H, D = q_THD.shape
     kv = torch.tensor(kv_of_query, device=q_THD.device)
-    qr, kr = rope(model, q_THD.float()), rope(model, k_TGD.float())[:, kv]  # keys per query head [T, H, D]
+    k_THD = k_TGD.float()[:, kv]  # each query head's keys (GQA)
+    qr, kr = rope(model, q_THD.float()), rope(model, k_THD)
     logits_HTS = einsum(qr, kr, "t h d, s h d -> h t s") / D**0.5
     i = torch.arange(T, device=q_THD.device)
     causal = i[None, :] <= i[:, None]
@@ -72,11 +73,10 @@ def attended_keys(
     mass_HT = attn_HTS.sum(-1)
     if target == "argmax":
         best_HT = attn_HTS.argmax(-1)
-        k_HSD = k_TGD.float()[:, kv].permute(1, 0, 2)
-        target_HTD = torch.gather(k_HSD, 1, best_HT[..., None].expand(-1, -1, D))
+        target_HTD = torch.gather(k_THD.permute(1, 0, 2), 1, best_HT[..., None].expand(-1, -1, D))
     else:
         w_HTS = attn_HTS / mass_HT.clamp_min(1e-9)[..., None]
-        target_HTD = einsum(w_HTS, k_TGD.float()[:, kv], "h t s, s h d -> h t d")
+        target_HTD = einsum(w_HTS, k_THD, "h t s, s h d -> h t d")
     return rearrange(target_HTD, "h t d -> t h d"), rearrange(mass_HT, "h t -> t h")
 
 
@@ -119,7 +119,6 @@ def fit_query_map(
 ) -> QueryMap:
     """A ``QueryMap`` for ``layers`` fitted on ``contexts`` (token id tensors [T]), see the module docstring."""
     geo = attention_geometry(model)
-    decoder_layers(model)
     eqs = {layer: NormalEquations(geo.num_heads, geo.head_dim) for layer in layers}
     for ids in tqdm(contexts, total=total, desc="query map", unit="ctx"):
         taps = tap_heads(model, ids[None].to(model.device), layers)
