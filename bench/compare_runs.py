@@ -2,12 +2,14 @@
 paired on one metric between a method of run A and a method of run B.
 
     python bench/compare_runs.py RUN_A/results.json RUN_B/results.json [--method-a s3 --method-b s3]
-        [--metric evidence_recall]
+        [--metric evidence_recall] [--length-a 65536 --length-b 262144]
 
 Prints how many rows differ (and each one that does), the mean score and recall of each run, then the paired
 table (``s3attn.evaluation.paired``: wins / ties / losses, mean difference A - B, task-cluster bootstrap 95%
 CI) per task family and overall: how two runs with different retrieval settings on the same samples compare.
-Exit code 1 if any row differs.
+Exit code 1 if any row differs. ``--length-a`` / ``--length-b`` compare A's rows of one length with B's of
+another (B's relabelled to A's length, so the same needles pair up; the runs may be one file): with
+``s3-eval --same-needles``, what an index's size costs.
 """
 
 from __future__ import annotations
@@ -83,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metric", default="evidence_recall", help="row field compared (default evidence_recall)"
     )
+    parser.add_argument("--length-a", type=int, help="only A's rows of this length")
+    parser.add_argument("--length-b", type=int, help="only B's rows of this length, paired as if --length-a")
     args = parser.parse_args(argv)
     a = json.load(open(args.a, encoding="utf-8"))["rows"]
     b = json.load(open(args.b, encoding="utf-8"))["rows"]
+    if args.length_a is not None and args.length_b is not None:
+        a = [r for r in a if int(r["length"]) == args.length_a]
+        b = [{**r, "length": args.length_a} for r in b if int(r["length"]) == args.length_b]
     differ = row_diff(a, b)
     print("\n".join(paired_table(a, b, args.method_a, args.method_b, args.metric)))
     return 1 if differ or len(a) != len(b) else 0
