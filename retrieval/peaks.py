@@ -53,24 +53,29 @@ def _smooth_dense(x_T: np.ndarray, window: int) -> np.ndarray:
 
 
 def _islands(pos_N: np.ndarray, window: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Segments ``[lo, hi)`` around sorted touched positions (those closer than ``2 * window + 1`` share one),
-    each padded with ``window`` untouched tokens, clipped to ``[0, n)``; and the segment of each position."""
+    """The tokens the smoothed scores of sorted touched positions can be nonzero at, as disjoint segments
+    ``[lo, hi)``: token ``i`` sums ``[i - before, i + after)`` (see :func:`smooth`), so a touched ``p`` reaches
+    ``[p - after + 1, p + before + 1)``, ``window`` tokens; touched positions closer than ``window`` share a
+    segment (their reaches overlap or abut). Clipped to ``[0, n)``. Also the segment of each position."""
+    before, after = window // 2, (window - 1) // 2 + 1
     new = np.ones(pos_N.size, dtype=bool)
-    new[1:] = np.diff(pos_N) > 2 * window
+    new[1:] = np.diff(pos_N) >= window
     first = np.flatnonzero(new)
     last = np.append(first[1:], pos_N.size) - 1
-    lo = np.maximum(pos_N[first] - window, 0)
-    hi = np.minimum(pos_N[last] + 1 + window, n)
+    lo = np.maximum(pos_N[first] - after + 1, 0)
+    hi = np.minimum(pos_N[last] + before + 1, n)
     return lo, hi, np.cumsum(new) - 1
 
 
 def _smooth_sparse(s: SparseScores, window: int) -> SparseScores:
     """Smoothing of the touched tokens' neighbourhoods only.
 
-    The padded segments around the touched tokens are laid end to end (a window never reaches past a
-    segment's padding into the next) and smoothed by the same convolution as a dense array, so every sum
-    reads the same values in the same order as over the whole index; the nonzero results, back at their
-    global positions, divided by the tokens of their window inside the index."""
+    The segments the smoothed scores can be nonzero at (:func:`_islands`) are laid end to end and smoothed
+    by the same convolution as a dense array. Between two touched tokens of neighbouring segments the
+    buffer holds ``window - 1`` zeros (the end of one reach, the start of the next), so a window that reads
+    across the join reads zeros exactly where the whole index has untouched tokens: every sum reads the
+    same values in the same order as over the whole index. The nonzero results, back at their global
+    positions, are divided by the tokens of their window inside the index."""
     n, pos = s.num_tokens, s.positions_N
     out_dtype = np.result_type(s.values_N.dtype, np.float32)
     if window == 1 or pos.size == 0:
@@ -86,17 +91,21 @@ def _smooth_sparse(s: SparseScores, window: int) -> SparseScores:
     buf = np.zeros(total, out_dtype)
     buf[base[seg_N] + pos - lo[seg_N]] = s.values_N
     sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "same")
-    nz = np.flatnonzero(sums)
-    k = np.searchsorted(base, nz, side="right") - 1
-    g = (lo[k] - base[k] + nz).astype(np.int64)
-    out = sums[nz]
-    out /= window
+    del buf
+    g = np.ones(total, np.int64)  # the global position of each buffer entry, as steps from the previous one
+    g[0] = lo[0]
+    g[base[1:]] = lo[1:] - hi[:-1] + 1
+    np.cumsum(g, out=g)
+    keep = sums != 0
+    g, out = g[keep], sums[keep]
+    del sums
     before, after = window // 2, (window - 1) // 2 + 1
     edge = (g < before) | (g > n - after)  # windows cut by the index's ends: divided by the tokens inside
-    if edge.any():
+    cut = out[edge]
+    out /= window
+    if cut.size:
         g_e = g[edge]
-        inside = np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)
-        out[edge] = sums[nz[edge]] / inside.astype(out_dtype)
+        out[edge] = cut / (np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)).astype(out_dtype)
     return SparseScores(g, out, n)
 
 
@@ -149,21 +158,28 @@ def _candidates_by_score(x_T: np.ndarray, min_score: float, chunk: int) -> Itera
 def _sparse_candidates(s: SparseScores, min_score: float, chunk: int) -> Iterator[np.ndarray]:
     """Yield the local maxima of ``s`` (``>=`` both neighbours, untouched ones scoring 0) above ``min_score``
     (>= 0) in blocks sorted by score descending, ties by position; every score in a block is above every
-    score in later blocks. Only the best ``chunk`` are sorted first, twice as many each time more are asked."""
+    score in later blocks. Only about the best ``chunk`` are sorted first, twice as many each time more are
+    asked: the cut between blocks is read from every few candidates' scores (sorted once), not partitioned
+    out of all of them each time."""
     pos, v = s.positions_N, s.values_N
-    left_v, right_v = np.zeros_like(v), np.zeros_like(v)  # the neighbours' scores (0: untouched)
-    adjacent = np.diff(pos) == 1
-    left_v[1:][adjacent] = v[:-1][adjacent]
-    right_v[:-1][adjacent] = v[1:][adjacent]
-    ok = (v > min_score) & ((pos == 0) | (v >= left_v)) & ((pos == s.num_tokens - 1) | (v >= right_v))
+    apart = np.diff(pos) != 1  # neighbours in the array that are not neighbours in the index
+    ok = v > min_score  # an untouched neighbour scores 0, so it never beats a candidate
+    ok[1:] &= apart | (v[1:] >= v[:-1])
+    ok[:-1] &= apart | (v[:-1] >= v[1:])
     cand, cand_v = pos[ok], v[ok]
-    want = chunk
+    stride = max(1, cand.size // (64 * chunk))
+    sample = -np.sort(-cand_v[::stride])  # every stride-th candidate's score, descending
+    upper, want = np.inf, chunk
     while cand.size:
-        tau = np.partition(cand_v, cand.size - want)[cand.size - want] if want < cand.size else -np.inf
-        top = cand_v >= tau  # the best ``want``, and all that tie with the last of them
+        k = max(want // stride, int(np.searchsorted(-sample, -upper, side="right")))  # below upper
+        tau = float(sample[k]) if k < sample.size else -np.inf
+        top = (cand_v >= tau) & (cand_v < upper)  # about the next ``want``, and all that tie with the cut
         block, block_v = cand[top], cand_v[top]
-        yield block[np.lexsort((block, -block_v))]
-        cand, cand_v, want = cand[~top], cand_v[~top], 2 * want
+        if block.size:
+            yield block[np.lexsort((block, -block_v))]
+        if tau == -np.inf:
+            return
+        upper, want = tau, 2 * want
 
 
 def find_peaks_nms(

@@ -51,6 +51,22 @@ def test_sparse_smooth_equals_dense_bit_for_bit(window):
         np.testing.assert_array_equal(got.dense(), smooth(x, window))
 
 
+@pytest.mark.parametrize("window", [2, 3, 8, 9, 16])
+def test_sparse_smooth_joins_neighbourhoods_exactly_at_the_window(window):
+    """Touched tokens window - 1, window and window + 1 apart: reaches that overlap, abut and part; the
+    compacted buffer must read zeros exactly where the whole index has untouched tokens."""
+    n = 40 * window + 50
+    x = np.zeros(n, np.float32)
+    at = np.cumsum(np.tile([window - 1, window, window + 1, 3 * window], 8))[: 8 * 4]
+    at = at[at < n - 1]
+    rng = np.random.default_rng(window)
+    x[at] = (rng.random(at.size) * 10 + 1).astype(np.float32)
+    x[0] = x[-1] = 3.0  # both ends of the index too
+    got = smooth(from_dense(x), window)
+    np.testing.assert_array_equal(got.dense(), smooth(x, window))
+    assert np.array_equal(got.positions_N, np.flatnonzero(smooth(x, window)))
+
+
 def test_sparse_smooth_reads_only_the_touched_neighbourhoods():
     n = 10**12  # ~4 TB as a dense float32 array
     s = SparseScores(np.array([0, 5, 500_000, n - 1], np.int64), np.ones(4, np.float32), n)
