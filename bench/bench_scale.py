@@ -61,9 +61,11 @@ from _tiling import (
 from tqdm.auto import tqdm
 
 from s3attn.evaluation.runtime import git_state
+from s3attn.index_builder.schema import ACT_CHUNK, GAP_CHUNK, GAP_SHARD
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+LAYOUT = {"gap_chunk": GAP_CHUNK, "gap_shard": GAP_SHARD, "act_chunk": ACT_CHUNK}  # a new layout rebuilds
 
 
 def parse_size(text: str) -> int:
@@ -83,7 +85,7 @@ def template(ctx: dict, length: int) -> Path:
 
     tpl, base = ctx["work"] / f"tpl-{label(length)}", ctx["base"]
     copies = length // base if length > base and length % base == 0 else 0
-    want = {"length": length, "seed": ctx["seed_want"], "rng": length, "base_copies": copies}
+    want = {"length": length, "seed": ctx["seed_want"], "rng": length, "base_copies": copies, **LAYOUT}
     if marked(tpl, want):
         return tpl
     shutil.rmtree(tpl, ignore_errors=True)
@@ -111,7 +113,7 @@ def build_size(ctx: dict, size: int, seg_tokens: int) -> dict:
 
     idx = ctx["work"] / f"idx-{label(size)}"
     lengths = [seg_tokens] * (size // seg_tokens) + ([size % seg_tokens] if size % seg_tokens else [])
-    want = {"size": size, "segments": lengths, "seed": ctx["seed_want"]}
+    want = {"size": size, "segments": lengths, "seed": ctx["seed_want"], **LAYOUT}
     rec = marked(idx, want)
     if rec is not None:
         return rec

@@ -229,14 +229,15 @@ class ChunkReader:
         chunk_ids, lo_P, hi_P, at_P = _pieces(starts, lens, layout.chunk)
         if self._held[0] + len(self._maps) > MAX_OPEN_FILES:
             self.close()
+        folder = str(layout.folder)  # the cache keys' first half
         files = self._files.get(layout.folder)
         if files is None:
             files = self._files[layout.folder] = _Files(layout.folder, self._held)
         if layout.kind == LAYOUT_RAW:
-            views = {c: self._mapped(arr, layout, c) for c in dict.fromkeys(chunk_ids)}
+            views = {c: self._mapped(arr, layout, c, folder) for c in dict.fromkeys(chunk_ids)}
         else:
             whole = checksum if arr.shape[0] <= layout.chunk else None  # one chunk holds the whole array
-            views = {c: self._chunk(arr, layout, files, c, whole) for c in dict.fromkeys(chunk_ids)}
+            views = {c: self._chunk(arr, layout, files, c, folder, whole) for c in dict.fromkeys(chunk_ids)}
         for c, lo, hi, at in zip(chunk_ids, lo_P, hi_P, at_P):
             data = views[c]
             if hi > data.size:
@@ -244,9 +245,10 @@ class ChunkReader:
             out[at : at + hi - lo] = data[lo:hi]
         return out
 
-    def _mapped(self, arr: zarr.Array, layout: Layout, c: int) -> np.ndarray:
-        """Raw chunk ``c`` as a read-only memory map (its file's bytes in place; kept until close)."""
-        key = (str(layout.folder), c)
+    def _mapped(self, arr: zarr.Array, layout: Layout, c: int, folder: str) -> np.ndarray:
+        """Raw chunk ``c`` (of the array whose chunk folder is ``folder``) as a read-only memory map (its
+        file's bytes in place; kept until close)."""
+        key = (folder, c)
         data = self._maps.get(key)
         if data is None:
             try:
@@ -264,11 +266,17 @@ class ChunkReader:
         return data
 
     def _chunk(
-        self, arr: zarr.Array, layout: Layout, files: _Files, c: int, checksum: str | None = None
+        self,
+        arr: zarr.Array,
+        layout: Layout,
+        files: _Files,
+        c: int,
+        folder: str,
+        checksum: str | None = None,
     ) -> np.ndarray:
-        """Decoded (inner) chunk ``c`` (LRU-cached); checked against ``checksum`` when it is given (the
-        chunk then holds the whole array)."""
-        key = (str(layout.folder), c)
+        """Decoded (inner) chunk ``c`` (LRU-cached, keyed by ``folder``, the array's chunk folder); checked
+        against ``checksum`` when it is given (the chunk then holds the whole array)."""
+        key = (folder, c)
         hit = self._cache.get(key)
         if hit is not None:
             self.hits += 1
