@@ -61,11 +61,16 @@ from _tiling import (
 from tqdm.auto import tqdm
 
 from s3attn.evaluation.runtime import git_state
-from s3attn.index_builder.schema import ACT_CHUNK, GAP_CHUNK, GAP_SHARD
+from s3attn.index_builder.schema import ACT_CHUNK, GAP_CHUNK, GAP_SHARD, GAPS_CODEC
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-LAYOUT = {"gap_chunk": GAP_CHUNK, "gap_shard": GAP_SHARD, "act_chunk": ACT_CHUNK}  # a new layout rebuilds
+LAYOUT = {  # a new layout or codec rebuilds the indexes
+    "gap_chunk": GAP_CHUNK,
+    "gap_shard": GAP_SHARD,
+    "act_chunk": ACT_CHUNK,
+    "gaps_codec": f"{GAPS_CODEC.cname.value}{GAPS_CODEC.clevel}",
+}
 
 
 def parse_size(text: str) -> int:

@@ -47,8 +47,8 @@ GAP_DTYPE = np.dtype("uint32")
 ACT_DTYPE = np.dtype("uint8")
 GAP_CHUNK = 4096
 """Entries per inner chunk of pos_gaps: a question decodes little beyond the lists it reads. (16384 until
-format 3's tiers: a top tier of a few hundred postings then decoded 16k entries in every segment; 4096
-decodes ~2.2x faster per chunk for ~7% more pos_gaps bytes, ``bench/bench_chunks.py``.)"""
+format 3's tiers: a top tier of a few hundred postings then decoded 16k entries in every segment;
+``bench/bench_chunks.py`` prints bytes and decode time per chunk size.)"""
 GAP_SHARD = 1 << 23
 """Entries per pos_gaps shard file (2048 inner chunks): few files, so a reader keeps them all open."""
 ACT_CHUNK = 1 << 23
@@ -108,8 +108,16 @@ ARRAY_LAYOUT = {
 """The layout the writer gives each array kind, recorded on the array (``s3attn_layout``)."""
 
 
+GAPS_CODEC = BloscCodec(cname="lz4hc", clevel=5, shuffle="bitshuffle")
+"""pos_gaps: Blosc lz4hc with bitshuffle, decoded on every question (zstd 5 until format 3's 4k chunks: lz4hc
+decodes a chunk ~3x faster for ~8% more pos_gaps bytes on real text, ``bench/bench_chunks.py``)."""
+INT_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+"""tokens and offsets: Blosc zstd with bitshuffle (read once per segment, or per span's text)."""
+
+
 def compressors(kind: str) -> list[BloscCodec]:
-    """Standard Zarr v3 codecs per array kind: Blosc zstd with bitshuffle for integers, none for act_u8.
+    """Standard Zarr v3 codecs per array kind: Blosc with bitshuffle for integers (:data:`GAPS_CODEC`,
+    :data:`INT_CODEC`), none for act_u8.
 
     Log-quantized activations compress to only ~0.8 bytes/posting with zstd; stored raw, a question reads
     the bytes of its lists in place instead of decoding whole chunks (see ``chunks``).
@@ -118,7 +126,7 @@ def compressors(kind: str) -> list[BloscCodec]:
         raise ValueError(f"unknown array kind {kind!r}")
     if ARRAY_LAYOUT[kind] == LAYOUT_RAW:
         return []
-    return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+    return [GAPS_CODEC if kind == INDEX_GAPS_ARRAY else INT_CODEC]
 
 
 # ---- posting order inside a list --------------------------------------------------------------------------
