@@ -97,10 +97,14 @@ def _smooth_sparse(s: SparseScores, window: int) -> SparseScores:
     g[base[1:]] = lo[1:] - hi[:-1] + 1
     np.cumsum(g, out=g)
     keep = sums != 0
-    g, out = g[keep], sums[keep]
-    del sums
+    if not keep.all():  # a zero score, or scores that cancel
+        g, sums = g[keep], sums[keep]
+    out = sums
     before, after = window // 2, (window - 1) // 2 + 1
-    edge = (g < before) | (g > n - after)  # windows cut by the index's ends: divided by the tokens inside
+    # windows cut by the index's ends (g < before, g > n - after: a prefix and a suffix of the sorted g)
+    # are divided by the tokens inside
+    k0, k1 = int(np.searchsorted(g, before)), int(np.searchsorted(g, n - after, side="right"))
+    edge = np.r_[0:k0, k1 : g.size]
     cut = out[edge]
     out /= window
     if cut.size:
