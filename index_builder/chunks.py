@@ -24,7 +24,6 @@ the array's checksum) raises :class:`ChunkDamage`; ``segment_reader`` turns it i
 
 from __future__ import annotations
 
-import mmap
 import os
 import resource
 from collections import OrderedDict
@@ -49,7 +48,7 @@ from s3attn.index_builder.schema import (
 DECODED_CACHE_BYTES = 64 << 20
 """Decoded chunks kept per reader (LRU), in bytes."""
 MAX_OPEN_FILES = min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
-"""Chunk files a reader keeps open (descriptors plus memory maps, each holding one): past it, all are
+"""Chunk files a reader keeps open (one descriptor each): past it, all are
 closed and reopened as needed, so a large index stays well inside the process's descriptor limit."""
 
 _EMPTY = np.uint64(2**64 - 1)  # shard index entry of an inner chunk that was not written (fill value)
@@ -175,7 +174,7 @@ class ChunkReader:
     """Concatenated ranges of 1-D Zarr arrays, read from their files with a shared decoded-chunk LRU.
 
     Ranges are cut at chunk edges with array arithmetic; the only Python loop is one slice copy per piece.
-    File descriptors stay open (and raw chunk files memory-mapped) until :meth:`close`: segments are
+    File descriptors stay open until :meth:`close`: segments are
     immutable, and a file a merge deletes stays readable through an open descriptor.
     """
 
@@ -187,7 +186,6 @@ class ChunkReader:
         self._shard_index: dict[tuple[str, int], np.ndarray] = {}
         self._files: dict[Path, _Files] = {}
         self._held = [0]  # descriptors open in self._files
-        self._maps: dict[tuple[str, int], np.ndarray] = {}
         self.hits = 0  # decoded-chunk LRU lookups served from the cache (for benchmarks)
         self.misses = 0  # ... and decoded from the files
 
@@ -196,7 +194,6 @@ class ChunkReader:
         for files in self._files.values():
             files.close()
         self._files.clear()
-        self._maps.clear()
 
     def __del__(self) -> None:
         try:
@@ -227,43 +224,23 @@ class ChunkReader:
         if not out.size:
             return out
         chunk_ids, lo_P, hi_P, at_P = _pieces(starts, lens, layout.chunk)
-        if self._held[0] + len(self._maps) > MAX_OPEN_FILES:
+        if self._held[0] > MAX_OPEN_FILES:
             self.close()
         folder = str(layout.folder)  # the cache keys' first half
         files = self._files.get(layout.folder)
         if files is None:
             files = self._files[layout.folder] = _Files(layout.folder, self._held)
         if layout.kind == LAYOUT_RAW:
-            views = {c: self._mapped(arr, layout, c, folder) for c in dict.fromkeys(chunk_ids)}
-        else:
-            whole = checksum if arr.shape[0] <= layout.chunk else None  # one chunk holds the whole array
-            views = {c: self._chunk(arr, layout, files, c, folder, whole) for c in dict.fromkeys(chunk_ids)}
+            _read_raw(arr, files, out, chunk_ids, lo_P, hi_P, at_P)
+            return out
+        whole = checksum if arr.shape[0] <= layout.chunk else None  # one chunk holds the whole array
+        views = {c: self._chunk(arr, layout, files, c, folder, whole) for c in dict.fromkeys(chunk_ids)}
         for c, lo, hi, at in zip(chunk_ids, lo_P, hi_P, at_P):
             data = views[c]
             if hi > data.size:
                 raise ChunkDamage(f"c/{c // layout.per_file}: chunk file is short")
             out[at : at + hi - lo] = data[lo:hi]
         return out
-
-    def _mapped(self, arr: zarr.Array, layout: Layout, c: int, folder: str) -> np.ndarray:
-        """Raw chunk ``c`` (of the array whose chunk folder is ``folder``) as a read-only memory map (its
-        file's bytes in place; kept until close)."""
-        key = (folder, c)
-        data = self._maps.get(key)
-        if data is None:
-            try:
-                fd = os.open(layout.folder / str(c), os.O_RDONLY)
-            except FileNotFoundError:  # never written: zarr leaves chunks equal to the fill value out
-                data = np.full(layout.chunk, arr.fill_value, dtype=arr.dtype)
-            else:
-                try:
-                    nbytes = os.fstat(fd).st_size
-                    buf = mmap.mmap(fd, nbytes, prot=mmap.PROT_READ) if nbytes else b""
-                finally:
-                    os.close(fd)  # the map holds its own descriptor
-                data = np.frombuffer(buf, dtype=arr.dtype, count=nbytes // arr.dtype.itemsize)
-            self._maps[key] = data
-        return data
 
     def _chunk(
         self,
@@ -328,6 +305,27 @@ class ChunkReader:
                 raise ChunkDamage(f"c/{shard}: shard index is corrupt")
             index = self._shard_index[key] = np.frombuffer(tail[:size], dtype="<u8").reshape(-1, 2)
         return index
+
+
+def _read_raw(
+    arr: zarr.Array,
+    files: _Files,
+    out: np.ndarray,
+    chunk_ids: list[int],
+    lo_P: list[int],
+    hi_P: list[int],
+    at_P: list[int],
+) -> None:
+    """Pieces of raw chunk files straight into ``out`` (one ``preadv`` each, no copy, no memory map: a
+    reader's memory does not grow with the pages it has read); a chunk never written is the fill value."""
+    size = out.dtype.itemsize
+    view = memoryview(out).cast("B")
+    for c, lo, hi, at in zip(chunk_ids, lo_P, hi_P, at_P):
+        fd = files.get(c)
+        if fd is None:  # never written: zarr leaves chunks equal to the fill value out
+            out[at : at + hi - lo] = arr.fill_value
+        elif os.preadv(fd, [view[at * size : (at + hi - lo) * size]], lo * size) != (hi - lo) * size:
+            raise ChunkDamage(f"c/{c}: chunk file is short")
 
 
 def _decode(frame: bytes, dtype: np.dtype, n: int, name: str) -> np.ndarray:
