@@ -284,7 +284,8 @@ class ChunkReader:
             return os.pread(fd, os.fstat(fd).st_size, 0)
         index = self._index(layout, shard, fd)
         offset, nbytes = index[j]
-        if offset == _EMPTY and nbytes == _EMPTY:
+        empty = np.iinfo(index.dtype).max
+        if offset == empty and nbytes == empty:
             return None
         frame = os.pread(fd, int(nbytes), int(offset))
         if len(frame) != nbytes:
@@ -292,7 +293,9 @@ class ChunkReader:
         return frame
 
     def _index(self, layout: Layout, shard: int, fd: int) -> np.ndarray:
-        """uint64 [per_file, 2] (offset, nbytes) of each inner chunk of a shard, read once."""
+        """[per_file, 2] (offset, nbytes) of each inner chunk of a shard, read once; kept as uint32 (half
+        the memory: a reader may hold every shard's index) where every entry fits, the sentinel of a chunk
+        not written (all ones) kept as uint32's own."""
         key = (str(layout.folder), shard)
         index = self._shard_index.get(key)
         if index is None:
@@ -303,7 +306,12 @@ class ChunkReader:
                 tail[size:], "little"
             ):
                 raise ChunkDamage(f"c/{shard}: shard index is corrupt")
-            index = self._shard_index[key] = np.frombuffer(tail[:size], dtype="<u8").reshape(-1, 2)
+            index = np.frombuffer(tail[:size], dtype="<u8").reshape(-1, 2)
+            written = index[index != _EMPTY]
+            small = np.iinfo(np.uint32).max
+            if not written.size or int(written.max()) < small:
+                index = np.where(index == _EMPTY, small, index).astype(np.uint32)
+            self._shard_index[key] = index
         return index
 
 
