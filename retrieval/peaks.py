@@ -163,23 +163,22 @@ def _sparse_candidates(s: SparseScores, min_score: float, chunk: int) -> Iterato
     """Yield the local maxima of ``s`` (``>=`` both neighbours, untouched ones scoring 0) above ``min_score``
     (>= 0) in blocks sorted by score descending, ties by position; every score in a block is above every
     score in later blocks. Only about the best ``chunk`` are sorted first, twice as many each time more are
-    asked: the cut between blocks is read from every few candidates' scores (sorted once), not partitioned
-    out of all of them each time."""
+    asked: the cut between blocks is read from a sample of the candidates' scores (sorted once), not
+    partitioned out of all of them, and no array of all candidates is made."""
     pos, v = s.positions_N, s.values_N
     apart = np.diff(pos) != 1  # neighbours in the array that are not neighbours in the index
     ok = v > min_score  # an untouched neighbour scores 0, so it never beats a candidate
     ok[1:] &= apart | (v[1:] >= v[:-1])
     ok[:-1] &= apart | (v[:-1] >= v[1:])
-    cand, cand_v = pos[ok], v[ok]
-    stride = max(1, cand.size // (64 * chunk))
-    sample = -np.sort(-cand_v[::stride])  # every stride-th candidate's score, descending
+    stride = max(1, v.size // (64 * chunk))
+    sample = -np.sort(-v[::stride][ok[::stride]])  # the scores of every stride-th token's candidates
     upper, want = np.inf, chunk
-    while cand.size:
+    while True:
         k = max(want // stride, int(np.searchsorted(-sample, -upper, side="right")))  # below upper
         tau = float(sample[k]) if k < sample.size else -np.inf
-        top = (cand_v >= tau) & (cand_v < upper)  # about the next ``want``, and all that tie with the cut
-        block, block_v = cand[top], cand_v[top]
-        if block.size:
+        top = np.flatnonzero(ok & (v >= tau) & (v < upper))  # about the next ``want``, and ties at the cut
+        if top.size:
+            block, block_v = pos[top], v[top]
             yield block[np.lexsort((block, -block_v))]
         if tau == -np.inf:
             return
