@@ -24,10 +24,16 @@ from s3attn.evaluation.tasks import paul_graham_text
 from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
-from s3attn.index_builder.schema import DocRecord, SegmentData
+from s3attn.index_builder.schema import ACT_CHUNK, GAP_CHUNK, GAP_SHARD, GAPS_CODEC, DocRecord, SegmentData
 from s3attn.retrieval.retriever import Retriever
 
 BLOCK = 2048  # tokens per tiled block (= one document of a tiled index)
+LAYOUT = {  # the writer's layout: a tiled index built in another is rebuilt
+    "gap_chunk": GAP_CHUNK,
+    "gap_shard": GAP_SHARD,
+    "act_chunk": ACT_CHUNK,
+    "gaps_codec": f"{GAPS_CODEC.cname.value}{GAPS_CODEC.clevel}",
+}
 QUESTIONS = (
     "What do startups need to do to survive? | Why is the App Store approval process broken? | What makes "
     "things addictive? | How should founders think about fundraising? | What is the best way to come up "

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from _tiling import (
     BLOCK,
+    LAYOUT,
     MODES,
     QUESTIONS,
     READ_KEYS,
@@ -61,16 +62,9 @@ from _tiling import (
 from tqdm.auto import tqdm
 
 from s3attn.evaluation.runtime import git_state
-from s3attn.index_builder.schema import ACT_CHUNK, GAP_CHUNK, GAP_SHARD, GAPS_CODEC
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-LAYOUT = {  # a new layout or codec rebuilds the indexes
-    "gap_chunk": GAP_CHUNK,
-    "gap_shard": GAP_SHARD,
-    "act_chunk": ACT_CHUNK,
-    "gaps_codec": f"{GAPS_CODEC.cname.value}{GAPS_CODEC.clevel}",
-}
 
 
 def parse_size(text: str) -> int:
