@@ -10,7 +10,6 @@ generation lists, so a merge in another process never removes files under a read
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import math
 import os
@@ -195,8 +194,10 @@ class IndexReader:
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.close()
+        except Exception:  # at interpreter exit, module globals (contextlib, os) may be gone already
+            pass
 
     # ---- state -----------------------------------------------------------------------------------------
     @property
