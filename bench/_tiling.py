@@ -34,6 +34,14 @@ LAYOUT = {  # the writer's layout: a tiled index built in another is rebuilt
     "act_chunk": ACT_CHUNK,
     "gaps_codec": f"{GAPS_CODEC.cname.value}{GAPS_CODEC.clevel}",
 }
+UNITS = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """A count with an optional k / M / G suffix (powers of two): ``4M`` -> 4194304."""
+    return int(text[:-1]) * UNITS[text[-1]] if text[-1] in UNITS else int(text)
+
+
 QUESTIONS = (
     "What do startups need to do to survive? | Why is the App Store approval process broken? | What makes "
     "things addictive? | How should founders think about fundraising? | What is the best way to come up "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from _tiling import parse_size
 from numcodecs import Blosc
 
 from s3attn.constants import INDEX_GAPS_ARRAY
@@ -25,11 +26,6 @@ from s3attn.index_builder.schema import GAP_CHUNK, GAPS_CODEC, head_array
 
 SIZES = (2048, 4096, 16384)
 CODECS = (("zstd", 5), ("lz4hc", 5), ("lz4hc", 9), ("lz4", 5))
-
-
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "M": 1 << 20}
-    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
 
 
 def first_head_gaps(index: Path, entries: int) -> np.ndarray:

@@ -43,6 +43,7 @@ from _tiling import (
     MODES,
     QUESTIONS,
     READ_KEYS,
+    UNITS,
     WARMUP,
     absorb_copy,
     ask,
@@ -51,6 +52,7 @@ from _tiling import (
     dense_codes,
     mark,
     marked,
+    parse_size,
     peak_rss_mib,
     rss_mib,
     seed_index,
@@ -64,11 +66,6 @@ from tqdm.auto import tqdm
 from s3attn.evaluation.runtime import git_state
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    return int(text[:-1]) * UNITS[text[-1]] if text[-1] in UNITS else int(text)
 
 
 def label(n: int) -> str:

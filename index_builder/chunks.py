@@ -10,7 +10,8 @@ here directly:
 - ``sharded-blosc``: ``sharding_indexed`` with inner codecs ``bytes`` + ``blosc`` and the default shard index
   (``bytes`` + ``crc32c``, at the end of the file): a shard's index is read once, then only the inner chunks a
   range touches are read (``pread``) and decoded, so small inner chunks decode little beyond what is asked;
-- ``raw``: codec ``bytes`` only: the bytes of a range are read in place, nothing is decoded.
+- ``raw``: codec ``bytes`` only: the bytes of a range are read straight into the result (``preadv``),
+  nothing is decoded.
 
 An array of format 2 names its layout in its attribute ``s3attn_layout``, and the reader dispatches on that
 name. Arrays of format 1 carry no such attribute: :func:`infer_layout_v1` (the reader of the previous format)
@@ -48,8 +49,8 @@ from s3attn.index_builder.schema import (
 DECODED_CACHE_BYTES = 64 << 20
 """Decoded chunks kept per reader (LRU), in bytes."""
 MAX_OPEN_FILES = min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
-"""Chunk files a reader keeps open (one descriptor each): past it, all are
-closed and reopened as needed, so a large index stays well inside the process's descriptor limit."""
+"""Chunk files a reader keeps open (one descriptor each): past it, all are closed and reopened as needed,
+so a large index stays well inside the process's descriptor limit."""
 
 _EMPTY = np.uint64(2**64 - 1)  # shard index entry of an inner chunk that was not written (fill value)
 
@@ -174,8 +175,8 @@ class ChunkReader:
     """Concatenated ranges of 1-D Zarr arrays, read from their files with a shared decoded-chunk LRU.
 
     Ranges are cut at chunk edges with array arithmetic; the only Python loop is one slice copy per piece.
-    File descriptors stay open until :meth:`close`: segments are
-    immutable, and a file a merge deletes stays readable through an open descriptor.
+    File descriptors stay open until :meth:`close`: segments are immutable, and a file a merge deletes stays
+    readable through an open descriptor.
     """
 
     def __init__(self, max_bytes: int = DECODED_CACHE_BYTES) -> None:
@@ -190,7 +191,7 @@ class ChunkReader:
         self.misses = 0  # ... and decoded from the files
 
     def close(self) -> None:
-        """Close every descriptor and mapping (a later read opens them again)."""
+        """Close every descriptor (a later read opens them again)."""
         for files in self._files.values():
             files.close()
         self._files.clear()
@@ -261,7 +262,7 @@ class ChunkReader:
             return hit
         self.misses += 1
         n = min(layout.chunk, arr.shape[0] - c * layout.chunk)
-        frame = self._frame(layout, files, c)
+        frame = self._frame(layout, files, c, folder)
         if frame is None:  # never written: the fill value
             out = np.full(n, arr.fill_value, dtype=arr.dtype)
         else:  # Zarr v3 stores edge chunks whole (padded with the fill value)
@@ -274,7 +275,7 @@ class ChunkReader:
             self._bytes -= self._cache.popitem(last=False)[1].nbytes
         return out
 
-    def _frame(self, layout: Layout, files: _Files, c: int) -> bytes | None:
+    def _frame(self, layout: Layout, files: _Files, c: int, folder: str) -> bytes | None:
         """The stored bytes of chunk ``c``, or None where it was not written."""
         shard, j = divmod(c, layout.per_file)
         fd = files.get(shard)
@@ -282,7 +283,7 @@ class ChunkReader:
             return None
         if layout.kind == LAYOUT_BLOSC:
             return os.pread(fd, os.fstat(fd).st_size, 0)
-        index = self._index(layout, shard, fd)
+        index = self._index(layout, shard, fd, folder)
         offset, nbytes = index[j]
         empty = np.iinfo(index.dtype).max
         if offset == empty and nbytes == empty:
@@ -292,11 +293,11 @@ class ChunkReader:
             raise ChunkDamage(f"c/{shard}: shard file is short")
         return frame
 
-    def _index(self, layout: Layout, shard: int, fd: int) -> np.ndarray:
+    def _index(self, layout: Layout, shard: int, fd: int, folder: str) -> np.ndarray:
         """[per_file, 2] (offset, nbytes) of each inner chunk of a shard, read once; kept as uint32 (half
         the memory: a reader may hold every shard's index) where every entry fits, the sentinel of a chunk
         not written (all ones) kept as uint32's own."""
-        key = (str(layout.folder), shard)
+        key = (folder, shard)
         index = self._shard_index.get(key)
         if index is None:
             size = 16 * layout.per_file

@@ -46,13 +46,13 @@ OFFSET_DTYPE = np.dtype("uint64")
 GAP_DTYPE = np.dtype("uint32")
 ACT_DTYPE = np.dtype("uint8")
 GAP_CHUNK = 4096
-"""Entries per inner chunk of pos_gaps: a question decodes little beyond the lists it reads. (16384 until
-format 3's tiers: a top tier of a few hundred postings then decoded 16k entries in every segment;
+"""Entries per inner chunk of pos_gaps: a question decodes little beyond the lists it reads. (Was 16384: with
+impact tiers, a top tier of a few hundred postings then decoded 16k entries in every segment;
 ``bench/bench_chunks.py`` prints bytes and decode time per chunk size.)"""
 GAP_SHARD = 1 << 23
 """Entries per pos_gaps shard file (2048 inner chunks): few files, so a reader keeps them all open."""
 ACT_CHUNK = 1 << 23
-"""Entries per act_u8 chunk file (stored raw: ranges are read in place through a memory map)."""
+"""Entries per act_u8 chunk file (stored raw: a range is read straight into the result, see ``chunks``)."""
 TOKEN_CHUNK = 65536
 ACT_LEVELS = 255  # q in [0, 255]
 ACT_SCALE_ATTR = "act_scale"  # attribute of each L<layer>/h<kv> group: the scale of its act_u8
@@ -109,8 +109,8 @@ ARRAY_LAYOUT = {
 
 
 GAPS_CODEC = BloscCodec(cname="lz4hc", clevel=5, shuffle="bitshuffle")
-"""pos_gaps: Blosc lz4hc with bitshuffle, decoded on every question (zstd 5 until format 3's 4k chunks: lz4hc
-decodes a chunk ~3x faster for ~8% more pos_gaps bytes on real text, ``bench/bench_chunks.py``)."""
+"""pos_gaps: Blosc lz4hc with bitshuffle, decoded on every question (was zstd 5: at 4k-entry chunks lz4hc
+decodes a chunk ~2.5x faster for ~7% more pos_gaps bytes on real text, ``bench/bench_chunks.py``)."""
 INT_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 """tokens and offsets: Blosc zstd with bitshuffle (read once per segment, or per span's text)."""
 
@@ -120,7 +120,7 @@ def compressors(kind: str) -> list[BloscCodec]:
     :data:`INT_CODEC`), none for act_u8.
 
     Log-quantized activations compress to only ~0.8 bytes/posting with zstd; stored raw, a question reads
-    the bytes of its lists in place instead of decoding whole chunks (see ``chunks``).
+    just the bytes of its lists instead of decoding whole chunks (see ``chunks``).
     """
     if kind not in ARRAY_LAYOUT:
         raise ValueError(f"unknown array kind {kind!r}")

@@ -32,12 +32,18 @@ def smooth(scores: np.ndarray | SparseScores, window: int) -> np.ndarray | Spars
     return _smooth_dense(np.asarray(scores), window)
 
 
+def _reach(window: int) -> tuple[int, int]:
+    """(before, after): a smoothed token ``i`` averages ``[i - before, i + after)``, ``window`` tokens (the
+    alignment of ``np.convolve(..., "same")``)."""
+    return window // 2, (window - 1) // 2 + 1
+
+
 def _smooth_dense(x_T: np.ndarray, window: int) -> np.ndarray:
     out_dtype = np.result_type(x_T.dtype, np.float32)
     if window == 1 or x_T.size == 0:
         return x_T.astype(out_dtype, copy=True)
     n = x_T.size
-    before, after = window // 2, (window - 1) // 2 + 1  # token i sums [i - before, i + after)
+    before, after = _reach(window)  # token i sums [i - before, i + after)
     if n <= window:
         csum = np.concatenate([[0.0], np.cumsum(x_T, dtype=np.float64)])
         idx = np.arange(n)
@@ -57,7 +63,7 @@ def _islands(pos_N: np.ndarray, window: int, n: int) -> tuple[np.ndarray, np.nda
     ``[lo, hi)``: token ``i`` sums ``[i - before, i + after)`` (see :func:`smooth`), so a touched ``p`` reaches
     ``[p - after + 1, p + before + 1)``, ``window`` tokens; touched positions closer than ``window`` share a
     segment (their reaches overlap or abut). Clipped to ``[0, n)``. Also the segment of each position."""
-    before, after = window // 2, (window - 1) // 2 + 1
+    before, after = _reach(window)
     new = np.ones(pos_N.size, dtype=bool)
     new[1:] = np.diff(pos_N) >= window
     first = np.flatnonzero(new)
@@ -100,7 +106,7 @@ def _smooth_sparse(s: SparseScores, window: int) -> SparseScores:
     if not keep.all():  # a zero score, or scores that cancel
         g, sums = g[keep], sums[keep]
     out = sums
-    before, after = window // 2, (window - 1) // 2 + 1
+    before, after = _reach(window)
     # windows cut by the index's ends (g < before, g > n - after: a prefix and a suffix of the sorted g)
     # are divided by the tokens inside
     k0, k1 = int(np.searchsorted(g, before)), int(np.searchsorted(g, n - after, side="right"))
