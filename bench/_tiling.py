@@ -24,7 +24,15 @@ from s3attn.evaluation.tasks import paul_graham_text
 from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.pipeline import index_attrs, rebuild_bm25
-from s3attn.index_builder.schema import ACT_CHUNK, GAP_CHUNK, GAP_SHARD, GAPS_CODEC, DocRecord, SegmentData
+from s3attn.index_builder.schema import (
+    ACT_CHUNK,
+    GAP_CHUNK,
+    GAP_SHARD,
+    GAPS_CODEC,
+    TOKEN_CHUNK,
+    DocRecord,
+    SegmentData,
+)
 from s3attn.retrieval.retriever import Retriever
 
 BLOCK = 2048  # tokens per tiled block (= one document of a tiled index)
@@ -33,6 +41,7 @@ LAYOUT = {  # the writer's layout: a tiled index built in another is rebuilt
     "gap_shard": GAP_SHARD,
     "act_chunk": ACT_CHUNK,
     "gaps_codec": f"{GAPS_CODEC.cname.value}{GAPS_CODEC.clevel}",
+    "token_chunk": TOKEN_CHUNK,
 }
 UNITS = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

@@ -47,7 +47,10 @@ from s3attn.index_builder.schema import (
 )
 
 DECODED_CACHE_BYTES = 64 << 20
-"""Decoded chunks kept per reader (LRU), in bytes."""
+"""Decoded posting chunks kept per reader (LRU), in bytes."""
+TEXT_CACHE_BYTES = 4 << 20
+"""Decoded token chunks (span text) kept per reader, in bytes: an LRU of their own, so the large token chunks a
+question's spans touch neither push posting chunks out nor grow with the index."""
 MAX_OPEN_FILES = min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 """Chunk files a reader keeps open (one descriptor each): past it, all are closed and reopened as needed,
 so a large index stays well inside the process's descriptor limit."""
@@ -184,7 +187,7 @@ class ChunkReader:
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._bytes = 0
         self._layouts: dict[str, Layout | None] = {}
-        self._shard_index: dict[tuple[str, int], np.ndarray] = {}
+        self._shard_index: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
         self._files: dict[Path, _Files] = {}
         self._held = [0]  # descriptors open in self._files
         self.hits = 0  # decoded-chunk LRU lookups served from the cache (for benchmarks)
@@ -283,23 +286,22 @@ class ChunkReader:
             return None
         if layout.kind == LAYOUT_BLOSC:
             return os.pread(fd, os.fstat(fd).st_size, 0)
-        index = self._index(layout, shard, fd, folder)
-        offset, nbytes = index[j]
-        empty = np.iinfo(index.dtype).max
+        index, empty = self._index(layout, shard, fd, folder)
+        offset, nbytes = index.item(2 * j), index.item(2 * j + 1)  # Python ints: no numpy scalars per miss
         if offset == empty and nbytes == empty:
             return None
-        frame = os.pread(fd, int(nbytes), int(offset))
+        frame = os.pread(fd, nbytes, offset)
         if len(frame) != nbytes:
             raise ChunkDamage(f"c/{shard}: shard file is short")
         return frame
 
-    def _index(self, layout: Layout, shard: int, fd: int, folder: str) -> np.ndarray:
-        """[per_file, 2] (offset, nbytes) of each inner chunk of a shard, read once; kept as uint32 (half
-        the memory: a reader may hold every shard's index) where every entry fits, the sentinel of a chunk
-        not written (all ones) kept as uint32's own."""
+    def _index(self, layout: Layout, shard: int, fd: int, folder: str) -> tuple[np.ndarray, int]:
+        """A shard's index, read once: (offset, nbytes) of each inner chunk, flat, and the value both hold
+        for a chunk not written. Kept as uint32 (half the memory: a reader may hold every shard's index)
+        where every entry fits, the sentinel (all ones) then uint32's own."""
         key = (folder, shard)
-        index = self._shard_index.get(key)
-        if index is None:
+        got = self._shard_index.get(key)
+        if got is None:
             size = 16 * layout.per_file
             file_size = os.fstat(fd).st_size
             tail = os.pread(fd, size + 4, file_size - size - 4) if file_size >= size + 4 else b""
@@ -307,13 +309,13 @@ class ChunkReader:
                 tail[size:], "little"
             ):
                 raise ChunkDamage(f"c/{shard}: shard index is corrupt")
-            index = np.frombuffer(tail[:size], dtype="<u8").reshape(-1, 2)
+            index = np.frombuffer(tail, dtype="<u8", count=2 * layout.per_file)
             written = index[index != _EMPTY]
             small = np.iinfo(np.uint32).max
             if not written.size or int(written.max()) < small:
                 index = np.where(index == _EMPTY, small, index).astype(np.uint32)
-            self._shard_index[key] = index
-        return index
+            got = self._shard_index[key] = (index, int(np.iinfo(index.dtype).max))
+        return got
 
 
 def _read_raw(

@@ -29,7 +29,7 @@ from s3attn.constants import (
 )
 from s3attn.errors import READ_ERRORS, S3Error, index_damaged, one_line
 from s3attn.index_builder.bm25 import verify_bm25
-from s3attn.index_builder.chunks import ChunkReader
+from s3attn.index_builder.chunks import TEXT_CACHE_BYTES, ChunkReader
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentMeta, read_manifest
 from s3attn.index_builder.schema import (
     TOKEN_DTYPE,
@@ -146,6 +146,7 @@ class IndexReader:
         self.meta = meta
         self._readers: dict[str, SegmentReader] = {}
         self._chunks = ChunkReader()  # decoded posting chunks, shared by every question on this index
+        self._text_chunks = ChunkReader(TEXT_CACHE_BYTES)  # decoded token chunks (span text), kept apart
         self._set_manifest(manifest)
 
     @classmethod
@@ -158,6 +159,7 @@ class IndexReader:
     def close(self) -> None:
         """Release the chunk files held open for reads and the lease on the generation read."""
         self._chunks.close()
+        self._text_chunks.close()
         lease, self._lease = self._lease, None
         if lease is not None:
             lease.release()
@@ -178,6 +180,7 @@ class IndexReader:
         self._set_manifest(manifest)
         if dropped:  # descriptors and maps of files the new generation no longer lists
             self._chunks.close()
+            self._text_chunks.close()
         if old is not None:
             old.release()
         return True
@@ -287,7 +290,7 @@ class IndexReader:
             stop = min(end, segs[i].token_end)
             if stop > start:
                 rel = start - segs[i].token_start
-                ids = self._reader(segs[i]).read(self._chunks, INDEX_TOKENS_ARRAY, [rel], [stop - start])
+                ids = self._reader(segs[i]).read(self._text_chunks, INDEX_TOKENS_ARRAY, [rel], [stop - start])
                 parts.append(ids.astype(TOKEN_DTYPE))
                 start = stop
             i += 1

@@ -53,7 +53,12 @@ GAP_SHARD = 1 << 23
 """Entries per pos_gaps shard file (2048 inner chunks): few files, so a reader keeps them all open."""
 ACT_CHUNK = 1 << 23
 """Entries per act_u8 chunk file (stored raw: a range is read straight into the result, see ``chunks``)."""
-TOKEN_CHUNK = 65536
+TOKEN_CHUNK = 4096
+"""Token ids per inner chunk of ``tokens``: a span's text decodes a chunk or two of 16 KiB. (Was 65536 in one
+chunk per file: a span then decoded 256 KiB, ~0.5 ms, and at 16M tokens a question's spans fall in as many
+chunks as it has spans.)"""
+TOKEN_SHARD = 1 << 23
+"""Token ids per ``tokens`` shard file (2048 inner chunks)."""
 ACT_LEVELS = 255  # q in [0, 255]
 ACT_SCALE_ATTR = "act_scale"  # attribute of each L<layer>/h<kv> group: the scale of its act_u8
 CHECKSUM_ALGO = "crc32"
@@ -100,7 +105,7 @@ LAYOUT_RAW = "raw"
 """Codec ``bytes`` (little endian) only: a chunk file holds the entries as they are."""
 LAYOUTS = (LAYOUT_BLOSC, LAYOUT_SHARDED, LAYOUT_RAW)
 ARRAY_LAYOUT = {
-    INDEX_TOKENS_ARRAY: LAYOUT_BLOSC,
+    INDEX_TOKENS_ARRAY: LAYOUT_SHARDED,
     INDEX_OFFSETS_ARRAY: LAYOUT_BLOSC,
     INDEX_GAPS_ARRAY: LAYOUT_SHARDED,
     INDEX_ACT_ARRAY: LAYOUT_RAW,
@@ -112,12 +117,15 @@ GAPS_CODEC = BloscCodec(cname="lz4hc", clevel=5, shuffle="bitshuffle")
 """pos_gaps: Blosc lz4hc with bitshuffle, decoded on every question (was zstd 5: at 4k-entry chunks lz4hc
 decodes a chunk ~2.5x faster for ~7% more pos_gaps bytes on real text, ``bench/bench_chunks.py``)."""
 INT_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
-"""tokens and offsets: Blosc zstd with bitshuffle (read once per segment, or per span's text)."""
+"""offsets: Blosc zstd with bitshuffle (read once per segment)."""
+TOKENS_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+"""tokens: Blosc zstd with byte shuffle (token ids of 4k-token chunks of real text: ~1.6 bytes/token and ~33 us
+a chunk to decode here, against ~1.73 and ~38 us with bitshuffle)."""
 
 
 def compressors(kind: str) -> list[BloscCodec]:
     """Standard Zarr v3 codecs per array kind: Blosc with bitshuffle for integers (:data:`GAPS_CODEC`,
-    :data:`INT_CODEC`), none for act_u8.
+    :data:`TOKENS_CODEC`, :data:`INT_CODEC`), none for act_u8.
 
     Log-quantized activations compress to only ~0.8 bytes/posting with zstd; stored raw, a question reads
     just the bytes of its lists instead of decoding whole chunks (see ``chunks``).
@@ -126,7 +134,7 @@ def compressors(kind: str) -> list[BloscCodec]:
         raise ValueError(f"unknown array kind {kind!r}")
     if ARRAY_LAYOUT[kind] == LAYOUT_RAW:
         return []
-    return [GAPS_CODEC if kind == INDEX_GAPS_ARRAY else INT_CODEC]
+    return [{INDEX_GAPS_ARRAY: GAPS_CODEC, INDEX_TOKENS_ARRAY: TOKENS_CODEC}.get(kind, INT_CODEC)]
 
 
 # ---- posting order inside a list --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from s3attn.index_builder.schema import (
     TIER_DIVISORS,
     TOKEN_CHUNK,
     TOKEN_DTYPE,
+    TOKEN_SHARD,
     SegmentData,
     act_scale_of,
     array_checksum,
@@ -230,7 +231,12 @@ def write_segment_arrays(
     """
     sums = {
         INDEX_TOKENS_ARRAY: _write_array(
-            seg, INDEX_TOKENS_ARRAY, token_ids.astype(TOKEN_DTYPE), INDEX_TOKENS_ARRAY, TOKEN_CHUNK
+            seg,
+            INDEX_TOKENS_ARRAY,
+            token_ids.astype(TOKEN_DTYPE),
+            INDEX_TOKENS_ARRAY,
+            TOKEN_CHUNK,
+            TOKEN_SHARD,
         )
     }
     for (layer, kv), ordered in heads:

@@ -19,7 +19,15 @@ from s3attn.index_builder.chunks import array_layout
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentAttrs, SegmentMeta, read_manifest
 from s3attn.index_builder.reader import IndexReader, doc_ranges
-from s3attn.index_builder.schema import ARRAY_LAYOUT, LAYOUT_SHARDED, DocRecord, SegmentData, head_array
+from s3attn.index_builder.schema import (
+    ARRAY_LAYOUT,
+    LAYOUT_BLOSC,
+    LAYOUT_RAW,
+    LAYOUT_SHARDED,
+    DocRecord,
+    SegmentData,
+    head_array,
+)
 from s3attn.index_builder.store import IndexStore
 
 DATA = Path(__file__).parent / "data"
@@ -61,6 +69,14 @@ GOLDEN_SEGMENT = SegmentAttrs(
 GOLDEN_SEGMENT_V2 = dataclasses.replace(  # a segment of format 1 or 2: lists in position order, no new keys
     GOLDEN_SEGMENT, format_version=None, posting_order="position", tier_divisors=(1,)
 )
+
+FORMAT_1_LAYOUT = {
+    "tokens": LAYOUT_BLOSC,
+    "offsets": LAYOUT_BLOSC,
+    "pos_gaps": LAYOUT_SHARDED,
+    "act_u8": LAYOUT_RAW,
+}
+"""The layouts format 1 wrote (tokens in one Blosc chunk per file; the writer now shards them)."""
 
 
 def test_metadata_matches_the_golden_file() -> None:
@@ -174,7 +190,7 @@ def test_index_of_format_1_is_read(old_index: tuple[Path, dict]) -> None:
         ]
         assert list(zip(got.feature_slot.tolist(), got.positions.tolist())) == want and len(want) > 0
         seg = st._reader(st.segments[1])
-        for kind, layout in ARRAY_LAYOUT.items():  # no recorded layout: inferred as format 1 wrote it
+        for kind, layout in FORMAT_1_LAYOUT.items():  # no recorded layout: inferred as format 1 wrote it
             arr = seg.array(kind if kind == "tokens" else head_array(1, 0, kind))
             assert INDEX_LAYOUT_ATTR not in arr.attrs and array_layout(arr).kind == layout
     with IndexStore.open(path) as st:  # the previous entry reads it too

@@ -19,6 +19,7 @@ from s3attn.constants import INDEX_LOCK, INDEX_MANIFEST, INDEX_ROOT, SEGMENTS_DI
 from s3attn.errors import S3Error
 from s3attn.index_builder.schema import (
     GAP_CHUNK,
+    TOKEN_CHUNK,
     DocRecord,
     SegmentData,
     act_error_bound,
@@ -168,6 +169,20 @@ def test_documents_tokens_doc_freq(built):
     assert 0 < info["bytes_per_posting"] < 4 and info["bytes_by_array"]["pos_gaps"] > 0
 
 
+def test_span_text_has_a_cache_of_its_own(built):
+    """Token chunks (span text) go through a small LRU of their own: reading text neither adds to nor evicts
+    the decoded posting chunks, so the posting cache's memory does not grow with the spans' spread."""
+    path, segs, _ = built
+    with IndexStore.open(path) as st:
+        st.postings(*HEADS[0], np.arange(F))
+        posting_keys = list(st._chunks._cache)
+        assert posting_keys and all(folder.endswith("/pos_gaps/c") for folder, _ in posting_keys)
+        assert np.array_equal(st.tokens(0, st.num_tokens), np.concatenate([s.token_ids for s in segs]))
+        assert list(st._chunks._cache) == posting_keys
+        text_keys = list(st._text_chunks._cache)
+        assert len(text_keys) == NUM_SEGS and all(folder.endswith("/tokens/c") for folder, _ in text_keys)
+
+
 def test_plain_zarr_reader(built):
     """Documents the schema: read one posting list with nothing but json + zarr-python + numpy."""
     path, _segs, ref = built
@@ -202,6 +217,11 @@ def test_plain_zarr_reader(built):
         "index_location"
     ] == "end"
     assert inner["chunk_shape"] == [min(GAP_CHUNK, meta["shape"][0])]
+    seg_dir = path / "index.zarr" / "segments" / seg["name"]
+    tok_meta = json.loads((seg_dir / "tokens" / "zarr.json").read_text())
+    (tok_shard,) = tok_meta["codecs"]  # tokens: small inner chunks too, so a span decodes little
+    assert tok_shard["name"] == "sharding_indexed" and tok_meta["data_type"] == "uint32"
+    assert tok_shard["configuration"]["chunk_shape"] == [min(TOKEN_CHUNK, tok_meta["shape"][0])]
     act_meta = json.loads((path / "index.zarr" / base / "act_u8" / "zarr.json").read_text())
     assert [c["name"] for c in act_meta["codecs"]] == ["bytes"]  # raw: read in place
     assert zarr.open_group(path / "index.zarr", mode="r").attrs["kind"] == "s3attn-index"
