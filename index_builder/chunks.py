@@ -49,8 +49,9 @@ from s3attn.index_builder.schema import (
 DECODED_CACHE_BYTES = 64 << 20
 """Decoded posting chunks kept per reader (LRU), in bytes."""
 TEXT_CACHE_BYTES = 4 << 20
-"""Decoded token chunks (span text) kept per reader, in bytes: an LRU of their own, so the large token chunks a
-question's spans touch neither push posting chunks out nor grow with the index."""
+"""Decoded token chunks (span text) kept per reader, in bytes: an LRU of their own, so the token chunks that a
+question's spans touch (more of them, the larger the index) neither push posting chunks out nor hold more than
+this."""
 MAX_OPEN_FILES = min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 """Chunk files a reader keeps open (one descriptor each): past it, all are closed and reopened as needed,
 so a large index stays well inside the process's descriptor limit."""
