@@ -178,7 +178,7 @@ class IndexReader:
         dropped = {s.name for s in self._manifest.segments} - {s.name for s in manifest.segments}
         old, self._lease = self._lease, lease
         self._set_manifest(manifest)
-        if dropped:  # descriptors and maps of files the new generation no longer lists
+        if dropped:  # descriptors of files the new generation no longer lists
             self._chunks.close()
             self._text_chunks.close()
         if old is not None:

@@ -111,6 +111,14 @@ ARRAY_LAYOUT = {
     INDEX_ACT_ARRAY: LAYOUT_RAW,
 }
 """The layout the writer gives each array kind, recorded on the array (``s3attn_layout``)."""
+ARRAY_CHUNKS = {
+    INDEX_TOKENS_ARRAY: (TOKEN_CHUNK, TOKEN_SHARD),
+    INDEX_OFFSETS_ARRAY: (0, 0),
+    INDEX_GAPS_ARRAY: (GAP_CHUNK, GAP_SHARD),
+    INDEX_ACT_ARRAY: (ACT_CHUNK, 0),
+}
+"""Per array kind: (entries per chunk, 0 = the whole array in one; entries per shard file, 0 = not sharded).
+Sharded exactly where :data:`ARRAY_LAYOUT` says ``sharded-blosc``."""
 
 
 GAPS_CODEC = BloscCodec(cname="lz4hc", clevel=5, shuffle="bitshuffle")
@@ -124,8 +132,8 @@ a chunk to decode here, against ~1.73 and ~38 us with bitshuffle)."""
 
 
 def compressors(kind: str) -> list[BloscCodec]:
-    """Standard Zarr v3 codecs per array kind: Blosc with bitshuffle for integers (:data:`GAPS_CODEC`,
-    :data:`TOKENS_CODEC`, :data:`INT_CODEC`), none for act_u8.
+    """Standard Zarr v3 codecs per array kind: Blosc for integers (:data:`GAPS_CODEC`, :data:`TOKENS_CODEC`,
+    :data:`INT_CODEC`), none for act_u8.
 
     Log-quantized activations compress to only ~0.8 bytes/posting with zstd; stored raw, a question reads
     just the bytes of its lists instead of decoding whole chunks (see ``chunks``).

@@ -26,18 +26,14 @@ from s3attn.constants import (
     INDEX_TOKENS_ARRAY,
 )
 from s3attn.index_builder.schema import (
-    ACT_CHUNK,
     ACT_DTYPE,
     ACT_SCALE_ATTR,
+    ARRAY_CHUNKS,
     ARRAY_LAYOUT,
-    GAP_CHUNK,
     GAP_DTYPE,
-    GAP_SHARD,
     OFFSET_DTYPE,
     TIER_DIVISORS,
-    TOKEN_CHUNK,
     TOKEN_DTYPE,
-    TOKEN_SHARD,
     SegmentData,
     act_scale_of,
     array_checksum,
@@ -198,12 +194,12 @@ def impact_order(hp: HeadPostings, divisors: tuple[int, ...] = TIER_DIVISORS) ->
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
-def _write_array(
-    group: zarr.Group, name: str, data: np.ndarray, kind: str, chunk: int, shard: int = 0
-) -> str:
-    """Create ``name`` under ``group`` (chunks of ``chunk`` entries, in shard files of ``shard`` entries if
-    given; its layout named in its attributes) and write it whole (one call); return its checksum."""
-    chunk = max(1, min(chunk, data.shape[0]))
+def _write_array(group: zarr.Group, name: str, data: np.ndarray, kind: str) -> str:
+    """Create ``name`` under ``group`` in the chunks (and shard files) of its ``kind``
+    (:data:`~s3attn.index_builder.schema.ARRAY_CHUNKS`), its layout named in its attributes, and write it
+    whole (one call); return its checksum."""
+    chunk, shard = ARRAY_CHUNKS[kind]
+    chunk = max(1, min(chunk or data.shape[0], data.shape[0]))
     shards = (max(chunk, min(shard, -(-data.shape[0] // chunk) * chunk)),) if shard else None
     arr = group.create_array(
         name,
@@ -231,25 +227,19 @@ def write_segment_arrays(
     """
     sums = {
         INDEX_TOKENS_ARRAY: _write_array(
-            seg,
-            INDEX_TOKENS_ARRAY,
-            token_ids.astype(TOKEN_DTYPE),
-            INDEX_TOKENS_ARRAY,
-            TOKEN_CHUNK,
-            TOKEN_SHARD,
+            seg, INDEX_TOKENS_ARRAY, token_ids.astype(TOKEN_DTYPE), INDEX_TOKENS_ARRAY
         )
     }
     for (layer, kv), ordered in heads:
         hp = impact_order(ordered)
         seg.create_group(head_group(layer, kv), attributes={ACT_SCALE_ATTR: float(hp.act_scale)})
-        nf = hp.offsets.shape[0]
-        for kind, data, chunk, shard in (
-            (INDEX_OFFSETS_ARRAY, hp.offsets.astype(OFFSET_DTYPE), nf, 0),
-            (INDEX_GAPS_ARRAY, hp.pos_gaps.astype(GAP_DTYPE), GAP_CHUNK, GAP_SHARD),
-            (INDEX_ACT_ARRAY, hp.act_u8.astype(ACT_DTYPE), ACT_CHUNK, 0),
+        for kind, data in (
+            (INDEX_OFFSETS_ARRAY, hp.offsets.astype(OFFSET_DTYPE)),
+            (INDEX_GAPS_ARRAY, hp.pos_gaps.astype(GAP_DTYPE)),
+            (INDEX_ACT_ARRAY, hp.act_u8.astype(ACT_DTYPE)),
         ):
             path = head_array(layer, kv, kind)
-            sums[path] = _write_array(seg, path, data, kind, chunk, shard)
+            sums[path] = _write_array(seg, path, data, kind)
     return sums
 
 
