@@ -9,7 +9,9 @@
    time, leaves at these sizes), one document per seed block. The ``--base-tokens`` (1M) segment is a random
    draw of the seed's blocks (``add_segment``), a longer one copies of it merged into one; an index is copies
    of its segments (``IndexWriter.absorb``: postings are segment-relative), then BM25: 1M = the base segment,
-   4M = one 4M segment, 16M = four. Built once into ``--work``, reused while its ``.done.json`` matches.
+   4M = one 4M segment, 16M = four. With ``--segment-tokens 16M`` every size is one segment, as after
+   ``s3-index merge --all`` (the merge streams batches of lists, so a 16M-token segment fits this machine;
+   give it its own ``--work``). Built once into ``--work``, reused while its ``.done.json`` matches.
 3. Memory: per size, a fresh process opens the ``Retriever``, reads the index's files once (OS page cache),
    asks a warm-up question untimed, then the 20 questions x bm25 / s3 / hybrid (modes rotated per question)
    and records its RSS after loading the model, after opening and at the end, its peak RSS (``VmHWM``: the

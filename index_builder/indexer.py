@@ -46,11 +46,12 @@ from s3attn.index_builder.reader import (
     segments_in_use,
 )
 from s3attn.index_builder.schema import DocRecord, SegmentData, segment_checksum, segment_name, segment_path
+from s3attn.index_builder.segment_merge import merged_heads
 from s3attn.index_builder.segment_writer import (
     HeadPostings,
+    HeadStream,
     build_head_postings,
     check_segment_data,
-    merged_heads,
     pick_merge_run,
     write_segment_arrays,
 )
@@ -246,7 +247,7 @@ class IndexWriter(IndexReader):
         entry: SegmentMeta,
         token_ids: np.ndarray,
         docs: Iterable[DocRecord],
-        heads: Iterable[tuple[tuple[int, int], HeadPostings]],
+        heads: Iterable[tuple[tuple[int, int], HeadPostings | HeadStream]],
         where: slice,
     ) -> str:
         """Write a segment under a temp name, rename it into place, swap the manifest (last): ``entry``

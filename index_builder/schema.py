@@ -218,12 +218,22 @@ def disk_usage(index_dir: Path | Location) -> tuple[int, dict[str, int]]:
 
 
 # ---- checksums -------------------------------------------------------------------------------------------
-def array_checksum(arr: np.ndarray) -> str:
-    """crc32 of the raw little-endian C-order bytes of an array, as 8 hex digits."""
+def crc_update(crc: int, arr: np.ndarray) -> int:
+    """``crc`` (a running crc32) continued over the raw little-endian C-order bytes of ``arr``: the crc of
+    consecutive pieces fed in order is the crc of their concatenation."""
     a = np.ascontiguousarray(arr)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return f"{zlib.crc32(memoryview(a).cast('B')) & 0xFFFFFFFF:08x}"
+    return zlib.crc32(memoryview(a).cast("B"), crc) & 0xFFFFFFFF
+
+
+def crc_hex(crc: int) -> str:
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def array_checksum(arr: np.ndarray) -> str:
+    """crc32 of the raw little-endian C-order bytes of an array, as 8 hex digits."""
+    return crc_hex(crc_update(0, arr))
 
 
 def segment_checksum(checksums: dict[str, str], token_start: int, num_tokens: int) -> str:

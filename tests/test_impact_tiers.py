@@ -19,11 +19,19 @@ from s3attn.index_builder.schema import (
     TIER_DIVISORS,
     DocRecord,
     SegmentData,
+    array_checksum,
     decode_gaps,
     tier_ends,
     tier_sizes,
 )
-from s3attn.index_builder.segment_writer import build_head_postings, impact_order
+from s3attn.index_builder.segment_merge import merged_head
+from s3attn.index_builder.segment_writer import (
+    ArrayAppender,
+    build_head_postings,
+    feature_batches,
+    impact_order,
+    impact_stream,
+)
 from s3attn.index_builder.verify import tier_problems
 from s3attn.retrieval.question import QuestionConfig, head_features, read_stats, score_tokens
 
@@ -80,7 +88,48 @@ def test_impact_order_round_trip() -> None:
             assert (np.diff(tier_pos) > 0).all()
         cut = int(sub[f, :3].sum())  # the top three tiers hold the highest q of the list
         assert q[:cut].min() >= np.sort(hp.act_u8[off[f] : off[f + 1]])[::-1][cut - 1]
-    assert impact_order(hp, (1,)) is hp  # one tier: the list as it is
+
+
+def _concat(pieces) -> tuple[np.ndarray, np.ndarray]:
+    gaps, q = zip(*pieces)
+    return np.concatenate(gaps), np.concatenate(q)
+
+
+@pytest.mark.parametrize("batch", [1, 37, 500])
+def test_tiers_in_batches_equal_tiers_at_once(batch: int) -> None:
+    """Putting a head in impact tiers batch by batch (bounded memory) stores exactly what one batch does;
+    batches hold whole lists, at least one each."""
+    rng = np.random.default_rng(5)
+    num_f, k, n = 96, 8, 3000
+    hp = build_head_postings(*_codes(rng, n, k, num_f), num_f)
+    whole = impact_order(hp, n)
+    parts = list(impact_stream(hp, n, batch).pieces)
+    assert len(parts) > 1
+    gaps, q = _concat(parts)
+    assert np.array_equal(gaps, whole.pos_gaps) and np.array_equal(q, whole.act_u8)
+    ranges = list(feature_batches(hp.offsets, n, batch))
+    assert ranges[0][0] == 0 and ranges[-1][1] == num_f and all(a < b for a, b in ranges)
+    assert all(b0 == a1 for (_, b0), (a1, _) in zip(ranges, ranges[1:]))
+
+
+def test_array_appender_writes_whole_shards_and_the_checksum(tmp_path: Path) -> None:
+    """Pieces of any size land in order; the checksum is the whole array's; too few entries is an error."""
+    import zarr
+
+    data = np.random.default_rng(6).integers(0, 1 << 30, 1000).astype(np.uint32)
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w")
+    arr = group.create_array("a", shape=(1000,), dtype="uint32", chunks=(16,), shards=(64,))
+    out = ArrayAppender(arr)
+    cuts = [0, 5, 5, 70, 71, 300, 1000]
+    for a, b in zip(cuts, cuts[1:]):
+        out.add(data[a:b])
+        assert out.at % 64 == 0  # only whole shards are written before the end
+    assert out.close() == array_checksum(data)
+    assert np.array_equal(arr[...], data)
+    short = ArrayAppender(group.create_array("b", shape=(10,), dtype="uint32", chunks=(4,)))
+    short.add(data[:9])
+    with pytest.raises(ValueError, match="9 entries written"):
+        short.close()
 
 
 def _tiny_index(tmp_path: Path) -> Path:
@@ -130,6 +179,38 @@ def test_format_3_segment_reads_like_position_order(tmp_path: Path) -> None:
                 assert got.size and got.max() == whole.acts[whole.feature_slot == f].max()
             none = st.postings(*key, feats, np.zeros(40, np.int64))
             assert none.positions.size == 0
+
+
+def test_merge_in_batches_equals_merge_at_once(tmp_path: Path) -> None:
+    """A merge streams batches of lists (bounded memory); any batch size stores the same merged lists, and
+    those are the segments' lists as sets, re-quantized to the larger scale."""
+    path = _tiny_index(tmp_path)
+    with IndexWriter.open(path) as st:
+        readers = [st._reader(e) for e in st.segments]
+        for key in st.heads:
+            ref = merged_head(readers, key)
+            gaps, q = _concat(ref.pieces)
+            for batch in (1, 50):
+                other = merged_head(readers, key, batch)
+                assert np.array_equal(other.offsets, ref.offsets) and other.act_scale == ref.act_scale
+                g2, q2 = _concat(other.pieces)
+                assert np.array_equal(g2, gaps) and np.array_equal(q2, q)
+        want = {key: _global_lists(readers, key) for key in st.heads}
+        assert st.merge(into_one=True) == 2 and st.verify() == []
+        merged = [st._reader(st.segments[0])]
+        assert {key: _global_lists(merged, key) for key in st.heads} == want
+
+
+def _global_lists(readers: list, key: tuple[int, int]) -> list[set[int]]:
+    """Each feature's list over ``readers`` as a set of global positions."""
+    lists: list[set[int]] = []
+    for r in readers:
+        off, pos, _q, _s = r.read_head(*key)
+        bounds = list(zip(off[:-1].astype(int), off[1:].astype(int)))
+        lists = lists or [set() for _ in bounds]
+        for f, (a, b) in enumerate(bounds):
+            lists[f] |= set((pos[a:b] + r.token_start).tolist())
+    return lists
 
 
 @pytest.fixture

@@ -33,7 +33,17 @@ from s3attn.index_builder.store import IndexStore
 DATA = Path(__file__).parent / "data"
 PACKAGE = Path(__file__).parent.parent / "index_builder"
 READING = ("schema", "meta", "chunks", "segment_reader", "verify", "reader", "bm25")
-WRITING = ("segment_writer", "indexer", "store", "build", "prefill", "pipeline", "bm25_build", "cluster")
+WRITING = (
+    "segment_writer",
+    "segment_merge",
+    "indexer",
+    "store",
+    "build",
+    "prefill",
+    "pipeline",
+    "bm25_build",
+    "cluster",
+)
 
 # ---- golden JSON -------------------------------------------------------------------------------------------
 GOLDEN_MANIFEST = Manifest(
