@@ -124,7 +124,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     with IndexWriter.open(args.index) as store:
         before = len(store.segments)
-        merged = store.merge(args.tier, into_one=args.all)
+        merged = store.merge(args.tier, into_one=args.all, progress=True)
         after = len(store.segments)
     print(f"{args.index}: merged {merged} segments ({before} -> {after})")
     return 0

@@ -337,7 +337,7 @@ class IndexWriter(IndexReader):
         at = len(self._manifest.segments)
         return self._publish(entry, token_ids, data.docs, heads, slice(at, at))
 
-    def _merge_run(self, lo: int, hi: int) -> None:
+    def _merge_run(self, lo: int, hi: int, progress: bool) -> None:
         entries = self._manifest.segments[lo:hi]
         readers = [self._reader(e) for e in entries]
         token_ids = np.concatenate([r.tokens(0, r.num_tokens) for r in readers])
@@ -352,12 +352,13 @@ class IndexWriter(IndexReader):
             open_doc=entries[-1].open_doc,
         )
         docs = [d for r in readers for d in r.docs()]
-        self._publish(entry, token_ids, docs, merged_heads(readers, self.heads), slice(lo, hi))
+        heads = merged_heads(readers, self.heads, progress=progress)
+        self._publish(entry, token_ids, docs, heads, slice(lo, hi))
 
-    def merge(self, max_segments_per_tier: int = 8, *, into_one: bool = False) -> int:
+    def merge(self, max_segments_per_tier: int = 8, *, into_one: bool = False, progress: bool = False) -> int:
         """Tiered merge: segments fall in tiers by size (factor ``max_segments_per_tier``); while a run of
-        that many adjacent segments shares a tier, it becomes one segment. ``into_one`` merges everything.
-        Returns how many old segments were merged away."""
+        that many adjacent segments shares a tier, it becomes one segment. ``into_one`` merges everything;
+        ``progress`` shows a bar per merge. Returns how many old segments were merged away."""
         self._require_write()
         m = max(2, int(max_segments_per_tier))
         merged = 0
@@ -366,7 +367,7 @@ class IndexWriter(IndexReader):
             run = ((0, len(sizes)) if len(sizes) > 1 else None) if into_one else pick_merge_run(sizes, m)
             if run is None:
                 return merged
-            self._merge_run(*run)
+            self._merge_run(*run, progress)
             merged += run[1] - run[0]
 
     def garbage_collect(self) -> GcReport:

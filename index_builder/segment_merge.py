@@ -11,9 +11,10 @@ been read whole, before anything is published: a merge never copies damage into 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from s3attn.constants import INDEX_ACT_ARRAY, INDEX_GAPS_ARRAY
 from s3attn.index_builder.chunks import ChunkReader
@@ -75,9 +76,11 @@ def merged_head(
     key: tuple[int, int],
     batch: int = BATCH_POSTINGS,
     chunks: ChunkReader | None = None,
+    on_batch: Callable[[int], object] | None = None,
 ) -> HeadStream:
     """The merged lists of head ``key`` over adjacent ``readers`` (token order), as a :class:`HeadStream`;
-    ``chunks`` reads the inputs (the fast local reader; a small one of its own by default)."""
+    ``chunks`` reads the inputs (the fast local reader; a small one of its own by default); ``on_batch`` is
+    told each batch's postings."""
     chunks = chunks or ChunkReader(MERGE_CACHE_BYTES)
     start = readers[0].token_start
     num_tokens = sum(r.num_tokens for r in readers)
@@ -91,6 +94,8 @@ def merged_head(
         for f0, f1 in feature_batches(offsets, num_tokens, batch):
             feat, pos, q = (np.concatenate(x) for x in zip(*(inp.read(f0, f1) for inp in inputs)))
             yield tier_batch(feat, pos, q, np.diff(offsets[f0 : f1 + 1]), num_tokens)
+            if on_batch is not None:
+                on_batch(feat.size)
         for inp in inputs:
             inp.finish()
 
@@ -98,12 +103,20 @@ def merged_head(
 
 
 def merged_heads(
-    readers: list[SegmentReader], heads: list[tuple[int, int]], batch: int = BATCH_POSTINGS
+    readers: list[SegmentReader],
+    heads: list[tuple[int, int]],
+    batch: int = BATCH_POSTINGS,
+    *,
+    progress: bool = False,
 ) -> Iterator[tuple[tuple[int, int], HeadStream]]:
-    """Yield ((layer, kv), merged :class:`HeadStream`) for adjacent segments, head after head."""
+    """Yield ((layer, kv), merged :class:`HeadStream`) for adjacent segments, head after head; ``progress``:
+    a bar of postings merged."""
     chunks = ChunkReader(MERGE_CACHE_BYTES)
+    total = sum(r.meta.num_postings for r in readers)
+    bar = tqdm(total=total, unit="posting", unit_scale=True, desc="merging", disable=not progress)
     try:
         for key in heads:
-            yield key, merged_head(readers, key, batch, chunks)
+            yield key, merged_head(readers, key, batch, chunks, bar.update)
     finally:
+        bar.close()
         chunks.close()

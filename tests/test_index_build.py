@@ -473,6 +473,7 @@ def test_merge_reduces_segments_and_keeps_postings(world: World, spare: Path) ->
     assert_same_postings(spare, world.index, exact_acts=False)
     code, err = run_cli(["merge", str(spare), "--all"])
     assert code == 0, err
+    assert "merging" in err and "posting" in err  # a progress bar of postings merged
     assert len(json.loads((spare / INDEX_MANIFEST).read_text())["segments"]) == 1
     assert_verifies(spare)
     assert_same_postings(spare, world.index, exact_acts=False)
