@@ -208,6 +208,14 @@ def mark(folder: Path, want: dict, **info) -> dict:
     return rec
 
 
+def template_records(work: Path, lengths: list[int]) -> dict[str, dict]:
+    """The ``.done.json`` records (build time, peak RSS of that process) of the templates of ``lengths``."""
+    recs = {
+        f.name.removesuffix(".done.json"): json.loads(f.read_text()) for f in work.glob("tpl-*.done.json")
+    }
+    return {name: rec for name, rec in sorted(recs.items()) if rec["want"]["length"] in lengths}
+
+
 def absorb_copy(big, tpl: Path, stage: Path) -> None:
     """Append a copy of the segments of the index ``tpl`` to ``big`` (``IndexWriter.absorb`` of a copy)."""
     shutil.rmtree(stage, ignore_errors=True)

@@ -59,6 +59,7 @@ from _tiling import (
     rss_mib,
     seed_index,
     stage_times,
+    template_records,
     tiled_segments,
     time_modes,
     warm_page_cache,
@@ -168,9 +169,8 @@ def measure(index: Path, sae: str | None) -> dict:
     res["bm25_passages"] = len(r.bm25)
     res["rss_end_mib"] = rss_mib()
     res["chunk_cache_mib"] = r.store._chunks._bytes / 2**20  # decoded-chunk LRU held (64 MiB at most)
-    res["peak_rss_mib"] = res["rss_end_mib"][
-        "VmHWM"
-    ]  # this process's own peak (ru_maxrss starts at the parent's)
+    # this process's own peak (ru_maxrss starts at the parent's)
+    res["peak_rss_mib"] = res["rss_end_mib"]["VmHWM"]
     res["ru_maxrss_mib"] = peak_rss_mib()
     return res
 
@@ -329,6 +329,8 @@ def prepare(args: argparse.Namespace, sizes: list[int]) -> tuple[dict, dict]:
     ctx["base"] = args.base_tokens
     ctx["seed_want"] = {"tokens": n, "release": str(release), "layers": layers}
     builds = {label(s): build_size(ctx, s, args.segment_tokens) for s in sizes}
+    for rec in builds.values():
+        rec["templates"] = template_records(work, rec["want"]["segments"])
     return seed_rec, builds
 
 
