@@ -42,7 +42,7 @@ from s3attn.constants import (
     BM25_TEXTS,
 )
 from s3attn.errors import READ_ERRORS, IndexCorruptError, S3Error, index_damaged, one_line
-from s3attn.index_builder.schema import in_sorted
+from s3attn.index_builder.schema import crc_hex, in_sorted
 from s3attn.storage import Location, shown
 
 STOPWORDS = "en"
@@ -171,7 +171,7 @@ class BM25Index:
             if not (folder / name).is_file():
                 raise _damaged(folder, name, "missing")
             with _reading(folder, name):
-                found = f"{zlib.crc32((folder / name).read_bytes()) & 0xFFFFFFFF:08x}"
+                found = file_crc32(folder / name)
             if found != crc:
                 raise _damaged(folder, name, f"its crc32 is not the one {BM25_META} records")
         for name in (BM25_PASSAGES, BM25_TEXTS):
@@ -233,14 +233,21 @@ def _reading(folder: Path, name: str) -> Iterator[None]:
         raise _damaged(folder, name, err) from err
 
 
+def file_crc32(path: Path, block: int = 1 << 20) -> str:
+    """crc32 (8 hex digits) of a file, read ``block`` bytes at a time: checking the files at load must not
+    hold a copy of the largest (at 16M tokens the score matrix's two arrays are 52 MB each, and reading one
+    whole raised the reader's peak RSS by as much)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            crc = zlib.crc32(chunk, crc)
+    return crc_hex(crc)
+
+
 def file_checksums(folder: Path) -> dict[str, str]:
     """crc32 (8 hex digits) of every file in ``folder`` but ``BM25_META``, which records them (the writer
     calls it on the folder it has just written)."""
-    return {
-        p.name: f"{zlib.crc32(p.read_bytes()) & 0xFFFFFFFF:08x}"
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != BM25_META
-    }
+    return {p.name: file_crc32(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != BM25_META}
 
 
 def read_meta(folder: Path) -> dict:

@@ -66,3 +66,16 @@ def test_search_with_ties_same_hits_as_full_sort(tmp_path):
         for top_k in (1, 7, 64, 500):
             got = [h.passage.doc_id for h in index.search(q, top_k)]
             assert got == _reference_top(scores, top_k).tolist()
+
+
+def test_file_crc32_reads_in_blocks(tmp_path) -> None:
+    """The load-time check streams a file (no copy of it held); same crc32 as the whole file's at any block."""
+    import zlib
+
+    data = np.random.default_rng(0).integers(0, 256, 10_000).astype(np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    whole = f"{zlib.crc32(data):08x}"
+    assert {bm25_mod.file_crc32(path, block) for block in (1, 7, 4096, 1 << 20)} == {whole}
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped in the last block
+    assert bm25_mod.file_crc32(path, 4096) != whole
