@@ -226,6 +226,14 @@ def _todo(store: IndexWriter, all_docs: list[Document], cfg: BuildConfig) -> lis
     return [i for i, d in enumerate(all_docs) if not store.has_document(d.path, d.content_hash)]
 
 
+def _merge_after_build(store: IndexWriter, cfg: BuildConfig) -> None:
+    """``--merge-all``: every segment into one; else tiered merges of ``--merge-tier`` (0 or 1: none)."""
+    if cfg.merge_all:
+        store.merge(into_one=True, progress=cfg.progress)
+    elif cfg.merge_tier > 1:
+        store.merge(cfg.merge_tier)
+
+
 def _write_index(
     out: IndexPath, attrs: IndexAttrs, all_docs: list[Document], cfg: BuildConfig, loaded, saes
 ) -> None:
@@ -248,8 +256,7 @@ def _write_index(
                 rmtree(out / STAGING_DIR)
             elif docs:
                 _prefill(store, docs, cfg, loaded, saes)
-            if cfg.merge_tier > 1:
-                store.merge(cfg.merge_tier)
+            _merge_after_build(store, cfg)
             if not bm25_is_current(store):
                 rebuild_bm25(
                     store, loaded.tokenizer, passage_tokens=cfg.passage_tokens, stride=cfg.passage_stride

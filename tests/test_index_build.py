@@ -479,6 +479,17 @@ def test_merge_reduces_segments_and_keeps_postings(world: World, spare: Path) ->
     assert_same_postings(spare, world.index, exact_acts=False)
 
 
+def test_build_merge_all_leaves_one_segment(world: World, spare: Path) -> None:
+    """``--merge-all``: after the build (here: nothing new to add) every segment is merged into one, with the
+    same postings."""
+    assert len(json.loads((spare / INDEX_MANIFEST).read_text())["segments"]) > 1
+    code, err = run_cli(world.args(world.corpus, spare, "--merge-all"))
+    assert code == 0 and "nothing to add" in err, err
+    assert len(json.loads((spare / INDEX_MANIFEST).read_text())["segments"]) == 1
+    assert_verifies(spare)
+    assert_same_postings(spare, world.index, exact_acts=False)
+
+
 # ---- 5. BM25 ----------------------------------------------------------------------------------------
 def test_bm25_finds_the_planted_rare_word(world: World) -> None:
     doc_id, start, _ = doc_ranges(world.index)["c.txt"]
