@@ -96,7 +96,10 @@ def _smooth_sparse(s: SparseScores, window: int) -> SparseScores:
         return SparseScores(nz.astype(np.int64), out_T[nz], n)
     buf = np.zeros(total, out_dtype)
     buf[base[seg_N] + pos - lo[seg_N]] = s.values_N
-    sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "same")
+    if total >= window:
+        sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "same")
+    else:  # "same" returns max(total, window) sums; the full convolution's middle is the one wanted
+        sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "full")[(window - 1) // 2 :][:total]
     del buf
     g = np.ones(total, np.int64)  # the global position of each buffer entry, as steps from the previous one
     g[0] = lo[0]

@@ -67,6 +67,17 @@ def test_sparse_smooth_joins_neighbourhoods_exactly_at_the_window(window):
     assert np.array_equal(got.positions_N, np.flatnonzero(smooth(x, window)))
 
 
+@pytest.mark.parametrize("window", [8, 64, 65])
+@pytest.mark.parametrize("at", [[0], [1, 3], [-1], [0, -1]])
+def test_sparse_smooth_neighbourhoods_shorter_than_the_window(window, at):
+    """A question touching only tokens at the ends of a long index: their neighbourhoods, clipped there, add
+    up to fewer tokens than the window (this raised an IndexError before)."""
+    x = np.zeros(5000, np.float32)
+    x[at] = np.arange(1, len(at) + 1, dtype=np.float32)
+    got = smooth(from_dense(x), window)
+    np.testing.assert_array_equal(got.dense(), smooth(x, window))
+
+
 def test_sparse_smooth_reads_only_the_touched_neighbourhoods():
     n = 10**12  # ~4 TB as a dense float32 array
     s = SparseScores(np.array([0, 5, 500_000, n - 1], np.int64), np.ones(4, np.float32), n)
