@@ -23,7 +23,8 @@ def smooth(scores: np.ndarray | SparseScores, window: int) -> np.ndarray | Spars
     Token ``i`` averages ``scores[i - window // 2 : i + (window - 1) // 2 + 1]`` (the alignment of
     ``np.convolve(scores, ones(window) / window, "same")``); at the edges it divides by the number of
     tokens actually inside the array, so the first/last tokens are not pulled toward zero.
-    ``SparseScores`` in, ``SparseScores`` out: the nonzero smoothed tokens, equal to the dense result's.
+    ``SparseScores`` in, ``SparseScores`` out: the nonzero smoothed tokens, equal to the dense result's (to
+    the last bit at small windows; see ``sparse``).
     """
     if window < 1:
         raise S3Error(f"smooth: window={window} must be >= 1")
