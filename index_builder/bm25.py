@@ -234,9 +234,8 @@ def _reading(folder: Path, name: str) -> Iterator[None]:
 
 
 def file_crc32(path: Path, block: int = 1 << 20) -> str:
-    """crc32 (8 hex digits) of a file, read ``block`` bytes at a time: checking the files at load must not
-    hold a copy of the largest (at 16M tokens the score matrix's two arrays are 52 MB each, and reading one
-    whole raised the reader's peak RSS by as much)."""
+    """crc32 (8 hex digits) of a file, read ``block`` bytes at a time: checking the files at load holds no
+    copy of the largest (at 16M tokens the score matrix's two arrays are 52 MB each)."""
     crc = 0
     with open(path, "rb") as f:
         while chunk := f.read(block):

@@ -267,6 +267,8 @@ class ArrayAppender:
 
     def add(self, data: np.ndarray) -> None:
         data = np.ascontiguousarray(data, dtype=self.arr.dtype)
+        if self.at + self.held + data.size > self.arr.shape[0]:
+            raise ValueError(f"{self.arr.path}: more entries than the array's {self.arr.shape[0]}")
         self.crc = crc_update(self.crc, data)
         self.parts.append(data)
         self.held += data.size
@@ -277,7 +279,7 @@ class ArrayAppender:
         buf = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
         self.arr[self.at : self.at + m] = buf[:m]
         self.at += m
-        self.parts = [buf[m:]] if m < buf.size else []
+        self.parts = [buf[m:].copy()] if m < buf.size else []  # not a view that keeps all of buf
         self.held = buf.size - m
 
     def close(self) -> str:

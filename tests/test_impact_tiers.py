@@ -130,6 +130,8 @@ def test_array_appender_writes_whole_shards_and_the_checksum(tmp_path: Path) -> 
     short.add(data[:9])
     with pytest.raises(ValueError, match="9 entries written"):
         short.close()
+    with pytest.raises(ValueError, match="more entries"):
+        short.add(data[:2])
 
 
 def _tiny_index(tmp_path: Path) -> Path:
