@@ -67,8 +67,7 @@ class _ListRanges:
     def finish(self) -> None:
         """IndexCorruptError unless what was read (every list) matches the segment's checksums."""
         for kind, path in self.paths.items():
-            if crc_hex(self.crc[kind]) != self.r.attrs().checksums.get(path):
-                raise self.r.damaged(path, "its data do not match the segment's checksum")
+            self.r.check_checksum(path, crc_hex(self.crc[kind]))
 
 
 def merged_head(

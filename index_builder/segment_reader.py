@@ -165,10 +165,14 @@ class SegmentReader:
             self._arrays[path] = arr
         return arr
 
+    def check_checksum(self, path: str, found: str) -> None:
+        """IndexCorruptError unless ``found`` (the crc32 of the whole array ``path``) is the segment's."""
+        if found != self.attrs().checksums.get(path):
+            raise self.damaged(path, "its data do not match the segment's checksum")
+
     def checked(self, path: str, data: np.ndarray) -> np.ndarray:
         """``data`` (the whole array ``path``), after checking it against the segment's checksum table."""
-        if array_checksum(data) != self.attrs().checksums.get(path):
-            raise self.damaged(path, "its data do not match the segment's checksum")
+        self.check_checksum(path, array_checksum(data))
         return data
 
     def offsets(self, layer: int, kv: int) -> np.ndarray:
@@ -230,8 +234,8 @@ class SegmentReader:
 
     def read_head(self, layer: int, kv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Whole head: (offsets uint64 as stored, positions int64 relative, q uint8, act_scale), every list in
-        position order whatever the segment's format, each array checked against its checksum (a merge must
-        not copy damage into a new segment)."""
+        position order whatever the segment's format, each array checked against its checksum (for checks
+        and tests; a merge streams batches of lists instead, ``segment_merge``)."""
         data = []
         for kind in HEAD_ARRAYS:
             path = head_array(layer, kv, kind)
