@@ -70,6 +70,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     **{f"hybrid.coord{c}": ("hybrid", {"coordination": float(c)}) for c in (1, 2)},
     "s3.query.map": ("s3", {"site": "query", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.both.map": ("s3", {"site": "both", "query_map": "runs/query_map/query_map.safetensors"}),
+    "s3.query.codes": ("s3", {"site": "query", "query_map": "runs/query_map/query_map-codes.safetensors"}),
     "s3.idf-log": ("s3", {"idf": "log"}),
     "s3.feat32": ("s3", {"max_features": 32}),
     "s3.feat128": ("s3", {"max_features": 128}),

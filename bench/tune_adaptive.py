@@ -38,8 +38,9 @@ GRID = {
 }
 
 
-def gather(args: argparse.Namespace) -> list[dict]:
-    """Per question: task, family, evidence token ranges, bias / BM25 / S3 candidates (budget ``--budget``)."""
+def gather(args: argparse.Namespace, extra=None) -> list[dict]:
+    """Per question: task, family, evidence token ranges, bias / BM25 / S3 candidates (budget ``--budget``);
+    ``extra(retriever, sample, row)``, when given, returns more fields for the row."""
     from s3attn.evaluation.evaluate import EvalConfig, check_config, count_tokens, load_eval_stack
     from s3attn.evaluation.index_cache import index_identity, sample_index
     from s3attn.evaluation.plan import make_sample, plan
@@ -67,6 +68,8 @@ def gather(args: argparse.Namespace) -> list[dict]:
             out.append({"task": item.task, "family": family_of(item.task), "length": item.length,
                         "evidence": evidence_token_ranges(tok, sample.context, sample.meta.get("evidence", [])),
                         "bias": r._bias(None), "bm25": r._bm25_hits(sample.question, None), "s3": s3})  # fmt: skip
+            if extra is not None:
+                out[-1].update(extra(r, sample, out[-1]))
             r.store.close()
     return out
 
@@ -132,26 +135,36 @@ def frontier(questions: list[dict], budget: int, best: dict[str, float]) -> None
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def gather_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that gathers tuning questions (or replays them from pickles)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="literal_niah,paraphrase_niah,paraphrase_multikey")
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lengths", default="16384")
     p.add_argument("--budget", type=int, default=1024)
     p.add_argument("--index-cache", default="runs/icache")
-    p.add_argument("--cache", help="write the gathered candidates here (pickle)")
-    p.add_argument("--replay", help="comma-separated candidate pickles to replay instead of gathering")
+    p.add_argument("--cache", help="write the gathered questions here (pickle)")
+    p.add_argument("--replay", help="comma-separated pickles to replay instead of gathering")
+    return p
+
+
+def questions_of(args: argparse.Namespace, extra=None) -> list[dict]:
+    """The questions of ``--replay``, or gathered (``gather(args, extra)``) and written to ``--cache``."""
+    if args.replay:
+        return [q for f in args.replay.split(",") for q in pickle.loads(Path(f).read_bytes())]
+    questions = gather(args, extra)
+    if args.cache:
+        Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.cache).write_bytes(pickle.dumps(questions))
+    return questions
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = gather_parser(__doc__)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
-    if args.replay:
-        questions = [q for f in args.replay.split(",") for q in pickle.loads(Path(f).read_bytes())]
-    else:
-        questions = gather(args)
-        if args.cache:
-            Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.cache).write_bytes(pickle.dumps(questions))
-    replay(questions, args.budget, args.top)
+    replay(questions_of(args), args.budget, args.top)
     return 0
 
 

@@ -1,0 +1,73 @@
+"""The two tries of bench/ for issue 14: the attention rerank picks by the model's attention, and the
+code-overlap query map lowers its loss and raises the overlap of codes it was trained for."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from s3attn.retrieval.spans import Span
+from s3attn.saes.sae import SaeConfig, TopKSAE
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _bench(name: str):
+    sys.path.insert(0, str(BENCH))  # the scripts import their siblings
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_rerank_takes_the_candidates_the_question_attends_to():
+    rr = _bench("rerank_attention")
+    pos = np.arange(1000, 1300)
+    prof = np.full((4, pos.size), 0.001, np.float32)
+    prof[:, 250:260] = 0.05  # the question attends to index tokens 1250-1259: inside the S3 span
+    q = {
+        "bias": [],
+        "bm25": [Span(1000, 1128, 9.0, "bm25", {"coverage": 0.9, "bm25": 9.0})],
+        "s3": [Span(1240, 1280, 1.0, "s3", {})],
+        "prof": {"after": prof, "last": prof},
+        "pos": pos,
+    }
+    for agg in ("max", "mean", "top8"):
+        (got,) = rr.reranked(q, 40, (0, 4), rr.AGGREGATES[agg])
+        assert (got.start, got.end) == (1240, 1280)
+    prof[:, 10:20] = 0.2  # now the BM25 passage holds the most attended tokens
+    (got,) = rr.reranked(q, 128, (0, 4), rr.AGGREGATES["max"])
+    assert (got.start, got.end) == (1000, 1128)
+
+
+def _sae(d: int = 8, latents: int = 64, k: int = 4) -> TopKSAE:
+    torch.manual_seed(0)
+    return TopKSAE(SaeConfig(d_in=d, num_latents=latents, k=k)).eval()
+
+
+def test_code_overlap_training_lowers_its_loss_and_raises_the_overlap():
+    qc = _bench("query_map_codes")
+    sae, n, h, d = _sae(), 4000, 2, 8
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(n, h, d, generator=gen)
+    mix = torch.randn(h, d, d, generator=gen)
+    y = torch.tanh(torch.einsum("nhd,hde->nhe", q, mix)) * 3  # a key the query's map cannot reach linearly
+    m = torch.rand(n, h, generator=gen) + 0.1
+    target = qc.CodeTarget(sae, y.reshape(-1, d), idf_power=1.0)
+    w0, b0 = torch.zeros(h, d, d), torch.zeros(h, d)  # start far from any good map
+
+    def loss(w, b):
+        tw, ti = target.codes(y)
+        logp = torch.log_softmax(target.preacts(w, b, q), -1)
+        return float(-((tw * logp.gather(-1, ti)).sum(-1) * m).sum() / m.sum())
+
+    w1, b1 = qc.refine(target, w0, b0, (q, y, m), steps=150, lr=3e-2, batch=512, seed=0)
+    assert loss(w1, b1) < loss(w0, b0) - 0.1
+    assert target.overlap(w1, b1, (q, y, m)) > target.overlap(w0, b0, (q, y, m)) + 0.1
