@@ -80,6 +80,7 @@ def attention_profile(r, sample, row: dict, budget: int) -> dict:
     n_q = len(ids) - hi
     later = torch.ones(n_q, n_q, dtype=torch.bool).triu(1)  # causal among the question's own tokens
     prof = {name: np.zeros((len(layers), hi - lo), np.float32) for name in PROFILES}
+    heads = np.zeros((len(layers), geo.num_heads, hi - lo), np.float16)  # per query head, "after"
     for layer in layers:
         q, k = taps.queries[layer][0].float().cpu(), taps.keys[layer][0].float().cpu()
         qr, kr = rope(r.model, q[hi:]), rope(r.model, k[:, kv])
@@ -88,12 +89,13 @@ def attention_profile(r, sample, row: dict, budget: int) -> dict:
         attn = logits.softmax(-1)[:, :, lo:hi]
         prof["after"][layer] = attn.mean((0, 1)).numpy()
         prof["last"][layer] = attn[:, -1].mean(0).numpy()
-    return {"prof": prof, "pos": pos}
+        heads[layer] = attn.mean(1).numpy().astype(np.float16)
+    return {"prof": prof, "heads": heads, "pos": pos}
 
 
-def reranked(q: dict, budget: int, layers: tuple[int, int], aggregate, profile: str = "after") -> list:
-    """Bias spans first, then the candidates by the model's attention on them, within ``budget``."""
-    prof = q["prof"][profile][layers[0] : layers[1]].mean(0)
+def reranked(q: dict, budget: int, prof: np.ndarray, aggregate) -> list:
+    """Bias spans first, then the candidates by the model's attention on them (``prof``: one value per
+    context token), within ``budget``."""
     scored = []
     for s in candidates(q, budget):
         v = prof[(q["pos"] >= s.start) & (q["pos"] < s.end)]
@@ -102,12 +104,9 @@ def reranked(q: dict, budget: int, layers: tuple[int, int], aggregate, profile: 
     return fuse([q["bias"], scored], budget)
 
 
-def attention_share(
-    q: dict, budget: int, layers: tuple[int, int], shares: tuple[float, float], profile: str = "after"
-) -> list:
+def attention_share(q: dict, budget: int, prof: np.ndarray, shares: tuple[float, float]) -> list:
     """The model's attention as the fusion's signal: BM25 gets ``shares[0]`` of the budget when its best
     candidate holds the most attended token, else ``shares[1]``; the adaptive interleave does the rest."""
-    prof = q["prof"][profile][layers[0] : layers[1]].mean(0)
 
     def best(spans: list) -> float:
         vals = [prof[(q["pos"] >= s.start) & (q["pos"] < s.end)] for s in spans]
@@ -134,15 +133,47 @@ def replay(questions: list[dict], budget: int) -> None:
         questions, lambda q: adaptive_spans(q["bias"], q["bm25"], q["s3"], budget, ShareRule())[0]
     ))  # fmt: skip
     for profile in PROFILES:
-        for group, layers in LAYER_GROUPS.items():
-            for agg, fn in AGGREGATES.items():
-                h = family_means(questions, lambda q, a=layers, f=fn, p=profile: reranked(q, budget, a, f, p))
-                line(f"rerank {profile} {group} {agg}", h)
-            for shares in ((0.9, 0.1), (0.7, 0.3)):
-                h = family_means(
-                    questions, lambda q, a=layers, b=shares, p=profile: attention_share(q, budget, a, b, p)
-                )
-                line(f"share {profile} {group} {shares[0]}/{shares[1]}", h)
+        for group, (a, b) in LAYER_GROUPS.items():
+            tries(
+                questions,
+                budget,
+                f"{profile} {group}",
+                lambda q, p=profile, a=a, b=b: q["prof"][p][a:b].mean(0),
+                line,
+            )
+    lexical = [q for q in questions if q["task"] == "literal_niah"]
+    for n in (4, 16):
+        chosen = retrieval_heads(lexical, n)
+        print(f"retrieval heads (chosen on the {len(lexical)} literal needles): {chosen}")
+        tries(
+            questions, budget, f"{n} heads", lambda q, c=chosen: np.mean([q["heads"][h] for h in c], 0), line
+        )
+
+
+def tries(questions: list[dict], budget: int, name: str, prof_of, line) -> None:
+    """Every rerank aggregate and both share pairs with the profile ``prof_of(q)``."""
+    for agg, fn in AGGREGATES.items():
+        line(
+            f"rerank {name} {agg}",
+            family_means(questions, lambda q, f=fn: reranked(q, budget, prof_of(q), f)),
+        )
+    for shares in ((0.9, 0.1), (0.7, 0.3)):
+        h = family_means(questions, lambda q, s=shares: attention_share(q, budget, prof_of(q), s))
+        line(f"share {name} {shares[0]}/{shares[1]}", h)
+
+
+def retrieval_heads(questions: list[dict], n: int) -> list[tuple[int, int]]:
+    """The ``n`` (layer, query head) pairs that put the largest share of their attention on the context onto
+    the evidence tokens, averaged over ``questions`` (a retrieval score like that of retrieval-head studies)."""
+    share = 0.0
+    for q in questions:
+        on = np.zeros(q["pos"].size, bool)
+        for a, b in q["evidence"]:
+            on |= (q["pos"] >= a) & (q["pos"] < b)
+        heads = q["heads"].astype(np.float32)
+        share = share + heads[..., on].sum(-1) / np.maximum(heads.sum(-1), 1e-12)
+    order = np.argsort(-np.ravel(share), kind="stable")[:n]
+    return [tuple(int(x) for x in np.unravel_index(i, np.shape(share))) for i in order]
 
 
 def main(argv: list[str] | None = None) -> int:

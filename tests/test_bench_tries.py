@@ -40,10 +40,10 @@ def test_rerank_takes_the_candidates_the_question_attends_to():
         "pos": pos,
     }
     for agg in ("max", "mean", "top8"):
-        (got,) = rr.reranked(q, 40, (0, 4), rr.AGGREGATES[agg])
+        (got,) = rr.reranked(q, 40, prof.mean(0), rr.AGGREGATES[agg])
         assert (got.start, got.end) == (1240, 1280)
     prof[:, 10:20] = 0.2  # now the BM25 passage holds the most attended tokens
-    (got,) = rr.reranked(q, 128, (0, 4), rr.AGGREGATES["max"])
+    (got,) = rr.reranked(q, 128, prof.mean(0), rr.AGGREGATES["max"])
     assert (got.start, got.end) == (1000, 1128)
 
 
@@ -71,3 +71,16 @@ def test_code_overlap_training_lowers_its_loss_and_raises_the_overlap():
     w1, b1 = qc.refine(target, w0, b0, (q, y, m), steps=150, lr=3e-2, batch=512, seed=0)
     assert loss(w1, b1) < loss(w0, b0) - 0.1
     assert target.overlap(w1, b1, (q, y, m)) > target.overlap(w0, b0, (q, y, m)) + 0.1
+
+
+def test_retrieval_heads_are_those_attending_to_the_evidence():
+    rr = _bench("rerank_attention")
+    rng = np.random.default_rng(0)
+    pos = np.arange(500, 800)
+    questions = []
+    for start in (520, 700):
+        heads = rng.random((3, 4, pos.size)).astype(np.float16)
+        heads[2, 1, start - 500 : start - 490] = 5.0  # (2, 1) looks at the evidence, both times
+        heads[0, 3, start - 500 : start - 490] = 5.0 if start == 520 else 0.0  # (0, 3) only once
+        questions.append({"pos": pos, "evidence": [(start, start + 10)], "heads": heads})
+    assert rr.retrieval_heads(questions, 2) == [(2, 1), (0, 3)]
