@@ -36,7 +36,7 @@ from s3attn.train.query_map import rope
 
 MARK = "<<<CONTEXT>>>"
 PROFILES = ("after", "last")  # attention of every prompt token after the context / of the last one only
-LAYER_GROUPS = {"all": (0, 30), "0-9": (0, 10), "10-19": (10, 20), "20-29": (20, 30), "5-24": (5, 25)}
+LAYER_GROUPS = {"all": (0, None), "0-9": (0, 10), "10-19": (10, 20), "20-29": (20, 30), "5-24": (5, 25)}
 AGGREGATES = {
     "mean": np.mean,
     "max": np.max,
