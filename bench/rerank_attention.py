@@ -142,6 +142,9 @@ def replay(questions: list[dict], budget: int) -> None:
                 line,
             )
     lexical = [q for q in questions if q["task"] == "literal_niah"]
+    share, chance = evidence_share(lexical)
+    print(f"evidence share of attention per layer, best query head (chance {chance:.4f}, literal needles):")
+    print("  " + " ".join(f"{layer}:{v:.3f}" for layer, v in enumerate(share.max(1))))
     for n in (4, 16):
         chosen = retrieval_heads(lexical, n)
         print(f"retrieval heads (chosen on the {len(lexical)} literal needles): {chosen}")
@@ -162,18 +165,26 @@ def tries(questions: list[dict], budget: int, name: str, prof_of, line) -> None:
         line(f"share {name} {shares[0]}/{shares[1]}", h)
 
 
-def retrieval_heads(questions: list[dict], n: int) -> list[tuple[int, int]]:
-    """The ``n`` (layer, query head) pairs that put the largest share of their attention on the context onto
-    the evidence tokens, averaged over ``questions`` (a retrieval score like that of retrieval-head studies)."""
-    share = 0.0
+def evidence_share(questions: list[dict]) -> tuple[np.ndarray, float]:
+    """Per (layer, query head): the share of its attention on the context that lands on the evidence tokens,
+    averaged over ``questions`` (a retrieval score like that of retrieval-head studies); and chance, the
+    evidence tokens' share of the context."""
+    share, chance = 0.0, 0.0
     for q in questions:
         on = np.zeros(q["pos"].size, bool)
         for a, b in q["evidence"]:
             on |= (q["pos"] >= a) & (q["pos"] < b)
         heads = q["heads"].astype(np.float32)
         share = share + heads[..., on].sum(-1) / np.maximum(heads.sum(-1), 1e-12)
-    order = np.argsort(-np.ravel(share), kind="stable")[:n]
-    return [tuple(int(x) for x in np.unravel_index(i, np.shape(share))) for i in order]
+        chance += on.mean()
+    return np.asarray(share) / len(questions), chance / len(questions)
+
+
+def retrieval_heads(questions: list[dict], n: int) -> list[tuple[int, int]]:
+    """The ``n`` (layer, query head) pairs with the largest :func:`evidence_share`."""
+    share, _ = evidence_share(questions)
+    order = np.argsort(-share.ravel(), kind="stable")[:n]
+    return [tuple(int(x) for x in np.unravel_index(i, share.shape)) for i in order]
 
 
 def main(argv: list[str] | None = None) -> int:
