@@ -21,6 +21,7 @@ overlap, whereas a token's key in the question and the same token's key in the d
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -69,6 +70,9 @@ class QuestionConfig:
     """Tokens either side within which a (layer, KV head) pair's postings count for coordination."""
     read_layers: list[int] = field(default_factory=list)
     """Indexed layers whose postings the question reads (empty: all of the index's layers)."""
+    query_heads: list[int] = field(default_factory=list)
+    """Query heads coded at site query or both (empty: all), e.g. the model's retrieval heads; a KV head
+    none of whose query heads is chosen is read by its key rows only (site both) or not at all (query)."""
     half_weights: bool = True
     """On CPU, run the question's forward with fp16-packed linear weights (fbgemm, computed in fp32): about
     1.5x faster, codes as fp32's to within ~0.1 % of features (see s3attn.models.half); off: the
@@ -135,14 +139,21 @@ def question_codes(
     cache: Any = None,
     site: str = SITE_KEY_NAME,
     query_map: QueryMap | None = None,
+    query_heads: Sequence[int] = (),
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """Per (layer, KV head): (indices [n, k], acts [n, k]) over the question's tokens: its key vector of that
     KV head (``site`` key), every query head of the group (query), or both, rows stacked.
 
     ``cache``: KV cache of the tokens before ``input_ids`` (extended in place). ``query_map``: query vectors
-    are mapped into the key space first (:class:`~s3attn.saes.query_map.QueryMap`).
+    are mapped into the key space first (:class:`~s3attn.saes.query_map.QueryMap`). ``query_heads``: only
+    these query heads are coded (empty: all).
     """
     sites = check_site(site)
+    bad = sorted(h for h in query_heads if not 0 <= h < len(kv_of_query))
+    if bad:
+        raise S3Error(
+            f"--query-heads {bad}: the model has query heads 0-{len(kv_of_query) - 1}; choose among them"
+        )
     taps = tap_heads(model, input_ids[None], sorted(saes), sites=sites, cache=cache)
     lo, hi = token_range
     parts: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -158,6 +169,10 @@ def question_codes(
             act_THK = rearrange(enc.top_acts, "(t h) k -> t h k", t=n_tok).float().cpu().numpy()
             for kv in sorted(set(kv_of_query)):
                 heads = [h for h, g in enumerate(kv_of_head) if g == kv]
+                if tap_site == SITE_QUERY and query_heads:
+                    heads = [h for h in heads if h in query_heads]
+                if not heads:
+                    continue
                 parts.setdefault((layer, kv), []).append(
                     (
                         idx_THK[:, heads].reshape(-1, idx_THK.shape[-1]),
@@ -186,12 +201,13 @@ class QuestionEncoder:
         *,
         half_weights: bool = False,
         query_map: QueryMap | None = None,
+        query_heads: Sequence[int] = (),
     ):
         from s3attn.models.half import half_weight_view
 
         self.model = half_weight_view(model, max(saes)) if half_weights else model
         self.saes, self.kv_of_query = saes, kv_of_query
-        self.site, self.query_map = site, query_map
+        self.site, self.query_map, self.query_heads = site, query_map, tuple(query_heads)
         check_site(site)
         self._prefix: tuple[int, ...] | None = None
         self._cache: Any = None
@@ -211,6 +227,7 @@ class QuestionEncoder:
                 (0, hi),
                 site=self.site,
                 query_map=self.query_map,
+                query_heads=self.query_heads,
             )
         prefix = tuple(ids[:lo].tolist())
         if prefix != self._prefix:
@@ -224,6 +241,7 @@ class QuestionEncoder:
             _fork(self._cache),
             self.site,
             self.query_map,
+            self.query_heads,
         )
 
 

@@ -208,9 +208,9 @@ class Retriever:
 
     @property
     def encoder(self) -> QuestionEncoder:
-        """The question encoder for the current ``cfg.question`` (site, half weights), made on first use."""
+        """The question encoder for the current ``cfg.question`` (site, half weights, map, heads), made once."""
         q = self.cfg.question
-        key = (q.site, q.half_weights, q.query_map)
+        key = (q.site, q.half_weights, q.query_map, tuple(q.query_heads))
         if key not in self._encoders:
             qmap = QueryMap.load(Path(q.query_map)) if q.query_map else None
             self._encoders[key] = QuestionEncoder(
@@ -220,6 +220,7 @@ class Retriever:
                 q.site,
                 half_weights=q.half_weights,
                 query_map=qmap,
+                query_heads=q.query_heads,
             )
         return self._encoders[key]
 

@@ -317,6 +317,31 @@ def test_query_sites_code_the_right_vectors(retriever):
         q.question_codes(*args, site="value")
 
 
+def test_query_heads_code_only_the_chosen_query_heads(retriever):
+    """--query-heads: the query rows of the chosen heads only; a KV head with none of them is not read at
+    site query and keeps its key rows at site both; a head the model lacks is refused."""
+    import s3attn.retrieval.question as q
+    from s3attn.models.taps import tap_heads
+
+    ids = torch.tensor(retriever.tokenizer("where is the queen", add_special_tokens=False)["input_ids"])
+    n, kv_of_q = len(ids), retriever.geom.kv_head_of_query
+    args = (retriever.model, retriever.saes, kv_of_q, ids, (0, n))
+    chosen = len(kv_of_q) - 1  # the last query head: its KV group only
+    codes = q.question_codes(*args, site="query", query_heads=[chosen])
+    taps = tap_heads(retriever.model, ids[None], sorted(retriever.saes))
+    assert {kv for _, kv in codes} == {kv_of_q[chosen]}
+    for (layer, _), (idx, _) in codes.items():
+        enc = retriever.saes[layer].encode(taps.queries[layer][0, :, chosen])
+        np.testing.assert_array_equal(idx, enc.top_indices.numpy())
+    both = q.question_codes(*args, site="both", query_heads=[chosen])
+    keys = q.question_codes(*args, site="key")
+    for key, (idx, _) in keys.items():
+        extra = n if key[1] == kv_of_q[chosen] else 0
+        assert both[key][0].shape[0] == idx.shape[0] + extra
+    with pytest.raises(S3Error, match="query-heads"):
+        q.question_codes(*args, site="query", query_heads=[len(kv_of_q)])
+
+
 def _question_codes(retriever, question: str) -> dict:
     """The question's SAE codes per (layer, KV head), as ``Retriever.s3_scores`` computes them."""
     prompt = retriever.prompt("", question)
