@@ -26,26 +26,19 @@ from einops import einsum
 
 from s3attn.corpus import Corpus
 from s3attn.models.precision import resolve_dtype
-from s3attn.models.taps import attention_geometry, tap_heads
 from s3attn.saes.query_map import QueryMap
 from s3attn.saes.stack import load_stack, resolve_release
-from s3attn.train.query_map import NormalEquations, attended_keys, sample_contexts
+from s3attn.train.query_map import NormalEquations, attention_rows, sample_contexts
 
 SINK = 4
 
 
-@torch.no_grad()
 def harvest(model, contexts, layers, local: int) -> dict[int, tuple[torch.Tensor, ...]]:
     """Per layer: (query rows [N, H, D], attended key [N, H, D], attention mass [N, H])."""
-    geo = attention_geometry(model)
     rows: dict[int, list[list[torch.Tensor]]] = {layer: [[], [], []] for layer in layers}
-    for ids in contexts:
-        taps = tap_heads(model, ids[None], layers)
-        for layer in layers:
-            q, k = taps.queries[layer][0].float(), taps.keys[layer][0].float()
-            y, m = attended_keys(model, q, k, geo.kv_head_of_query, SINK, local, "argmax")
-            for acc, t in zip(rows[layer], (q, y, m)):
-                acc.append(t[SINK + local :])
+    for layer, *tensors in attention_rows(model, contexts, layers, sink=SINK, local=local, target="argmax"):
+        for acc, t in zip(rows[layer], tensors):
+            acc.append(t)
     return {layer: tuple(torch.cat(t) for t in v) for layer, v in rows.items()}
 
 

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import torch
 from einops import einsum
-from tune_adaptive import family_means, gather_parser, questions_of
+from tune_adaptive import bm25_feed, family_means, gather_parser, own_results, questions_of
 
 from s3attn.models.taps import attention_geometry, tap_heads
 from s3attn.retrieval.adaptive import ShareRule, adaptive_spans, shared_spans
@@ -47,8 +47,7 @@ AGGREGATES = {
 
 def candidates(q: dict, budget: int) -> list:
     """BM25's and S3's own feeds at the full budget, each span a candidate."""
-    bm = normalised(fuse([q["bm25"]], budget)) if q["bm25"] else []
-    return bm + normalised(q["s3"])
+    return bm25_feed(q, budget) + normalised(q["s3"])
 
 
 def prompt_ids(r, units: list[tuple[int, int]], question: str) -> tuple[list[int], np.ndarray, int, int]:
@@ -112,16 +111,12 @@ def attention_share(q: dict, budget: int, prof: np.ndarray, shares: tuple[float,
         vals = [prof[(q["pos"] >= s.start) & (q["pos"] < s.end)] for s in spans]
         return max((float(v.max()) for v in vals if v.size), default=0.0)
 
-    bm = normalised(fuse([q["bm25"]], budget)) if q["bm25"] else []
-    share = shares[0] if best(bm) >= best(normalised(q["s3"])) else shares[1]
+    share = shares[0] if best(bm25_feed(q, budget)) >= best(normalised(q["s3"])) else shares[1]
     return shared_spans(q["bias"], q["bm25"], q["s3"], budget, share)
 
 
 def replay(questions: list[dict], budget: int) -> None:
-    s3 = family_means(questions, lambda q: normalised(q["s3"]))
-    bm25 = family_means(questions, lambda q: normalised(fuse([q["bm25"]], budget)) if q["bm25"] else [])
-    best = {f: max(s3[f], bm25[f]) for f in s3}
-    print("families:", ", ".join(f"{f} (n={sum(q['family'] == f for q in questions)})" for f in s3))
+    s3, bm25, best = own_results(questions, budget)
 
     def line(name: str, h: dict) -> None:
         margin = min(h[f] - best[f] for f in h)

@@ -87,11 +87,21 @@ def family_means(questions: list[dict], spans_of) -> dict[str, float]:
     return {f: float(np.mean(v)) for f, v in sorted(by.items())}
 
 
-def replay(questions: list[dict], budget: int, top: int) -> None:
+def bm25_feed(q: dict, budget: int) -> list:
+    """What the ``bm25`` mode feeds for question ``q``: its passages within ``budget``."""
+    return normalised(fuse([q["bm25"]], budget)) if q["bm25"] else []
+
+
+def own_results(questions: list[dict], budget: int) -> tuple[dict, dict, dict]:
+    """Recall per family of S3 alone, of BM25 alone, and the better of the two (printing the families)."""
     s3 = family_means(questions, lambda q: normalised(q["s3"]))
-    bm25 = family_means(questions, lambda q: normalised(fuse([q["bm25"]], budget)) if q["bm25"] else [])
-    best = {f: max(s3[f], bm25[f]) for f in s3}
+    bm25 = family_means(questions, lambda q: bm25_feed(q, budget))
     print("families:", ", ".join(f"{f} (n={sum(q['family'] == f for q in questions)})" for f in s3))
+    return s3, bm25, {f: max(s3[f], bm25[f]) for f in s3}
+
+
+def replay(questions: list[dict], budget: int, top: int) -> None:
+    s3, bm25, best = own_results(questions, budget)
     print("s3  ", {f: round(v, 3) for f, v in s3.items()})
     print("bm25", {f: round(v, 3) for f, v in bm25.items()})
     results = []
@@ -127,7 +137,7 @@ def frontier(questions: list[dict], budget: int, best: dict[str, float]) -> None
     for q in questions:
         own = [
             recall(q, normalised(q["s3"])),
-            recall(q, normalised(fuse([q["bm25"]], budget)) if q["bm25"] else []),
+            recall(q, bm25_feed(q, budget)),
         ]
         by.setdefault(q["family"], []).append(max(v or 0.0 for v in own))
     print(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -106,6 +106,22 @@ class NormalEquations:
 
 
 @torch.no_grad()
+def attention_rows(
+    model, contexts: Iterable[torch.Tensor], layers: list[int], *, sink: int, local: int, target: str
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per context and layer: (layer, query rows [T', H, D], the key each attends to [T', H, D], attention
+    mass there [T', H]) on the CPU, the first ``sink + local`` tokens (which have no such key) left out."""
+    geo = attention_geometry(model)
+    for ids in contexts:
+        taps = tap_heads(model, ids[None].to(model.device), layers)
+        for layer in layers:
+            q_THD, k_TGD = taps.queries[layer][0], taps.keys[layer][0]
+            y_THD, mass_TH = attended_keys(model, q_THD, k_TGD, geo.kv_head_of_query, sink, local, target)
+            keep = slice(sink + local, None)
+            yield layer, q_THD[keep].float().cpu(), y_THD[keep].cpu(), mass_TH[keep].cpu()
+
+
+@torch.no_grad()
 def fit_query_map(
     model,
     contexts: Iterable[torch.Tensor],
@@ -120,13 +136,11 @@ def fit_query_map(
     """A ``QueryMap`` for ``layers`` fitted on ``contexts`` (token id tensors [T]), see the module docstring."""
     geo = attention_geometry(model)
     eqs = {layer: NormalEquations(geo.num_heads, geo.head_dim) for layer in layers}
-    for ids in tqdm(contexts, total=total, desc="query map", unit="ctx"):
-        taps = tap_heads(model, ids[None].to(model.device), layers)
-        for layer in layers:
-            q_THD, k_TGD = taps.queries[layer][0], taps.keys[layer][0]
-            y_THD, mass_TH = attended_keys(model, q_THD, k_TGD, geo.kv_head_of_query, sink, local, target)
-            keep = slice(sink + local, None)
-            eqs[layer].add(q_THD[keep].float().cpu(), y_THD[keep].cpu(), mass_TH[keep].cpu())
+    shown = tqdm(contexts, total=total, desc="query map", unit="ctx")
+    for layer, q_THD, y_THD, mass_TH in attention_rows(
+        model, shown, layers, sink=sink, local=local, target=target
+    ):
+        eqs[layer].add(q_THD, y_THD, mass_TH)
     maps = {layer: eq.solve(ridge) for layer, eq in eqs.items()}
     log.info("query map fitted on %d rows per layer", next(iter(eqs.values())).rows)
     meta = {"sink": sink, "local": local, "target": target, "ridge": ridge, "rows": eqs[layers[0]].rows}
