@@ -34,7 +34,8 @@ from s3attn.errors import S3Error
 from s3attn.index_builder.schema import concat_ranges
 from s3attn.retrieval.adaptive import DEFAULT_RULE, ShareRule, adaptive_spans
 from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
-from s3attn.retrieval.sparse import SparseScores, range_max_sparse
+from s3attn.retrieval.sparse import SparseScores
+from s3attn.retrieval.steps import StepScores, range_max_steps, steps_of
 
 FUSIONS = ("adaptive", "tiered", "linear", "rrf")
 
@@ -129,14 +130,14 @@ def overlap_max(spans: list[Span], others: list[Span], values: np.ndarray) -> np
     return vals.max(axis=1)
 
 
-def range_max(spans: list[Span], scores_T: np.ndarray | SparseScores) -> np.ndarray:
+def range_max(spans: list[Span], scores_T: np.ndarray | SparseScores | StepScores) -> np.ndarray:
     """float64 [len(spans)]: the max of ``scores_T`` inside each span (one reduceat, no Python loop);
-    ``SparseScores``: read from the touched tokens inside the spans, the others scoring 0."""
+    ``SparseScores`` / ``StepScores``: read from the runs inside the spans, untouched tokens scoring 0."""
     if not spans:
         return np.zeros(0)
     a0, a1 = _bounds(spans)
-    if isinstance(scores_T, SparseScores):
-        return range_max_sparse(a0, a1, scores_T)
+    if isinstance(scores_T, (SparseScores, StepScores)):
+        return range_max_steps(a0, a1, steps_of(scores_T))
     n = scores_T.size
     a0, a1 = np.clip(a0, 0, n), np.clip(a1, 0, n)
     out = np.zeros(len(spans))
@@ -160,7 +161,7 @@ def _ranks(spans: list[Span]) -> np.ndarray:
 def fused_candidates(
     bm25: list[Span],
     s3: list[Span],
-    smoothed: np.ndarray | SparseScores,
+    smoothed: np.ndarray | SparseScores | StepScores,
     *,
     fusion: str,
     bm25_weight: float = FusionConfig.bm25_weight,
@@ -170,7 +171,7 @@ def fused_candidates(
     ``fused`` (the score) and, for ``linear``, the ``bm25_norm`` / ``s3_norm`` it was made of.
 
     ``bm25``: passages, scores raw or normalised; ``s3``: S3 spans whose score is their smoothed peak;
-    ``smoothed``: the smoothed S3 scores (what the S3 spans' peaks were read from): ``SparseScores`` (the
+    ``smoothed``: the smoothed S3 scores (what the S3 spans' peaks were read from): ``StepScores`` (the
     question path) or one per token.
     """
     if fusion not in ("linear", "rrf"):
@@ -206,7 +207,7 @@ def hybrid_spans(
     bias: list[Span],
     bm25_hits: list[Span],
     s3: list[Span],
-    smoothed: np.ndarray | SparseScores,
+    smoothed: np.ndarray | SparseScores | StepScores,
     budget: int,
     cfg: FusionConfig,
 ) -> list[Span]:

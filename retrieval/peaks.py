@@ -3,28 +3,32 @@
 ``smooth`` is a centred moving average over the per-token S3 scores; ``find_peaks_nms`` picks the peaks of
 the smoothed scores by greedy non-maximum suppression. Both take a dense array (one float per token: only the
 best-scoring 256-token blocks are read for peaks) or :class:`~s3attn.retrieval.sparse.SparseScores` (the
-touched tokens only: the question path), with the same results.
+touched tokens only: the question path), with the same results; smoothing those gives
+:class:`~s3attn.retrieval.steps.StepScores` (runs of equal smoothed scores), and peaks are found on the runs.
 :func:`s3attn.retrieval.spans.peak_spans` grows spans around the peaks.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
 import numpy as np
 
 from s3attn.errors import S3Error
+from s3attn.index_builder.schema import concat_ranges
 from s3attn.retrieval.sparse import SparseScores
+from s3attn.retrieval.steps import StepScores, canonical, empty_steps, runs_of_tokens, steps_of
 
 
-def smooth(scores: np.ndarray | SparseScores, window: int) -> np.ndarray | SparseScores:
+def smooth(scores: np.ndarray | SparseScores, window: int) -> np.ndarray | StepScores:
     """Centred moving average of ``window`` tokens (a direct convolution), same length; ``window`` 1 = identity.
 
     Token ``i`` averages ``scores[i - window // 2 : i + (window - 1) // 2 + 1]`` (the alignment of
     ``np.convolve(scores, ones(window) / window, "same")``); at the edges it divides by the number of
     tokens actually inside the array, so the first/last tokens are not pulled toward zero.
-    ``SparseScores`` in, ``SparseScores`` out: the nonzero smoothed tokens, equal to the dense result's (to
-    the last bit at small windows; see ``sparse``).
+    ``SparseScores`` in, ``StepScores`` out: runs of equal smoothed scores, equal token by token to the
+    dense result's (to the last bit at small windows; see ``sparse``).
     """
     if window < 1:
         raise S3Error(f"smooth: window={window} must be >= 1")
@@ -74,53 +78,82 @@ def _islands(pos_N: np.ndarray, window: int, n: int) -> tuple[np.ndarray, np.nda
     return lo, hi, np.cumsum(new) - 1
 
 
-def _smooth_sparse(s: SparseScores, window: int) -> SparseScores:
-    """Smoothing of the touched tokens' neighbourhoods only.
+_CHUNK = 1 << 13  # touched tokens smoothed at a time (cut between segments)
 
-    The segments the smoothed scores can be nonzero at (:func:`_islands`) are laid end to end and smoothed
-    by the same convolution as a dense array. Between two touched tokens of neighbouring segments the
-    buffer holds ``window - 1`` zeros (the end of one reach, the start of the next), so a window that reads
-    across the join reads zeros exactly where the whole index has untouched tokens: every sum reads the
-    same values in the same order as over the whole index. The nonzero results, back at their global
-    positions, are divided by the tokens of their window inside the index."""
+
+def _smooth_sparse(s: SparseScores, window: int) -> StepScores:
+    """Smoothing of the touched tokens' neighbourhoods only, held as runs.
+
+    The touched tokens are taken about ``_CHUNK`` at a time, cut where their segments (:func:`_islands`)
+    part; each piece's segments are laid end to end between zeros and smoothed by the same convolution as
+    a dense array: every window reads the values a window over the whole index reads, in the same order,
+    with as many zeros before and after the index's own ends as the dense array has. The results, back at
+    their global positions, are divided by the tokens of their window inside the index and kept as runs of
+    equal values, so a question holds about two entries per touched token, not the window's width."""
     n, pos = s.num_tokens, s.positions_N
     out_dtype = np.result_type(s.values_N.dtype, np.float32)
-    if window == 1 or pos.size == 0:
-        return SparseScores(pos.copy(), s.values_N.astype(out_dtype, copy=True), n)
-    lo, hi, seg_N = _islands(pos, window, n)
+    if pos.size == 0:
+        return empty_steps(out_dtype, n)
+    if window == 1:
+        return steps_of(SparseScores(pos, s.values_N.astype(out_dtype), n))
+    before, after = _reach(window)
+    if pos[0] < after and pos[-1] + before + 1 >= n and not (np.diff(pos) > window).any():
+        out_T = _smooth_dense(s.dense(), window)  # the neighbourhoods cover the whole (small) index
+        return canonical(*runs_of_tokens(np.arange(n, dtype=np.int64), out_T, n), n)
+    starts_R = np.empty(2 * pos.size + window + 2, np.int64)  # about two runs per touched token
+    values_R = np.empty(starts_R.size, out_dtype)
+    k = 0
+    for a, b in _pieces(pos, window):
+        piece = SparseScores(pos[a:b], s.values_N[a:b], n)
+        r_start, r_value = runs_of_tokens(*_smooth_islands(piece, window), n)
+        if k + r_start.size > starts_R.size:  # more runs than two per token (rounding inside a run)
+            starts_R = np.concatenate([starts_R, np.empty(starts_R.size, np.int64)])
+            values_R = np.concatenate([values_R, np.empty(values_R.size, out_dtype)])
+        starts_R[k : k + r_start.size], values_R[k : k + r_start.size] = r_start, r_value
+        k += r_start.size
+    return canonical(starts_R[:k], values_R[:k], n)
+
+
+def _pieces(pos_N: np.ndarray, window: int) -> Iterator[tuple[int, int]]:
+    """``[a, b)`` index ranges of about ``_CHUNK`` sorted touched positions, cut only where two of them are
+    ``window`` or more apart (their smoothed neighbourhoods do not touch)."""
+    a, size = 0, pos_N.size
+    while a < size:
+        b = min(a + _CHUNK, size)
+        look = _CHUNK
+        while b < size:
+            apart = np.flatnonzero(np.diff(pos_N[b - 1 : b + look]) >= window)
+            if apart.size:
+                b += int(apart[0])
+                break
+            b, look = min(b + look, size), 2 * look
+        yield a, b
+        a = b
+
+
+def _smooth_islands(s: SparseScores, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(global positions, smoothed scores) of every token the smoothed scores of ``s`` can be nonzero at."""
+    n, pos, vals = s.num_tokens, s.positions_N, s.values_N
+    out_dtype = np.result_type(vals.dtype, np.float32)
+    before, after = _reach(window)
+    lo, hi, seg = _islands(pos, window, n)
     lens = hi - lo
     base = np.cumsum(lens) - lens
-    total = int(lens.sum())
-    if total >= n:  # the neighbourhoods cover the whole (small) index: smooth it as it is
-        out_T = _smooth_dense(s.dense(), window)
-        nz = np.flatnonzero(out_T)
-        return SparseScores(nz.astype(np.int64), out_T[nz], n)
-    buf = np.zeros(total, out_dtype)
-    buf[base[seg_N] + pos - lo[seg_N]] = s.values_N
-    if total >= window:
-        sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "same")
-    else:  # "same" returns max(total, window) sums; the full convolution's middle is the one wanted
-        sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "full")[(window - 1) // 2 :][:total]
-    del buf
-    g = np.ones(total, np.int64)  # the global position of each buffer entry, as steps from the previous one
-    g[0] = lo[0]
-    g[base[1:]] = lo[1:] - hi[:-1] + 1
-    np.cumsum(g, out=g)
-    keep = sums != 0
-    if not keep.all():  # a zero score, or scores that cancel
-        g, sums = g[keep], sums[keep]
-    out = sums
-    before, after = _reach(window)
-    # windows cut by the index's ends (g < before, g > n - after: a prefix and a suffix of the sorted g)
-    # are divided by the tokens inside
+    front = 0 if lo[0] == 0 else before  # zeros as a window over the whole index reads them
+    back = 0 if hi[-1] == n else after - 1
+    buf = np.zeros(front + int(lens.sum()) + back, out_dtype)
+    buf[front + base[seg] + pos - lo[seg]] = vals
+    sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "same")[front : buf.size - back]
+    g = concat_ranges(lo, lens)
+    # windows cut by the index's ends (g < before, g > n - after) are divided by the tokens inside
     k0, k1 = int(np.searchsorted(g, before)), int(np.searchsorted(g, n - after, side="right"))
     edge = np.r_[0:k0, k1 : g.size]
-    cut = out[edge]
-    out /= window
+    cut = sums[edge]
+    sums /= window
     if cut.size:
         g_e = g[edge]
-        out[edge] = cut / (np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)).astype(out_dtype)
-    return SparseScores(g, out, n)
+        sums[edge] = cut / (np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)).astype(out_dtype)
+    return g, sums
 
 
 _BLOCK = 256  # tokens per block of the block maxima that find_peaks_nms narrows its candidates with
@@ -169,34 +202,90 @@ def _candidates_by_score(x_T: np.ndarray, min_score: float, chunk: int) -> Itera
         upper, want = tau, 2 * want
 
 
-def _sparse_candidates(s: SparseScores, min_score: float, chunk: int) -> Iterator[np.ndarray]:
-    """Yield the local maxima of ``s`` (``>=`` both neighbours, untouched ones scoring 0) above ``min_score``
-    (>= 0) in blocks sorted by score descending, ties by position; every score in a block is above every
-    score in later blocks. Only about the best ``chunk`` are sorted first, twice as many each time more are
-    asked: the cut between blocks is read from a sample of the candidates' scores (sorted once), not
-    partitioned out of all of them, and no array of all candidates is made."""
-    pos, v = s.positions_N, s.values_N
-    apart = np.diff(pos) != 1  # neighbours in the array that are not neighbours in the index
-    ok = v > min_score  # an untouched neighbour scores 0, so it never beats a candidate
-    ok[1:] &= apart | (v[1:] >= v[:-1])
-    ok[:-1] &= apart | (v[:-1] >= v[1:])
-    stride = max(1, v.size // (64 * chunk))
-    sample = -np.sort(-v[::stride][ok[::stride]])  # the scores of every stride-th token's candidates
+def _score_blocks(v_C: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """Yield the indexes of ``v_C`` in blocks sorted by value descending, ties by index; every value in a
+    block is above every value in later blocks. Only about the best ``chunk`` are sorted first, twice as
+    many each time more are asked: the cut between blocks is read from a sample of the values (sorted
+    once), not partitioned out of all of them."""
+    stride = max(1, v_C.size // (64 * chunk))
+    sample = -np.sort(-v_C[::stride])
     upper, want = np.inf, chunk
     while True:
         k = max(want // stride, int(np.searchsorted(-sample, -upper, side="right")))  # below upper
         tau = float(sample[k]) if k < sample.size else -np.inf
-        top = np.flatnonzero(ok & (v >= tau) & (v < upper))  # about the next ``want``, and ties at the cut
+        top = np.flatnonzero((v_C >= tau) & (v_C < upper))  # about the next ``want``, and ties at the cut
         if top.size:
-            block, block_v = pos[top], v[top]
-            yield block[np.lexsort((block, -block_v))]
+            yield top[np.argsort(-v_C[top], kind="stable")]
         if tau == -np.inf:
             return
         upper, want = tau, 2 * want
 
 
+def _run_candidates(s: StepScores, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(runs, left_bad, right_bad): the runs (int32 indexes) holding candidate tokens, local maxima (``>=``
+    both neighbours; untouched tokens score 0) above ``min_score`` (>= 0), and per run whether its first /
+    last token is not one. Inside a run both neighbours are equal; its first token needs the run before not
+    above it, its last the run after (the last run ends at the index's end: no token after it)."""
+    starts, v = s.starts_R, s.values_R
+    left_bad = np.empty(v.size, dtype=bool)  # the run before scores above this one
+    left_bad[0] = starts[0] > 0 and v[0] < 0
+    np.less(v[1:], v[:-1], out=left_bad[1:])
+    right_bad = np.zeros(v.size, dtype=bool)  # the run after scores above this one
+    np.less(v[:-1], v[1:], out=right_bad[:-1])
+    ok = v > min_score
+    ok &= np.diff(starts, append=s.num_tokens) > left_bad.astype(np.int8) + right_bad
+    return np.flatnonzero(ok).astype(np.int32), left_bad, right_bad
+
+
+def _first_free(accepted: list[int], t: int, end: int, dist: int) -> int | None:
+    """The first token of ``[t, end)`` at least ``dist`` from every accepted peak (``accepted`` sorted)."""
+    while t < end:
+        k = bisect.bisect_left(accepted, t + dist) - 1  # the last accepted peak before t + dist
+        if k < 0 or accepted[k] <= t - dist:
+            return t
+        t = accepted[k] + dist
+    return None
+
+
+def _greedy_runs(s: StepScores, min_score: float, min_distance: int, max_peaks: int) -> np.ndarray:
+    """Greedy NMS over the candidate tokens of runs (see :func:`find_peaks_nms`): the runs' candidates are
+    taken in score-ordered blocks; a run's tokens share its score and come in position order, so the first
+    free one is the next accepted, and the run stays first with the tokens past its suppression."""
+    dist = max(int(min_distance), 1)
+    runs_C, left_bad, right_bad = _run_candidates(s, min_score)
+    accepted: list[int] = []  # sorted
+    order: list[int] = []  # as accepted
+    for block in _score_blocks(s.values_R[runs_C], max(64, 4 * max_peaks)):
+        r = runs_C[block].astype(np.int64)
+        cs = s.starts_R[r] + left_bad[r]
+        ce = np.where(r + 1 < s.size, s.starts_R[np.minimum(r + 1, s.size - 1)], s.num_tokens) - right_bad[r]
+        if accepted:  # drop the runs inside the suppression of one accepted peak
+            acc = np.asarray(accepted, dtype=np.int64)
+            j = np.searchsorted(acc, cs, side="right") - 1
+            q = acc[np.maximum(j, 0)]
+            inside = (j >= 0) & (cs - q < dist) & (ce - 1 - q < dist)
+            cs, ce = cs[~inside], ce[~inside]
+        cs, ce = cs.tolist(), ce.tolist()
+        i = 0
+        while i < len(cs) and len(order) < max_peaks:
+            t = _first_free(accepted, cs[i], ce[i], dist)
+            if t is None:
+                i += 1
+                continue
+            bisect.insort(accepted, t)
+            order.append(t)
+            cs[i] = t + dist
+        if len(order) >= max_peaks:
+            break
+    return np.asarray(order, dtype=np.int64)
+
+
 def find_peaks_nms(
-    scores: np.ndarray | SparseScores, *, min_distance: int, max_peaks: int, min_score: float = 0.0
+    scores: np.ndarray | SparseScores | StepScores,
+    *,
+    min_distance: int,
+    max_peaks: int,
+    min_score: float = 0.0,
 ) -> np.ndarray:
     """Greedy non-maximum suppression; int64 peak positions, highest score first.
 
@@ -204,15 +293,16 @@ def find_peaks_nms(
     (ties: lower position first). The best remaining candidate is accepted and every candidate closer
     than ``min_distance`` to it is dropped, until ``max_peaks`` are accepted. Accepted peaks are
     therefore ``>= min_distance`` apart and the first one is the global maximum (when above min_score).
-    ``SparseScores``: the candidates are its touched tokens, so ``min_score`` must be at least 0.
+    ``SparseScores`` or ``StepScores``: the candidates are the tokens of its runs, untouched tokens
+    scoring 0, so ``min_score`` must be at least 0.
     """
     chunk = max(64, 4 * max_peaks)
-    if isinstance(scores, SparseScores):
+    if isinstance(scores, (SparseScores, StepScores)):
         if min_score < 0:
             raise S3Error(f"find_peaks_nms: min_score={min_score} must be >= 0 for sparse scores")
         if max_peaks <= 0 or scores.size == 0:
             return np.zeros(0, dtype=np.int64)
-        return _greedy(_sparse_candidates(scores, min_score, chunk), min_distance, max_peaks)
+        return _greedy_runs(steps_of(scores), min_score, min_distance, max_peaks)
     x_T = np.asarray(scores).ravel()
     if not np.issubdtype(x_T.dtype, np.floating):
         x_T = x_T.astype(np.float64)

@@ -37,7 +37,7 @@ from s3attn.retrieval.question import (
     score_tokens,
     top_features_near,
 )
-from s3attn.retrieval.spans import SOURCE_S3, Span, bias_spans, fuse, peak_spans, smooth
+from s3attn.retrieval.spans import SOURCE_S3, Span, StepScores, bias_spans, fuse, peak_spans, smooth
 from s3attn.retrieval.sparse import SparseScores, from_dense, in_ranges
 from s3attn.saes.query_map import QueryMap
 
@@ -264,9 +264,9 @@ class Retriever:
         budget: int,
         *,
         allowed: list[tuple[int, int]] | None = None,
-    ) -> tuple[list[Span], SparseScores]:
-        """S3 scores (``SparseScores``, or one per token) -> (S3 spans within ``budget``, the smoothed
-        scores they were read from). The sink tokens, and the tokens outside ``allowed`` (sorted, disjoint
+    ) -> tuple[list[Span], StepScores]:
+        """S3 scores (``SparseScores``, or one per token) -> (S3 spans within ``budget``, the smoothed scores
+        they were read from, as runs). The sink tokens, and those outside ``allowed`` (sorted, disjoint
         ``(start, end)`` ranges) when given, get no score. Works on the touched tokens only."""
         cfg = self.cfg
         if not isinstance(scores, SparseScores):
@@ -276,7 +276,7 @@ class Retriever:
             scores = scores.keep(in_ranges(scores.positions_N, allowed))
         sm = smooth(scores, cfg.window)
         if allowed is not None:  # smoothing spreads scores over the edges of the allowed documents
-            sm = sm.keep(in_ranges(sm.positions_N, allowed))
+            sm = sm.restrict(allowed)
         peaks = peak_spans(
             sm,
             budget=budget,

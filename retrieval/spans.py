@@ -6,7 +6,8 @@ token, or ``SparseScores``); no model, no BM25 search. The flow of
 
     score_tokens(...)                  S3 scores of the touched tokens (SparseScores, s3attn.retrieval.sparse;
                                        s3attn.retrieval.question); sink tokens zeroed
-    smooth(scores, window)             centred moving average (s3attn.retrieval.peaks)
+    smooth(scores, window)             centred moving average (s3attn.retrieval.peaks): StepScores, runs
+                                       of equal smoothed scores (s3attn.retrieval.steps)
     peak_spans(smoothed, budget, ...)  find_peaks_nms (greedy non-maximum suppression, in peaks.py), then
                                        grow_spans: each peak grows while score >= frac * peak, inside its
                                        document
@@ -33,12 +34,14 @@ from s3attn.errors import S3Error
 from s3attn.index_builder.bm25 import Hit
 from s3attn.retrieval.peaks import find_peaks_nms, smooth
 from s3attn.retrieval.sparse import SparseScores, length_of, values_at
+from s3attn.retrieval.steps import StepScores
 
 __all__ = [
     "SOURCE_BIAS",
     "SOURCE_BM25",
     "SOURCE_S3",
     "Span",
+    "StepScores",
     "bias_spans",
     "bm25_spans",
     "find_peaks_nms",
@@ -90,7 +93,7 @@ def _place(start: int, length: int, lo: int, hi: int) -> int:
 
 
 def grow_spans(
-    scores: np.ndarray | SparseScores,
+    scores: np.ndarray | SparseScores | StepScores,
     peaks: np.ndarray,
     *,
     frac: float = 0.5,
@@ -344,7 +347,7 @@ def fuse(span_lists: list[list[Span]], budget: int, *, first: tuple[str, ...] = 
 
 
 def peak_spans(
-    smoothed: np.ndarray | SparseScores,
+    smoothed: np.ndarray | SparseScores | StepScores,
     *,
     budget: int,
     min_distance: int,

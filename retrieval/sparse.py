@@ -4,10 +4,11 @@ A question reads at most ``QuestionConfig.max_postings`` postings, so its S3 sco
 many tokens, however long the index. ``SparseScores`` holds just those (sorted positions and their values);
 every other token of the index scores 0. The question path (``score_tokens``, the sink and document-filter
 zeroing, ``peaks.smooth``, ``peaks.find_peaks_nms``, ``spans.grow_spans``, ``fusion.range_max``) works on it,
-so a question costs in proportion to the postings it reads, never an array of the index's length. The same
-functions still take a dense array (one float per token) and give the same results: bit for bit at the
-default smoothing window (9), and on every test; with windows of 64 or more a few random inputs differ in the
-last bit (~1e-7 relative), as the convolution's dot products over a window may round differently.
+so a question costs in proportion to the postings it reads, never an array of the index's length (smoothing
+gives ``steps.StepScores``: runs of equal smoothed scores). The same functions still take a dense array (one
+float per token) and give the same results: bit for bit at the default smoothing window (9), and on every
+test; with windows of 64 or more a few random inputs differ in the last bit (~1e-7 relative), as the
+convolution's dot products over a window may round differently.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-
-from s3attn.index_builder.schema import concat_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +79,15 @@ def accumulate(
     return SparseScores(uniq, out, int(num_tokens))
 
 
-def length_of(scores: np.ndarray | SparseScores) -> int:
-    """The number of token positions ``scores`` is defined over."""
-    return scores.num_tokens if isinstance(scores, SparseScores) else int(np.asarray(scores).size)
+def length_of(scores) -> int:
+    """The number of token positions ``scores`` is defined over (a dense array, ``SparseScores`` or
+    ``steps.StepScores``)."""
+    return scores.num_tokens if hasattr(scores, "num_tokens") else int(np.asarray(scores).size)
 
 
-def values_at(scores: np.ndarray | SparseScores, positions: np.ndarray) -> np.ndarray:
-    """``scores[positions]`` of a dense array or of ``SparseScores`` (0 where untouched)."""
-    if isinstance(scores, SparseScores):
+def values_at(scores, positions: np.ndarray) -> np.ndarray:
+    """``scores[positions]`` of a dense array, ``SparseScores`` (0 where untouched) or ``steps.StepScores``."""
+    if hasattr(scores, "at"):
         return scores.at(positions)
     return np.asarray(scores)[positions]
 
@@ -99,24 +99,6 @@ def in_ranges(positions_N: np.ndarray, ranges: Sequence[tuple[int, int]]) -> np.
     starts, ends = (np.asarray(c, dtype=np.int64) for c in zip(*ranges))
     k = np.searchsorted(starts, positions_N, side="right") - 1
     return (k >= 0) & (positions_N < ends[np.maximum(k, 0)])
-
-
-def range_max_sparse(a0: np.ndarray, a1: np.ndarray, scores: SparseScores) -> np.ndarray:
-    """float64: the max score inside each ``[a0, a1)`` (clipped to the index; 0 if empty), untouched
-    positions counting as 0; read from the touched positions inside the ranges only."""
-    n = scores.num_tokens
-    a0, a1 = np.clip(a0, 0, n), np.clip(a1, 0, n)
-    j0 = np.searchsorted(scores.positions_N, a0)
-    j1 = np.searchsorted(scores.positions_N, np.maximum(a1, a0))
-    count = j1 - j0
-    out = np.zeros(a0.size)
-    some = count > 0
-    if some.any():
-        vals = scores.values_N[concat_ranges(j0[some], count[some])].astype(np.float64)
-        out[some] = np.maximum.reduceat(vals, np.cumsum(count[some]) - count[some])
-    gaps = some & (count < a1 - a0)  # untouched tokens inside too: they score 0
-    out[gaps] = np.maximum(out[gaps], 0.0)
-    return out
 
 
 def coordinated(

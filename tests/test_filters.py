@@ -78,7 +78,8 @@ def test_filter_moves_the_s3_scores_into_the_allowed_document(retriever):
     scores, _ = retriever.s3_scores(QUESTION)
     b = next(row for row in retriever.doc_table if row[1] == "b.txt")
     expected, smoothed = retriever.s3_candidates(scores, 64, allowed=[(b[2], b[3])])
-    assert smoothed.size and np.all((smoothed.positions_N >= b[2]) & (smoothed.positions_N < b[3]))
+    inside = smoothed.tokens().positions_N
+    assert inside.size and np.all((inside >= b[2]) & (inside < b[3]))
     assert [(s.start, s.end) for s in spans] == [(s.start, s.end) for s in expected]
 
 

@@ -13,6 +13,7 @@ from s3attn.index_builder.schema import in_sorted
 from s3attn.retrieval.fusion import range_max
 from s3attn.retrieval.spans import Span, find_peaks_nms, grow_spans, peak_spans, smooth
 from s3attn.retrieval.sparse import SparseScores, accumulate, from_dense, in_ranges
+from s3attn.retrieval.steps import StepScores, steps_of
 
 
 def _scattered(seed: int) -> np.ndarray:
@@ -47,7 +48,7 @@ def test_sparse_smooth_equals_dense_bit_for_bit(window):
     for seed in range(12):
         x = _scattered(seed * 100 + window)
         got = smooth(from_dense(x), window)
-        assert isinstance(got, SparseScores) and got.num_tokens == x.size
+        assert isinstance(got, StepScores) and got.num_tokens == x.size
         np.testing.assert_array_equal(got.dense(), smooth(x, window))
 
 
@@ -64,7 +65,7 @@ def test_sparse_smooth_joins_neighbourhoods_exactly_at_the_window(window):
     x[0] = x[-1] = 3.0  # both ends of the index too
     got = smooth(from_dense(x), window)
     np.testing.assert_array_equal(got.dense(), smooth(x, window))
-    assert np.array_equal(got.positions_N, np.flatnonzero(smooth(x, window)))
+    assert np.array_equal(got.tokens().positions_N, np.flatnonzero(smooth(x, window)))
 
 
 @pytest.mark.parametrize("window", [8, 64, 65])
@@ -90,7 +91,7 @@ def test_sparse_smooth_reads_only_the_touched_neighbourhoods():
     finally:
         tracemalloc.stop()
     assert peak_mem < 1 << 20
-    assert sm.positions_N.min() == 0 and sm.positions_N.max() == n - 1 and sm.size < 40
+    assert sm.starts_R.min() == 0 and sm.tokens().positions_N.max() == n - 1 and sm.size < 40
     first, middle, last = sorted(peaks.tolist())
     assert first <= 5 and abs(middle - 500_000) <= 4 and last >= n - 5
     assert all(48 <= sp.end - sp.start <= 160 and 0 <= sp.start and sp.end <= n for sp in spans)
@@ -159,3 +160,39 @@ def test_coordination_scales_by_the_share_of_heads_nearby():
     np.testing.assert_allclose(out.values_N, [2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
     assert coordinated(scores, heads, window=4, power=0.0) is scores
     np.testing.assert_allclose(coordinated(scores, heads, 4, 2.0).values_N, [4 / 9, 1 / 9, 1 / 9], rtol=1e-6)
+
+
+@pytest.mark.parametrize("window", [2, 9, 16])
+def test_sparse_smooth_in_small_pieces_equals_dense(window, monkeypatch):
+    """Touched tokens smoothed a few at a time (cut only between neighbourhoods that do not touch) give the
+    dense result, and peaks and spans read from those runs are the dense ones."""
+    import s3attn.retrieval.peaks as peaks
+
+    monkeypatch.setattr(peaks, "_CHUNK", 3)
+    for seed in range(10):
+        x = _scattered(seed * 7 + window)
+        got = smooth(from_dense(x), window)
+        dense = smooth(x, window)
+        np.testing.assert_array_equal(got.dense(), dense)
+        assert got.size <= 2 * np.count_nonzero(x) + window + 2
+        options = dict(budget=1024, min_distance=16, frac=0.35, max_len=160, min_len=16, boundaries=None)
+        want = [(s.start, s.end, s.score) for s in peak_spans(dense, **options)]
+        assert [(s.start, s.end, s.score) for s in peak_spans(got, **options)] == want
+
+
+def test_step_scores_lookups_and_restrict_equal_the_dense_array():
+    for seed in range(8):
+        x = smooth(_scattered(seed), 9)
+        x[np.random.default_rng(seed).integers(0, x.size, 5)] = -0.5  # runs below 0 too
+        st = steps_of(from_dense(x))
+        assert st.size <= 2 * np.count_nonzero(x) + 1
+        np.testing.assert_array_equal(st.dense(), x)
+        probe = np.random.default_rng(seed).integers(0, x.size, 200)
+        np.testing.assert_array_equal(st.at(probe), x[probe])
+        cuts = np.unique(np.random.default_rng(seed + 1).integers(0, x.size + 3, 6))
+        ranges = [(int(a), int(b)) for a, b in zip(cuts[::2], cuts[1::2])]
+        want = np.zeros_like(x)
+        for a, b in ranges:
+            want[a:b] = x[a:b]
+        np.testing.assert_array_equal(st.restrict(ranges).dense(), want)
+        assert st.restrict([]).size == 0
