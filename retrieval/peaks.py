@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from s3attn.errors import S3Error
-from s3attn.index_builder.schema import concat_ranges
 from s3attn.retrieval.sparse import SparseScores
 from s3attn.retrieval.steps import StepScores, canonical, empty_steps, runs_of_tokens, steps_of
 
@@ -78,7 +77,7 @@ def _islands(pos_N: np.ndarray, window: int, n: int) -> tuple[np.ndarray, np.nda
     return lo, hi, np.cumsum(new) - 1
 
 
-_CHUNK = 1 << 13  # touched tokens smoothed at a time (cut between segments)
+_CHUNK = 1 << 15  # touched tokens smoothed at a time (cut between segments)
 
 
 def _smooth_sparse(s: SparseScores, window: int) -> StepScores:
@@ -105,7 +104,7 @@ def _smooth_sparse(s: SparseScores, window: int) -> StepScores:
     k = 0
     for a, b in _pieces(pos, window):
         piece = SparseScores(pos[a:b], s.values_N[a:b], n)
-        r_start, r_value = runs_of_tokens(*_smooth_islands(piece, window), n)
+        r_start, r_value = _smooth_islands(piece, window)
         if k + r_start.size > starts_R.size:  # more runs than two per token (rounding inside a run)
             starts_R = np.concatenate([starts_R, np.empty(starts_R.size, np.int64)])
             values_R = np.concatenate([values_R, np.empty(values_R.size, out_dtype)])
@@ -132,28 +131,43 @@ def _pieces(pos_N: np.ndarray, window: int) -> Iterator[tuple[int, int]]:
 
 
 def _smooth_islands(s: SparseScores, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(global positions, smoothed scores) of every token the smoothed scores of ``s`` can be nonzero at."""
+    """(starts, values) of the runs of the smoothed scores of ``s`` over the segments they can be nonzero
+    at, a zero run after each segment (not yet canonical: see ``steps.canonical``)."""
     n, pos, vals = s.num_tokens, s.positions_N, s.values_N
     out_dtype = np.result_type(vals.dtype, np.float32)
     before, after = _reach(window)
     lo, hi, seg = _islands(pos, window, n)
     lens = hi - lo
     base = np.cumsum(lens) - lens
+    total = int(base[-1] + lens[-1])
     front = 0 if lo[0] == 0 else before  # zeros as a window over the whole index reads them
     back = 0 if hi[-1] == n else after - 1
-    buf = np.zeros(front + int(lens.sum()) + back, out_dtype)
+    buf = np.zeros(front + total + back, out_dtype)
     buf[front + base[seg] + pos - lo[seg]] = vals
     sums = np.convolve(buf, np.ones(window, dtype=out_dtype), "same")[front : buf.size - back]
-    g = concat_ranges(lo, lens)
-    # windows cut by the index's ends (g < before, g > n - after) are divided by the tokens inside
-    k0, k1 = int(np.searchsorted(g, before)), int(np.searchsorted(g, n - after, side="right"))
-    edge = np.r_[0:k0, k1 : g.size]
-    cut = sums[edge]
+    del buf
+    # windows cut by the index's ends are divided by the tokens inside: the first tokens of the first
+    # segment (global position < before), the last of the last one (> n - after)
+    k0 = max(0, min(before - int(lo[0]), total))
+    k1 = total - max(0, min(int(hi[-1]) - (n - after + 1), total))
+    g_e = np.r_[lo[0] + np.arange(k0), hi[-1] - (total - k1) + np.arange(total - k1)].astype(np.int64)
+    cut = np.r_[sums[:k0], sums[k1:]]
     sums /= window
     if cut.size:
-        g_e = g[edge]
-        sums[edge] = cut / (np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)).astype(out_dtype)
-    return g, sums
+        div = (np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)).astype(out_dtype)
+        sums[:k0], sums[k1:] = cut[:k0] / div[:k0], cut[k0:] / div[k0:]
+    new = np.empty(total, dtype=bool)  # a run starts at a segment's start or where the value changes
+    new[0] = True
+    np.not_equal(sums[1:], sums[:-1], out=new[1:])
+    new[base] = True
+    at = np.flatnonzero(new)
+    isl = np.searchsorted(base, at, side="right") - 1
+    starts = lo[isl] + (at - base[isl])
+    values = sums[at]
+    # a zero run after each segment, before the next segment's first run when they abut
+    ends = hi[hi < n]
+    put = np.searchsorted(starts, ends, side="left")
+    return np.insert(starts, put, ends), np.insert(values, put, np.zeros(ends.size, out_dtype))
 
 
 _BLOCK = 256  # tokens per block of the block maxima that find_peaks_nms narrows its candidates with
