@@ -17,7 +17,14 @@ import numpy as np
 
 from s3attn.errors import S3Error
 from s3attn.retrieval.sparse import SparseScores
-from s3attn.retrieval.steps import StepScores, canonical, empty_steps, runs_of_tokens, steps_of
+from s3attn.retrieval.steps import (
+    StepScores,
+    canonical,
+    empty_steps,
+    runs_of_tokens,
+    segment_runs,
+    steps_of,
+)
 
 
 def smooth(scores: np.ndarray | SparseScores, window: int) -> np.ndarray | StepScores:
@@ -156,18 +163,7 @@ def _smooth_islands(s: SparseScores, window: int) -> tuple[np.ndarray, np.ndarra
     if cut.size:
         div = (np.minimum(g_e + after, n) - np.maximum(g_e - before, 0)).astype(out_dtype)
         sums[:k0], sums[k1:] = cut[:k0] / div[:k0], cut[k0:] / div[k0:]
-    new = np.empty(total, dtype=bool)  # a run starts at a segment's start or where the value changes
-    new[0] = True
-    np.not_equal(sums[1:], sums[:-1], out=new[1:])
-    new[base] = True
-    at = np.flatnonzero(new)
-    isl = np.searchsorted(base, at, side="right") - 1
-    starts = lo[isl] + (at - base[isl])
-    values = sums[at]
-    # a zero run after each segment, before the next segment's first run when they abut
-    ends = hi[hi < n]
-    put = np.searchsorted(starts, ends, side="left")
-    return np.insert(starts, put, ends), np.insert(values, put, np.zeros(ends.size, out_dtype))
+    return segment_runs(lo, hi, sums, n)
 
 
 _BLOCK = 256  # tokens per block of the block maxima that find_peaks_nms narrows its candidates with
@@ -261,7 +257,9 @@ def _first_free(accepted: list[int], t: int, end: int, dist: int) -> int | None:
     return None
 
 
-def _greedy_runs(s: StepScores, min_score: float, min_distance: int, max_peaks: int) -> np.ndarray:
+def _greedy_runs(
+    s: StepScores, min_score: float, min_distance: int, max_peaks: int, chunk: int
+) -> np.ndarray:
     """Greedy NMS over the candidate tokens of runs (see :func:`find_peaks_nms`): the runs' candidates are
     taken in score-ordered blocks; a run's tokens share its score and come in position order, so the first
     free one is the next accepted, and the run stays first with the tokens past its suppression."""
@@ -269,7 +267,7 @@ def _greedy_runs(s: StepScores, min_score: float, min_distance: int, max_peaks: 
     runs_C, left_bad, right_bad = _run_candidates(s, min_score)
     accepted: list[int] = []  # sorted
     order: list[int] = []  # as accepted
-    for block in _score_blocks(s.values_R[runs_C], max(64, 4 * max_peaks)):
+    for block in _score_blocks(s.values_R[runs_C], chunk):
         r = runs_C[block].astype(np.int64)
         cs = s.starts_R[r] + left_bad[r]
         ce = np.where(r + 1 < s.size, s.starts_R[np.minimum(r + 1, s.size - 1)], s.num_tokens) - right_bad[r]
@@ -316,7 +314,7 @@ def find_peaks_nms(
             raise S3Error(f"find_peaks_nms: min_score={min_score} must be >= 0 for sparse scores")
         if max_peaks <= 0 or scores.size == 0:
             return np.zeros(0, dtype=np.int64)
-        return _greedy_runs(steps_of(scores), min_score, min_distance, max_peaks)
+        return _greedy_runs(steps_of(scores), min_score, min_distance, max_peaks, chunk)
     x_T = np.asarray(scores).ravel()
     if not np.issubdtype(x_T.dtype, np.floating):
         x_T = x_T.astype(np.float64)

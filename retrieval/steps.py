@@ -88,23 +88,37 @@ def canonical(starts_R: np.ndarray, values_R: np.ndarray, like: StepScores | int
     return StepScores(starts_R.astype(np.int64, copy=False), values_R, int(n))
 
 
-def runs_of_tokens(g_T: np.ndarray, v_T: np.ndarray, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, values) of the runs of tokens ``g_T`` (sorted, unique) scoring ``v_T``, every other token 0:
-    a run starts where a token's value differs from the token before it, and a zero run after each
-    stretch of consecutive tokens (not yet canonical: see :func:`canonical`)."""
-    if not g_T.size:
+def segment_runs(
+    lo_S: np.ndarray, hi_S: np.ndarray, v_T: np.ndarray, num_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, values) of the runs of disjoint sorted segments ``[lo, hi)`` whose tokens, laid end to end,
+    score ``v_T``, every other token 0: a run starts at each segment's start and where a token's value
+    differs from the one before it, and a zero run after each segment (before the next segment's first
+    run when they abut; not yet canonical: see :func:`canonical`)."""
+    if not v_T.size:
         return np.zeros(0, np.int64), np.zeros(0, v_T.dtype)
+    lens = hi_S - lo_S
+    base = np.cumsum(lens) - lens  # each segment's first entry in v_T
+    new = np.empty(v_T.size, dtype=bool)
+    new[0] = True
+    np.not_equal(v_T[1:], v_T[:-1], out=new[1:])
+    new[base] = True
+    at = np.flatnonzero(new)
+    seg = np.searchsorted(base, at, side="right") - 1
+    starts = lo_S[seg] + (at - base[seg])
+    ends = hi_S[hi_S < num_tokens]
+    put = np.searchsorted(starts, ends, side="left")
+    return np.insert(starts, put, ends), np.insert(v_T[at], put, np.zeros(ends.size, v_T.dtype))
+
+
+def runs_of_tokens(g_T: np.ndarray, v_T: np.ndarray, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`segment_runs` of tokens ``g_T`` (sorted, unique) scoring ``v_T``: each stretch of consecutive
+    tokens one segment."""
     gap = np.ones(g_T.size, dtype=bool)  # the token before is not in g_T
     gap[1:] = g_T[1:] != g_T[:-1] + 1
-    new = gap.copy()
-    new[1:] |= v_T[1:] != v_T[:-1]
-    after = np.append(gap[1:], True)  # the last token of a stretch: a zero run follows
-    zero_at = g_T[after] + 1
-    zero_at = zero_at[zero_at < num_tokens]
-    starts = np.concatenate([g_T[new], zero_at])
-    values = np.concatenate([v_T[new], np.zeros(zero_at.size, v_T.dtype)])
-    order = np.argsort(starts, kind="stable")
-    return starts[order], values[order]
+    first = np.flatnonzero(gap)
+    last = np.append(first[1:], g_T.size) - 1
+    return segment_runs(g_T[first], g_T[last] + 1, v_T, num_tokens)
 
 
 def steps_of(scores: SparseScores | StepScores) -> StepScores:
