@@ -168,7 +168,7 @@ def measure(index: Path, sae: str | None) -> dict:
     res["bm25_memory_bytes"] = bm25_memory(r.bm25)
     res["bm25_passages"] = len(r.bm25)
     res["rss_end_mib"] = rss_mib()
-    res["chunk_cache_mib"] = r.store._chunks._bytes / 2**20  # decoded-chunk LRU held (64 MiB at most)
+    res["chunk_cache_mib"] = r.store._chunks.cached_bytes / 2**20  # decoded-chunk LRU held (64 MiB at most)
     # this process's own peak (ru_maxrss starts at the parent's)
     res["peak_rss_mib"] = res["rss_end_mib"]["VmHWM"]
     res["ru_maxrss_mib"] = peak_rss_mib()

@@ -138,7 +138,7 @@ class BM25Index:
         if not by_stem:
             return []
         idf = {t: self._idf(int(indptr[vocab[t] + 1] - indptr[vocab[t]]) if t in vocab else 0) for t in stems}
-        scores_P = np.asarray(self.retriever.get_scores(list(by_stem)), dtype=np.float64)
+        scores_P = np.asarray(self.retriever.get_scores(list(by_stem)))  # float32, as bm25s scores
         top = top_passages(scores_P, top_k)
         terms: list[list[str]] = [[] for _ in range(top.size)]
         found_H = np.zeros(top.size)
@@ -200,13 +200,13 @@ def _read_texts(folder: Path) -> list[str]:
 
 def top_passages(scores_P: np.ndarray, top_k: int) -> np.ndarray:
     """Indices of the best ``top_k`` positive scores, best first, ties by lower index: what a stable sort of
-    every positive score gives, in time linear in the passages (a partition finds the k-th best score; only
-    the passages at or above it are sorted)."""
-    pos = np.flatnonzero(scores_P > 0)
-    if pos.size > top_k > 0:
-        kth = np.partition(scores_P[pos], pos.size - top_k)[pos.size - top_k]
-        above, tied = pos[scores_P[pos] > kth], pos[scores_P[pos] == kth]
-        pos = np.sort(np.concatenate([above, tied[: top_k - above.size]]))
+    every positive score gives, in time linear in the passages. A partition finds the k-th best score; only
+    the passages at or above it are gathered and sorted, so a question holds one copy of the scores at most."""
+    if top_k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n = scores_P.size
+    kth = np.partition(scores_P, n - top_k)[n - top_k] if n > top_k else 0
+    pos = np.flatnonzero(scores_P >= kth) if kth > 0 else np.flatnonzero(scores_P > 0)
     return pos[np.argsort(-scores_P[pos], kind="stable")[:top_k]]
 
 

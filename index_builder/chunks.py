@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import resource
-from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,6 +44,7 @@ from s3attn.index_builder.schema import (
     array_checksum,
     concat_ranges,
 )
+from s3attn.lru import ByteLRU
 
 DECODED_CACHE_BYTES = 64 << 20
 """Decoded posting chunks kept per reader (LRU), in bytes."""
@@ -52,6 +52,10 @@ TEXT_CACHE_BYTES = 4 << 20
 """Decoded token chunks (span text) kept per reader, in bytes: an LRU of their own, so the token chunks that a
 question's spans touch (more of them, the larger the index) neither push posting chunks out nor hold more than
 this."""
+SHARD_INDEX_BYTES = 1 << 20
+"""Shard indexes (each inner chunk's offset and size, read from a shard file's tail) kept per reader (LRU), in
+bytes. A question needs one only for a chunk the decoded LRU lacks; held for every shard read, they grew with
+the index (6.8 MiB at 16M tokens)."""
 MAX_OPEN_FILES = min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 """Chunk files a reader keeps open (one descriptor each): past it, all are closed and reopened as needed,
 so a large index stays well inside the process's descriptor limit."""
@@ -184,15 +188,18 @@ class ChunkReader:
     """
 
     def __init__(self, max_bytes: int = DECODED_CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._bytes = 0
+        self._cache = ByteLRU(max_bytes)  # (folder, chunk) -> decoded chunk
         self._layouts: dict[str, Layout | None] = {}
-        self._shard_index: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
+        self._shard_index = ByteLRU(SHARD_INDEX_BYTES)  # (folder, shard) -> (index, sentinel)
         self._files: dict[Path, _Files] = {}
         self._held = [0]  # descriptors open in self._files
         self.hits = 0  # decoded-chunk LRU lookups served from the cache (for benchmarks)
         self.misses = 0  # ... and decoded from the files
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded chunks held (``max_bytes`` at most, but for one chunk larger than that)."""
+        return self._cache.nbytes
 
     def close(self) -> None:
         """Close every descriptor (a later read opens them again)."""
@@ -262,7 +269,6 @@ class ChunkReader:
         hit = self._cache.get(key)
         if hit is not None:
             self.hits += 1
-            self._cache.move_to_end(key)
             return hit
         self.misses += 1
         n = min(layout.chunk, arr.shape[0] - c * layout.chunk)
@@ -273,10 +279,7 @@ class ChunkReader:
             out = _decode(frame, arr.dtype, n, f"c/{c // layout.per_file}")
         if checksum is not None and array_checksum(out) != checksum:
             raise ChunkDamage(f"c/{c // layout.per_file}: does not match the array's checksum")
-        self._cache[key] = out
-        self._bytes += out.nbytes
-        while self._bytes > self.max_bytes and len(self._cache) > 1:
-            self._bytes -= self._cache.popitem(last=False)[1].nbytes
+        self._cache.put(key, out, out.nbytes)
         return out
 
     def _frame(self, layout: Layout, files: _Files, c: int, folder: str) -> bytes | None:
@@ -297,9 +300,9 @@ class ChunkReader:
         return frame
 
     def _index(self, layout: Layout, shard: int, fd: int, folder: str) -> tuple[np.ndarray, int]:
-        """A shard's index, read once: (offset, nbytes) of each inner chunk, flat, and the value both hold
-        for a chunk not written. Kept as uint32 (half the memory: a reader may hold every shard's index)
-        where every entry fits, the sentinel (all ones) then uint32's own."""
+        """A shard's index: (offset, nbytes) of each inner chunk, flat, and the value both hold for a chunk
+        not written. Kept (LRU, ``SHARD_INDEX_BYTES``) as uint32 where every entry fits, the sentinel (all
+        ones) then uint32's own."""
         key = (folder, shard)
         got = self._shard_index.get(key)
         if got is None:
@@ -315,7 +318,8 @@ class ChunkReader:
             small = np.iinfo(np.uint32).max
             if not written.size or int(written.max()) < small:
                 index = np.where(index == _EMPTY, small, index).astype(np.uint32)
-            got = self._shard_index[key] = (index, int(np.iinfo(index.dtype).max))
+            got = (index, int(np.iinfo(index.dtype).max))
+            self._shard_index.put(key, got, index.nbytes)
         return got
 
 

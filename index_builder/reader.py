@@ -30,6 +30,7 @@ from s3attn.constants import (
 from s3attn.errors import READ_ERRORS, S3Error, index_damaged, one_line
 from s3attn.index_builder.bm25 import verify_bm25
 from s3attn.index_builder.chunks import TEXT_CACHE_BYTES, ChunkReader
+from s3attn.index_builder.doc_table import DocTable
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentMeta, read_manifest
 from s3attn.index_builder.schema import (
     TOKEN_DTYPE,
@@ -380,10 +381,4 @@ class IndexReader:
 
 def doc_ranges(index: IndexReader) -> list[tuple[int, int, int]]:
     """(doc_id, start, end) per document, pieces of one document joined."""
-    out: list[list[int]] = []
-    for rec in index.documents():
-        if out and out[-1][0] == rec.doc_id and out[-1][2] == rec.token_start:
-            out[-1][2] = rec.token_start + rec.num_tokens
-        else:
-            out.append([rec.doc_id, rec.token_start, rec.token_start + rec.num_tokens])
-    return [tuple(x) for x in out]  # type: ignore[misc]
+    return DocTable.of(index.documents()).ranges()

@@ -11,6 +11,7 @@ index, segment and array; ``verify.verify_segment`` reports damage as problem li
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -113,7 +114,8 @@ class SegmentReader:
         index: str | os.PathLike | None = None,
         num_features: int | None = None,
     ) -> None:
-        self.group = seg
+        self._group: zarr.Group | None = seg  # read once for its attributes, then dropped (see attrs)
+        self._at = seg.store_path  # the segment's folder in its store: arrays are opened from here
         self.meta = meta
         self.index = str(index if index is not None else seg.store_path)  # the index folder, for messages
         self.num_features = num_features  # F, when known: offsets must hold F + 1 entries
@@ -141,27 +143,38 @@ class SegmentReader:
 
     # ---- metadata ----------------------------------------------------------------------------------------
     def attrs(self) -> SegmentAttrs:
-        """The segment group's attributes (cached), checked against the manifest entry."""
+        """The segment group's attributes, checked against the manifest entry, cached without the documents
+        table (``docs``): a reader does not hold a record per document (at 16M tokens they were ~3 MiB)."""
         if self._attrs is None:
-            with self.reading(ATTRS_FILE):
-                attrs = SegmentAttrs.from_json(self.group.attrs.asdict())
-            problems = attrs_problems(attrs, self.meta)
-            if problems:
-                raise self.damaged(ATTRS_FILE, problems[0])
-            self._attrs = attrs
-        return self._attrs
+            self._keep(self._read_attrs())
+        return self._attrs  # type: ignore[return-value]
 
     def docs(self) -> list[DocRecord]:
-        """The segment's documents table (global token_start)."""
-        return list(self.attrs().docs)
+        """The segment's documents table (global token_start), read from its attributes on each call."""
+        attrs = self._read_attrs()
+        if self._attrs is None:
+            self._keep(attrs)
+        return list(attrs.docs)
+
+    def _read_attrs(self) -> SegmentAttrs:
+        """The attributes as stored. The group object given at open is dropped once read: it holds their JSON
+        (a dict per document), three times the size of the parsed table."""
+        with self.reading(ATTRS_FILE):
+            group = self._group or zarr.open_group(store=self._at, mode="r")
+            self._group = None
+            return SegmentAttrs.from_json(group.attrs.asdict())
+
+    def _keep(self, attrs: SegmentAttrs) -> None:
+        problems = attrs_problems(attrs, self.meta)
+        if problems:
+            raise self.damaged(ATTRS_FILE, problems[0])
+        self._attrs = dataclasses.replace(attrs, docs=())
 
     def array(self, path: str) -> zarr.Array:
         arr = self._arrays.get(path)
         if arr is None:
             with self.reading(f"{path} (zarr.json)"):
-                arr = self.group[path]
-                if not isinstance(arr, zarr.Array):
-                    raise ValueError(f"{path} is not an array")
+                arr = zarr.open_array(store=self._at / path, mode="r")
             self._arrays[path] = arr
         return arr
 
@@ -198,7 +211,7 @@ class SegmentReader:
         if s is None:
             where = f"{head_group(layer, kv)} (zarr.json)"
             with self.reading(where):
-                value = act_scale_attr(self.group[head_group(layer, kv)])
+                value = act_scale_attr(zarr.open_group(store=self._at / head_group(layer, kv), mode="r"))
             problem = scale_problem(value)
             if problem:
                 raise self.damaged(where, problem)

@@ -21,6 +21,8 @@ from s3attn.index_builder.bm25 import BM25Index, Hit
 
 LOAD_TRIES = 6  # attempts to load while a writer swaps the folder (sleeping 10, 20, 40 ... ms between)
 
+RangesLike = np.ndarray | list[tuple[int, int, int]]  # (doc_id, start, end) per document, sorted
+
 Signature = tuple[int, int, int, int] | None  # (device, inode, mtime ns, size) of the BM25 meta file
 
 
@@ -52,12 +54,9 @@ def load_consistent(folder: Path) -> tuple[BM25Index, Signature]:
 class BM25View:
     """``index`` seen from a generation whose documents are ``doc_ranges`` ((doc_id, start, end), sorted)."""
 
-    def __init__(
-        self, folder: Path, index: BM25Index, sig: Signature, doc_ranges: list[tuple[int, int, int]]
-    ):
+    def __init__(self, folder: Path, index: BM25Index, sig: Signature, doc_ranges: RangesLike):
         self.folder, self.index, self.signature = Path(folder), index, sig
-        self.doc_ranges = list(doc_ranges)
-        ranges_D3 = np.asarray(self.doc_ranges, dtype=np.int64).reshape(-1, 3)
+        self.ranges_D3 = ranges_D3 = np.asarray(doc_ranges, dtype=np.int64).reshape(-1, 3)
         p_P3 = index.passages_P3
         i_P = np.searchsorted(ranges_D3[:, 1], p_P3[:, 1], side="right") - 1
         doc_P3 = ranges_D3[np.maximum(i_P, 0)] if len(ranges_D3) else np.full_like(p_P3, -1)
@@ -65,15 +64,15 @@ class BM25View:
         self.hidden = {tuple(p) for p in p_P3[~inside_P].tolist()}  # passages this generation lacks
 
     @classmethod
-    def load(cls, folder: Path, doc_ranges: list[tuple[int, int, int]]) -> BM25View:
+    def load(cls, folder: Path, doc_ranges: RangesLike) -> BM25View:
         return cls(folder, *load_consistent(folder), doc_ranges)
 
-    def refreshed(self, doc_ranges: list[tuple[int, int, int]]) -> BM25View:
+    def refreshed(self, doc_ranges: RangesLike) -> BM25View:
         """This view for a (new) generation's ``doc_ranges``: the BM25 folder is loaded again only when the
         writer rebuilt it; ``self`` when nothing changed."""
         sig = bm25_signature(self.folder)
         if sig == self.signature:
-            same = list(doc_ranges) == self.doc_ranges
+            same = np.array_equal(np.asarray(doc_ranges, dtype=np.int64).reshape(-1, 3), self.ranges_D3)
             return self if same else BM25View(self.folder, self.index, self.signature, doc_ranges)
         return BM25View.load(self.folder, doc_ranges)
 

@@ -22,6 +22,7 @@ import torch
 
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
+from s3attn.index_builder.doc_table import DocTable
 from s3attn.index_builder.schema import in_sorted
 from s3attn.models.precision import DTYPES
 from s3attn.retrieval.dtypes import question_dtype
@@ -180,18 +181,11 @@ class Retriever:
         self._set_documents()
 
     # ---- helpers ------------------------------------------------------------------------------------
-    def _doc_table(self) -> list[tuple[int, str, int, int]]:
-        from s3attn.index_builder.reader import doc_ranges
-
-        paths = {d.doc_id: d.path for d in self.store.documents()}
-        return [(d, paths[d], s, e) for d, s, e in doc_ranges(self.store)]
-
     def _set_documents(self) -> None:
-        """The document table, starts and attention-sink positions of the generation ``store`` reads."""
-        self.doc_table = self._doc_table()
-        self._doc_starts = np.array([s for _, _, s, _ in self.doc_table], dtype=np.int64)  # sorted
-        ends = np.array([e for _, _, _, e in self.doc_table], dtype=np.int64)
-        sink = self._doc_starts[:, None] + np.arange(self.cfg.sink_tokens)[None, :]
+        """The document table and attention-sink positions of the generation ``store`` reads."""
+        self.doc_table = DocTable.of(self.store.documents())
+        starts, ends = self.doc_table.starts, self.doc_table.ends
+        sink = starts[:, None] + np.arange(self.cfg.sink_tokens)[None, :]
         self._sink_positions = np.sort(sink[sink < ends[:, None]])
 
     def refresh(self) -> bool:
@@ -203,7 +197,7 @@ class Retriever:
         if moved:
             self._set_documents()
         if self._bm25 is not None:
-            self._bm25 = self._bm25.refreshed([(d, s, e) for d, _, s, e in self.doc_table])
+            self._bm25 = self._bm25.refreshed(self.doc_table.ranges_D3)
         return moved
 
     @property
@@ -230,8 +224,7 @@ class Retriever:
         if self._bm25 is None:
             from s3attn.retrieval.bm25_view import BM25View
 
-            ranges = [(d, s, e) for d, _, s, e in self.doc_table]
-            self._bm25 = BM25View.load(self.store.path / BM25_DIR, ranges)
+            self._bm25 = BM25View.load(self.store.path / BM25_DIR, self.doc_table.ranges_D3)
         return self._bm25
 
     def prompt(self, context: str, question: str) -> str:
@@ -284,7 +277,7 @@ class Retriever:
             frac=cfg.frac,
             max_len=cfg.max_span,
             min_len=cfg.min_span,
-            boundaries=self._doc_starts,
+            boundaries=self.doc_table.starts,
         )
         return [s for s in fuse([peaks], budget) if SOURCE_S3 in s.source], sm
 
@@ -361,9 +354,8 @@ class Retriever:
         texts = decode_many(self.tokenizer, [self.store.tokens(s.start, s.end).tolist() for s in spans])
         out = []
         for span, text in zip(spans, texts):
-            i = int(np.searchsorted(self._doc_starts, span.start, side="right")) - 1
-            inside = 0 <= i and self.doc_table[i][2] <= span.start < self.doc_table[i][3]
-            doc = self.doc_table[i] if inside else (-1, "?", 0, 0)
+            i = self.doc_table.containing(span.start)
+            doc = self.doc_table[i] if i >= 0 else (-1, "?", 0, 0)
             out.append(
                 RetrievedSpan(
                     doc[0], doc[1], span.start, span.end, text, float(span.score), span.source, span.why

@@ -56,7 +56,7 @@ def test_direct_reads_equal_zarr(tmp_path, kind):
         starts, lens = _ranges(rng, data.size, 40)
         starts[:3], lens[:3] = [4900, 1000, 1100], [100, 1100, 500]  # edge chunk; over three chunks; fill
         np.testing.assert_array_equal(reader.read(arr, starts, lens), _expected(data, starts, lens))
-    assert reader._bytes <= max(3000, 1024 * data.itemsize)
+    assert reader.cached_bytes <= max(3000, 1024 * data.itemsize)
 
 
 @pytest.mark.parametrize("kind", sorted(LAYOUTS))
@@ -154,3 +154,38 @@ def test_recorded_layout_is_dispatched_on(tmp_path):
     starts, lens = _ranges(np.random.default_rng(4), data.size, 30)
     for arr in named.values():
         np.testing.assert_array_equal(ChunkReader().read(arr, starts, lens), _expected(data, starts, lens))
+
+
+def test_shard_indexes_held_stay_under_their_budget(tmp_path, monkeypatch):
+    """A reader holds shard indexes up to SHARD_INDEX_BYTES (least recently used dropped), so what it holds
+    does not grow with the index; a dropped index is read again when a chunk of its shard is needed."""
+    import s3attn.index_builder.chunks as ch
+
+    monkeypatch.setattr(ch, "SHARD_INDEX_BYTES", 64)  # two of these shards' indexes (4 chunks, uint32)
+    dtype, kwargs, _ = LAYOUTS["sharded-blosc"]
+    data = np.random.default_rng(1).integers(1, 200, 5000).astype(dtype)
+    arr = zarr.open_group(tmp_path / "g.zarr", mode="w").create_array(
+        "a", shape=data.shape, dtype=dtype, fill_value=0, **kwargs
+    )
+    arr[...] = data
+    reader = ChunkReader(max_bytes=1)  # every read decodes its chunks again, so each needs its shard index
+    starts = np.arange(0, 5000, 250)
+    lens = np.full(starts.size, 40)
+    for _ in range(2):
+        np.testing.assert_array_equal(reader.read(arr, starts, lens), _expected(data, starts, lens))
+        assert len(reader._shard_index) == 2 and reader._shard_index.nbytes == 64
+
+
+def test_byte_lru_drops_the_least_recent_past_its_budget():
+    from s3attn.lru import ByteLRU
+
+    lru = ByteLRU(10)
+    lru.put("a", 1, 4)
+    lru.put("b", 2, 4)
+    assert lru.get("a") == 1  # "a" is now the most recent
+    lru.put("c", 3, 4)  # 12 bytes: "b" goes
+    assert list(lru) == ["a", "c"] and lru.nbytes == 8 and lru.get("b") is None
+    lru.put("a", 4, 2)  # replacing a value counts its new size only
+    assert lru.nbytes == 6 and lru.get("a") == 4
+    lru.put("big", 5, 50)  # larger than the budget: held alone
+    assert list(lru) == ["big"] and lru.nbytes == 50

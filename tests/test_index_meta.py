@@ -32,7 +32,7 @@ from s3attn.index_builder.store import IndexStore
 
 DATA = Path(__file__).parent / "data"
 PACKAGE = Path(__file__).parent.parent / "index_builder"
-READING = ("schema", "meta", "chunks", "segment_reader", "verify", "reader", "bm25")
+READING = ("schema", "meta", "chunks", "doc_table", "segment_reader", "verify", "reader", "bm25")
 WRITING = (
     "segment_writer",
     "segment_merge",
