@@ -200,14 +200,16 @@ def _read_texts(folder: Path) -> list[str]:
 
 def top_passages(scores_P: np.ndarray, top_k: int) -> np.ndarray:
     """Indices of the best ``top_k`` positive scores, best first, ties by lower index: what a stable sort of
-    every positive score gives, in time linear in the passages. A partition finds the k-th best score; only
-    the passages at or above it are gathered and sorted, so a question holds one copy of the scores at most."""
-    if top_k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    n = scores_P.size
-    kth = np.partition(scores_P, n - top_k)[n - top_k] if n > top_k else 0
-    pos = np.flatnonzero(scores_P >= kth) if kth > 0 else np.flatnonzero(scores_P > 0)
-    return pos[np.argsort(-scores_P[pos], kind="stable")[:top_k]]
+    every positive score gives, in time linear in the passages. Only the positive scores (the passages that
+    hold a question term) are gathered, once; a partition finds the k-th best of them, and only those at or
+    above it are sorted."""
+    pos = np.flatnonzero(scores_P > 0)
+    vals = scores_P[pos]
+    if pos.size > top_k > 0:
+        kth = np.partition(vals, pos.size - top_k)[pos.size - top_k]
+        keep = vals >= kth
+        pos, vals = pos[keep], vals[keep]
+    return pos[np.argsort(-vals, kind="stable")[: max(top_k, 0)]]
 
 
 def holds(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
