@@ -192,7 +192,7 @@ def test_bm25_view_shows_one_generation_and_reloads_when_rebuilt(tmp_path: Path)
     three = view.refreshed([*two, (2, 20, 30)])  # the reader moved: same BM25, nothing hidden
     assert three.index is view.index and three.search("book story", 5)[0].passage.doc_id == 2
     BM25Writer.build([*passages, Passage(3, 30, 40)], [*texts, "queen king"]).save(folder)  # rebuilt
-    again = three.refreshed(three.doc_ranges)
+    again = three.refreshed(three.ranges_D3)
     assert again.index is not three.index and len(again.index) == 4 and len(again) == 3
     assert again.search("queen", 5) == []
 
