@@ -117,7 +117,7 @@ class SegmentReader:
         self._group: zarr.Group | None = seg  # read once for its attributes, then dropped (see attrs)
         self._at = seg.store_path  # the segment's folder in its store: arrays are opened from here
         self.meta = meta
-        self.index = str(index if index is not None else seg.store_path)  # the index folder, for messages
+        self.index = str(index if index is not None else self._at)  # the index folder, for messages
         self.num_features = num_features  # F, when known: offsets must hold F + 1 entries
         self.token_start = int(meta.token_start)
         self.num_tokens = int(meta.num_tokens)

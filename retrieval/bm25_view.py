@@ -70,11 +70,12 @@ class BM25View:
     def refreshed(self, doc_ranges: RangesLike) -> BM25View:
         """This view for a (new) generation's ``doc_ranges``: the BM25 folder is loaded again only when the
         writer rebuilt it; ``self`` when nothing changed."""
-        sig = bm25_signature(self.folder)
-        if sig == self.signature:
-            same = np.array_equal(np.asarray(doc_ranges, dtype=np.int64).reshape(-1, 3), self.ranges_D3)
-            return self if same else BM25View(self.folder, self.index, self.signature, doc_ranges)
-        return BM25View.load(self.folder, doc_ranges)
+        ranges_D3 = np.asarray(doc_ranges, dtype=np.int64).reshape(-1, 3)
+        if bm25_signature(self.folder) != self.signature:
+            return BM25View.load(self.folder, ranges_D3)
+        if np.array_equal(ranges_D3, self.ranges_D3):
+            return self
+        return BM25View(self.folder, self.index, self.signature, ranges_D3)
 
     def __len__(self) -> int:
         return len(self.index) - len(self.hidden)
