@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s3attn.constants import INDEX_FORMAT_VERSION
 from s3attn.evaluation.tasks import paul_graham_text
 from s3attn.index_builder.build import run_prefill
 from s3attn.index_builder.indexer import IndexWriter
@@ -37,6 +38,7 @@ from s3attn.retrieval.retriever import Retriever
 
 BLOCK = 2048  # tokens per tiled block (= one document of a tiled index)
 LAYOUT = {  # the writer's layout: a tiled index built in another is rebuilt
+    "format": INDEX_FORMAT_VERSION,
     "gap_chunk": GAP_CHUNK,
     "gap_shard": GAP_SHARD,
     "act_chunk": ACT_CHUNK,

@@ -1,48 +1,125 @@
-"""``DocTable``: the documents an index generation holds, one row ``(doc_id, path, start, end)`` per document
+"""Documents tables. ``DocColumns``: one segment's documents as format 4 stores them (three arrays, no JSON).
+``DocTable``: the documents an index generation holds, one row ``(doc_id, path, start, end)`` per document
 (the pieces of a document cut across segments joined), sorted by start.
 
-Held as columns (an int64 array each, the paths in one UTF-8 buffer), not as a Python tuple per document:
-at 16M tokens (8,192 documents) the tuples and the records they came from held ~4 MiB of small objects in a
-reader, which grew with the corpus (``bench/bench_scale.py``).
+Both are columns (int64 arrays, the strings in one UTF-8 buffer each, every string ended by a NUL), not a
+Python object per document: at 16M tokens (8,192 documents) the tuples, the records and the JSON they were
+parsed from held several MiB of small objects in a reader, which grew with the corpus
+(``bench/bench_scale.py``). A reader reads a format-4 segment's table and paths straight into arrays; the
+content hashes only when asked (the writer's "already indexed?" check, ``docs()``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from typing import NamedTuple, overload
 
 import numpy as np
 
 from s3attn.index_builder.schema import DocRecord
 
 Row = tuple[int, str, int, int]  # (doc_id, path, start, end): global token range [start, end)
+_END = 0  # the byte ending each string of a strings buffer
+
+
+def encode_strings(strings: Iterable[str], what: str) -> np.ndarray:
+    """uint8 [B]: the UTF-8 of each string followed by a NUL. ValueError if one holds a NUL."""
+    parts = []
+    for s in strings:
+        if "\0" in s:
+            raise ValueError(f"{what} {s!r} holds a NUL character")
+        parts.append(s.encode("utf-8") + b"\0")
+    return np.frombuffer(b"".join(parts), dtype=np.uint8).copy()
+
+
+def decode_strings(blob: np.ndarray) -> list[str]:
+    """The strings of a buffer of :func:`encode_strings`."""
+    return [b.decode("utf-8") for b in np.asarray(blob, dtype=np.uint8).tobytes().split(b"\0")[:-1]]
+
+
+def string_ends(blob: np.ndarray) -> np.ndarray:
+    """int64 [S]: where each string of ``blob`` ends (its NUL)."""
+    return np.flatnonzero(np.asarray(blob) == _END).astype(np.int64)
+
+
+class DocColumns(NamedTuple):
+    """One segment's documents as stored in format 4: ``table_D3`` int64 rows (doc_id, token_start GLOBAL,
+    num_tokens); ``paths`` and ``hashes`` uint8 buffers of :func:`encode_strings` (``hashes`` None when not
+    read)."""
+
+    table_D3: np.ndarray
+    paths: np.ndarray
+    hashes: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, records: Iterable[DocRecord]) -> DocColumns:
+        recs = list(records)
+        table = np.array([(r.doc_id, r.token_start, r.num_tokens) for r in recs], dtype=np.int64)
+        return cls(
+            table.reshape(-1, 3),
+            encode_strings((r.path for r in recs), "document path"),
+            encode_strings((r.content_hash for r in recs), "content hash"),
+        )
+
+    def records(self) -> list[DocRecord]:
+        """One :class:`DocRecord` per document (needs ``hashes``)."""
+        if self.hashes is None:
+            raise ValueError("the content hashes were not read")
+        rows = zip(
+            self.table_D3.tolist(), decode_strings(self.paths), decode_strings(self.hashes), strict=True
+        )
+        return [DocRecord(d, path, h, s, n) for (d, s, n), path, h in rows]
+
+    def problems(self, token_start: int, num_tokens: int, num_docs: int) -> list[str]:
+        """Why this cannot be the table of a segment of tokens [token_start, token_start + num_tokens) and
+        ``num_docs`` documents: a count that differs, a document that does not start where the previous one
+        ends (or is empty), a sum that differs, strings that do not match the rows."""
+        table = self.table_D3
+        if len(table) != num_docs:
+            return [f"{len(table)} documents, the manifest says {num_docs}"]
+        starts = np.concatenate([[token_start], token_start + np.cumsum(table[:, 2])])
+        bad = np.flatnonzero((table[:, 1] != starts[:-1]) | (table[:, 2] <= 0))
+        if bad.size:
+            return [f"document {int(bad[0])} does not start where the previous one ends"]
+        if starts[-1] != token_start + num_tokens:
+            return [f"documents cover {int(starts[-1] - token_start)} tokens, the segment has {num_tokens}"]
+        for what, blob in (("paths", self.paths), ("content hashes", self.hashes)):
+            if blob is not None and (string_ends(blob).size != num_docs or (blob.size and blob[-1] != _END)):
+                return [f"the documents table holds {string_ends(blob).size} {what} for {num_docs} documents"]
+        return []
 
 
 class DocTable(Sequence[Row]):
     """Rows ``(doc_id, path, start, end)``, sorted by start; ``ranges_D3`` holds (doc_id, start, end)."""
 
-    def __init__(self, ranges_D3: np.ndarray, paths: Sequence[str]) -> None:
+    def __init__(self, ranges_D3: np.ndarray, paths: np.ndarray) -> None:
+        """``paths``: a buffer of :func:`encode_strings`, one path per row."""
         self.ranges_D3 = np.asarray(ranges_D3, dtype=np.int64).reshape(-1, 3)
-        if len(paths) != len(self.ranges_D3):
-            raise ValueError(f"{len(paths)} paths for {len(self.ranges_D3)} documents")
-        encoded = [p.encode("utf-8") for p in paths]
-        self._paths = b"".join(encoded)
-        self._path_ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
+        self._paths = np.asarray(paths, dtype=np.uint8)
+        self._path_ends = string_ends(self._paths)
+        if len(self._path_ends) != len(self.ranges_D3):
+            raise ValueError(f"{len(self._path_ends)} paths for {len(self.ranges_D3)} documents")
 
     @classmethod
     def of(cls, records: Iterable[DocRecord]) -> DocTable:
         """The table of ``records`` (in token order): consecutive records of one document whose token ranges
         touch are one row."""
-        recs = list(records)
-        ids = np.array([r.doc_id for r in recs], dtype=np.int64)
-        starts = np.array([r.token_start for r in recs], dtype=np.int64)
-        ends = starts + np.array([r.num_tokens for r in recs], dtype=np.int64)
-        new = np.ones(len(recs), dtype=bool)
+        return cls.of_columns([DocColumns.of(records)])
+
+    @classmethod
+    def of_columns(cls, segments: Iterable[DocColumns]) -> DocTable:
+        """The table of the segments' documents (segments in token order), pieces joined as in :meth:`of`."""
+        segs = list(segments)
+        table = np.concatenate([c.table_D3 for c in segs]) if segs else np.zeros((0, 3), np.int64)
+        paths = np.concatenate([c.paths for c in segs]) if segs else np.zeros(0, np.uint8)
+        ids, starts = table[:, 0], table[:, 1]
+        ends = starts + table[:, 2]
+        new = np.ones(len(table), dtype=bool)
         new[1:] = (ids[1:] != ids[:-1]) | (starts[1:] != ends[:-1])
         first = np.flatnonzero(new)
-        last = np.append(first[1:], len(recs))[: first.size] - 1
-        ranges_D3 = np.stack([ids[first], starts[first], ends[last]], axis=1)
-        return cls(ranges_D3, [recs[i].path for i in first.tolist()])
+        last = np.append(first[1:], len(table))[: first.size] - 1
+        lens = np.diff(np.concatenate([[-1], string_ends(paths)]))
+        return cls(np.stack([ids[first], starts[first], ends[last]], axis=1), paths[np.repeat(new, lens)])
 
     @property
     def starts(self) -> np.ndarray:
@@ -55,8 +132,8 @@ class DocTable(Sequence[Row]):
         return self.ranges_D3[:, 2]
 
     def path(self, i: int) -> str:
-        lo = int(self._path_ends[i - 1]) if i > 0 else 0
-        return self._paths[lo : int(self._path_ends[i])].decode("utf-8")
+        lo = int(self._path_ends[i - 1]) + 1 if i > 0 else 0
+        return self._paths[lo : int(self._path_ends[i])].tobytes().decode("utf-8")
 
     def ranges(self) -> list[tuple[int, int, int]]:
         """(doc_id, start, end) per document."""

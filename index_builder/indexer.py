@@ -37,6 +37,7 @@ from s3attn.constants import (
     SEGMENTS_DIR,
 )
 from s3attn.errors import S3Error
+from s3attn.index_builder.doc_table import DocColumns
 from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentAttrs, SegmentMeta
 from s3attn.index_builder.reader import (
     IndexPath,
@@ -45,7 +46,7 @@ from s3attn.index_builder.reader import (
     open_snapshot,
     segments_in_use,
 )
-from s3attn.index_builder.schema import DocRecord, SegmentData, segment_checksum, segment_name, segment_path
+from s3attn.index_builder.schema import SegmentData, segment_checksum, segment_name, segment_path
 from s3attn.index_builder.segment_merge import merged_heads
 from s3attn.index_builder.segment_writer import (
     HeadPostings,
@@ -53,6 +54,7 @@ from s3attn.index_builder.segment_writer import (
     build_head_postings,
     check_segment_data,
     pick_merge_run,
+    rebase_segment,
     write_segment_arrays,
 )
 from s3attn.leases import Lease, manifest_copy, prune_manifest_copies, sweep_leases
@@ -246,7 +248,7 @@ class IndexWriter(IndexReader):
         self,
         entry: SegmentMeta,
         token_ids: np.ndarray,
-        docs: Iterable[DocRecord],
+        docs: DocColumns,
         heads: Iterable[tuple[tuple[int, int], HeadPostings | HeadStream]],
         where: slice,
     ) -> str:
@@ -261,8 +263,8 @@ class IndexWriter(IndexReader):
             if not local:
                 rmtree(final)  # unreferenced leftover of a crashed run
             seg = self._root.create_group(segment_path(tmp))
-            sums = write_segment_arrays(seg, token_ids, heads)
-            seg.attrs.update(SegmentAttrs(entry.token_start, entry.num_tokens, tuple(docs), sums).to_json())
+            sums = write_segment_arrays(seg, token_ids, heads, docs)
+            seg.attrs.update(SegmentAttrs(entry.token_start, entry.num_tokens, None, sums).to_json())
             if local:
                 shutil.rmtree(final, ignore_errors=True)  # unreferenced leftover of a crashed run
                 os.replace(self._seg_dir(tmp), final)
@@ -296,16 +298,14 @@ class IndexWriter(IndexReader):
         new_entries = []
         for i, e in enumerate(entries):
             name = f"{segment_name(gen + 1)}-{i:03d}"
-            group = other._root[segment_path(e.name)]
-            seg_attrs = SegmentAttrs.from_json(group.attrs.asdict())
             shift = token_at - e.token_start
-            docs = tuple(
+            docs = (
                 d._replace(token_start=d.token_start + shift, doc_id=d.doc_id - first_doc + next_doc)
-                for d in seg_attrs.docs
+                for d in other._reader(e).docs()
             )
-            group.attrs.update(dataclasses.replace(seg_attrs, token_start=token_at, docs=docs).to_json())
+            sums = rebase_segment(other._root[segment_path(e.name)], docs, token_at)
             move_dir(other._seg_dir(e.name), self._seg_dir(name))
-            checksum = segment_checksum(dict(seg_attrs.checksums), token_at, e.num_tokens)
+            checksum = segment_checksum(sums, token_at, e.num_tokens)
             new_entries.append(
                 dataclasses.replace(e, name=name, token_start=token_at, doc_start=doc_at, checksum=checksum)
             )
@@ -335,7 +335,7 @@ class IndexWriter(IndexReader):
             open_doc=bool(open_doc),
         )
         at = len(self._manifest.segments)
-        return self._publish(entry, token_ids, data.docs, heads, slice(at, at))
+        return self._publish(entry, token_ids, DocColumns.of(data.docs), heads, slice(at, at))
 
     def _merge_run(self, lo: int, hi: int, progress: bool) -> None:
         entries = self._manifest.segments[lo:hi]
@@ -351,7 +351,7 @@ class IndexWriter(IndexReader):
             checksum="",
             open_doc=entries[-1].open_doc,
         )
-        docs = [d for r in readers for d in r.docs()]
+        docs = DocColumns.of(d for r in readers for d in r.docs())
         heads = merged_heads(readers, self.heads, progress=progress)
         self._publish(entry, token_ids, docs, heads, slice(lo, hi))
 

@@ -232,15 +232,21 @@ class IndexAttrs:
 
 
 # ---- segment group attributes ----------------------------------------------------------------------------
+DOCS_IN_ARRAYS_FORMAT = 4
+"""The first format whose segments keep their documents table in arrays rather than in their attributes."""
+
+
 @dataclass(frozen=True)
 class SegmentAttrs:
-    """Attributes of ``segments/<name>``: its token range, documents table, per-array checksums and how its
-    lists are ordered. A segment of format 1 or 2 records no format (None) and keeps its lists in position
-    order; one of format 3 records its format, ``posting_order`` "impact-tiers" and the ``tier_divisors``."""
+    """Attributes of ``segments/<name>``: its token range, per-array checksums, how its lists are ordered and,
+    up to format 3, its documents table. A segment of format 1 or 2 records no format (None) and keeps its
+    lists in position order; one of format 3 records its format, ``posting_order`` "impact-tiers" and the
+    ``tier_divisors``; one of format 4 keeps its documents in arrays (``schema.DOC_ARRAYS``, listed in the
+    checksums), not here: ``docs`` is None."""
 
     token_start: int
     num_tokens: int
-    docs: tuple[DocRecord, ...]  # token_start of each GLOBAL
+    docs: tuple[DocRecord, ...] | None  # token_start of each GLOBAL; None: in the segment's arrays
     checksums: Mapping[str, str]  # array path relative to the segment -> crc32 of its raw bytes
     checksum_algo: str = CHECKSUM_ALGO
     format_version: int | None = INDEX_FORMAT_VERSION  # None: written in format 1 or 2
@@ -256,10 +262,11 @@ class SegmentAttrs:
         out: dict[str, Any] = {
             "token_start": int(self.token_start),
             "num_tokens": int(self.num_tokens),
-            "docs": [doc_json(d) for d in self.docs],
             "checksums": dict(self.checksums),
             "checksum_algo": self.checksum_algo,
         }
+        if self.docs is not None:
+            out["docs"] = [doc_json(d) for d in self.docs]
         if self.format_version is not None:  # segments of formats 1 and 2 keep their attributes as they were
             out["format_version"] = int(self.format_version)
             out["posting_order"] = self.posting_order
@@ -269,20 +276,12 @@ class SegmentAttrs:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> SegmentAttrs:
-        docs = tuple(
-            DocRecord(
-                _get(d, "doc_id", int),
-                _get(d, "path", str),
-                _get(d, "content_hash", str),
-                _get(d, "token_start", int),
-                _get(d, "num_tokens", int),
-            )
-            for d in _get(obj, "docs", list)
-        )
+        version = _opt(obj, "format_version", int)
+        in_arrays = version is not None and version >= DOCS_IN_ARRAYS_FORMAT and "docs" not in obj
+        docs = None if in_arrays else tuple(_doc(d) for d in _get(obj, "docs", list))
         checksums = _get(obj, "checksums", dict)
         if not all(isinstance(v, str) for v in checksums.values()):
             raise ValueError("field 'checksums' must map array paths to strings")
-        version = _opt(obj, "format_version", int)
         order = _get(obj, "posting_order", str, POSTING_ORDER_POSITION)
         if order not in (POSTING_ORDER_POSITION, POSTING_ORDER_TIERS):
             raise ValueError(f"posting_order {order!r} is unknown to this s3attn; upgrade")
@@ -301,6 +300,16 @@ class SegmentAttrs:
             posting_order=order,
             tier_divisors=divisors,
         )
+
+
+def _doc(d: Mapping[str, Any]) -> DocRecord:
+    return DocRecord(
+        _get(d, "doc_id", int),
+        _get(d, "path", str),
+        _get(d, "content_hash", str),
+        _get(d, "token_start", int),
+        _get(d, "num_tokens", int),
+    )
 
 
 def _valid_divisors(divisors: tuple[Any, ...]) -> bool:

@@ -275,6 +275,10 @@ class IndexReader:
     def documents(self) -> list[DocRecord]:
         return [d for e in self._manifest.segments for d in self._reader(e).docs()]
 
+    def doc_table(self) -> DocTable:
+        """The documents of this generation as a :class:`DocTable` (no record per document is made)."""
+        return DocTable.of_columns(self._reader(e).doc_columns() for e in self._manifest.segments)
+
     def has_document(self, path: str, content_hash: str) -> bool:
         if self._doc_keys is None:
             self._doc_keys = {(d.path, d.content_hash) for d in self.documents()}
@@ -381,4 +385,4 @@ class IndexReader:
 
 def doc_ranges(index: IndexReader) -> list[tuple[int, int, int]]:
     """(doc_id, start, end) per document, pieces of one document joined."""
-    return DocTable.of(index.documents()).ranges()
+    return index.doc_table().ranges()

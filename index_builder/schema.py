@@ -7,15 +7,18 @@ Layout (see ``index_builder/SCHEMA.md`` for the full description)::
       manifest.json                    live segments, written last by atomic rename
       index.lock                       fcntl lock of the one writer
       index.zarr/                      Zarr v3 group, attrs: kind, format_version, model_id, sae_release, ...
-        segments/<name>/               group attrs: token_start, num_tokens, docs, checksums
+        segments/<name>/               group attrs: token_start, num_tokens, checksums
           tokens                       uint32[T]
+          docs, doc_paths, doc_hashes  int64[3D], uint8[], uint8[]: the documents table (format 4; before,
+                                       the group attrs' ``docs``)
           L<layer>/h<kv>/              group attrs: act_scale
             offsets                    uint64[F+1]  CSR offsets per feature
             pos_gaps                   uint32[N]    gaps of segment-relative positions, first of each list absolute
             act_u8                     uint8[N]     act = expm1(q / 255 * log1p(act_scale))
 
 Every array of format 2 names its chunk layout in its attribute ``s3attn_layout`` (``LAYOUT_*`` below). In
-format 3 each list is stored in impact tiers (``POSTING_ORDER_TIERS``, cuts by :func:`tier_ends`).
+format 3 each list is stored in impact tiers (``POSTING_ORDER_TIERS``, cuts by :func:`tier_ends`). In format 4
+the documents table is three arrays (:data:`DOC_ARRAYS`) instead of the segment attributes' JSON.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from zarr.codecs import BloscCodec
 
 from s3attn.constants import (
     INDEX_ACT_ARRAY,
+    INDEX_DOC_HASHES_ARRAY,
+    INDEX_DOC_PATHS_ARRAY,
+    INDEX_DOCS_ARRAY,
     INDEX_GAPS_ARRAY,
     INDEX_OFFSETS_ARRAY,
     INDEX_TOKENS_ARRAY,
@@ -62,6 +68,10 @@ TOKEN_SHARD = 1 << 23
 ACT_LEVELS = 255  # q in [0, 255]
 ACT_SCALE_ATTR = "act_scale"  # attribute of each L<layer>/h<kv> group: the scale of its act_u8
 CHECKSUM_ALGO = "crc32"
+DOC_DTYPE = np.dtype("int64")
+STRINGS_DTYPE = np.dtype("uint8")
+DOC_ARRAYS = (INDEX_DOCS_ARRAY, INDEX_DOC_PATHS_ARRAY, INDEX_DOC_HASHES_ARRAY)
+"""Format 4: a segment's documents table (``doc_table.DocColumns``), each array in one Blosc zstd chunk."""
 
 
 class DocRecord(NamedTuple):
@@ -109,6 +119,7 @@ ARRAY_LAYOUT = {
     INDEX_OFFSETS_ARRAY: LAYOUT_BLOSC,
     INDEX_GAPS_ARRAY: LAYOUT_SHARDED,
     INDEX_ACT_ARRAY: LAYOUT_RAW,
+    **dict.fromkeys(DOC_ARRAYS, LAYOUT_BLOSC),
 }
 """The layout the writer gives each array kind, recorded on the array (``s3attn_layout``)."""
 ARRAY_CHUNKS = {
@@ -116,6 +127,7 @@ ARRAY_CHUNKS = {
     INDEX_OFFSETS_ARRAY: (0, 0),
     INDEX_GAPS_ARRAY: (GAP_CHUNK, GAP_SHARD),
     INDEX_ACT_ARRAY: (ACT_CHUNK, 0),
+    **dict.fromkeys(DOC_ARRAYS, (0, 0)),
 }
 """Per array kind: (entries per chunk, 0 = the whole array in one; entries per shard file, 0 = not sharded).
 Sharded exactly where :data:`ARRAY_LAYOUT` says ``sharded-blosc``."""
@@ -129,11 +141,13 @@ INT_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 TOKENS_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 """tokens: Blosc zstd with byte shuffle (token ids of 4k-token chunks of real text: ~1.6 bytes/token and ~33 us
 a chunk to decode here, against ~1.73 and ~38 us with bitshuffle)."""
+STRINGS_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="noshuffle")
+"""doc_paths, doc_hashes: Blosc zstd on the UTF-8 bytes (read once per segment)."""
 
 
 def compressors(kind: str) -> list[BloscCodec]:
     """Standard Zarr v3 codecs per array kind: Blosc for integers (:data:`GAPS_CODEC`, :data:`TOKENS_CODEC`,
-    :data:`INT_CODEC`), none for act_u8.
+    :data:`INT_CODEC`) and strings (:data:`STRINGS_CODEC`), none for act_u8.
 
     Log-quantized activations compress to only ~0.8 bytes/posting with zstd; stored raw, a question reads
     just the bytes of its lists instead of decoding whole chunks (see ``chunks``).
@@ -142,7 +156,9 @@ def compressors(kind: str) -> list[BloscCodec]:
         raise ValueError(f"unknown array kind {kind!r}")
     if ARRAY_LAYOUT[kind] == LAYOUT_RAW:
         return []
-    return [{INDEX_GAPS_ARRAY: GAPS_CODEC, INDEX_TOKENS_ARRAY: TOKENS_CODEC}.get(kind, INT_CODEC)]
+    special = {INDEX_GAPS_ARRAY: GAPS_CODEC, INDEX_TOKENS_ARRAY: TOKENS_CODEC}
+    special |= dict.fromkeys((INDEX_DOC_PATHS_ARRAY, INDEX_DOC_HASHES_ARRAY), STRINGS_CODEC)
+    return [special.get(kind, INT_CODEC)]
 
 
 # ---- posting order inside a list --------------------------------------------------------------------------

@@ -21,6 +21,9 @@ import zarr
 
 from s3attn.constants import (
     INDEX_ACT_ARRAY,
+    INDEX_DOC_HASHES_ARRAY,
+    INDEX_DOC_PATHS_ARRAY,
+    INDEX_DOCS_ARRAY,
     INDEX_GAPS_ARRAY,
     INDEX_MANIFEST,
     INDEX_OFFSETS_ARRAY,
@@ -28,6 +31,7 @@ from s3attn.constants import (
 )
 from s3attn.errors import READ_ERRORS, IndexCorruptError, index_damaged
 from s3attn.index_builder.chunks import ChunkDamage, ChunkReader
+from s3attn.index_builder.doc_table import DocColumns
 from s3attn.index_builder.meta import SegmentAttrs, SegmentMeta
 from s3attn.index_builder.schema import (
     ACT_SCALE_ATTR,
@@ -70,16 +74,8 @@ def attrs_problems(attrs: SegmentAttrs, entry: SegmentMeta) -> list[str]:
         problems.append("token_start/num_tokens differ from the manifest")
     if segment_checksum(dict(attrs.checksums), start, n) != entry.checksum:
         problems.append("checksum table does not match the manifest")
-    if len(attrs.docs) != entry.num_docs:
-        problems.append(f"{len(attrs.docs)} documents, the manifest says {entry.num_docs}")
-    pos = start
-    for d in attrs.docs:
-        if d.token_start != pos or d.num_tokens <= 0:
-            problems.append(f"document {d.path} does not start where the previous one ends")
-            break
-        pos += d.num_tokens
-    if pos != start + n:
-        problems.append(f"documents cover {pos - start} tokens, the segment has {n}")
+    if attrs.docs is not None:  # up to format 3; format 4's arrays are checked when read (doc_columns)
+        problems += DocColumns.of(attrs.docs).problems(start, n, entry.num_docs)
     return problems
 
 
@@ -144,17 +140,35 @@ class SegmentReader:
     # ---- metadata ----------------------------------------------------------------------------------------
     def attrs(self) -> SegmentAttrs:
         """The segment group's attributes, checked against the manifest entry, cached without the documents
-        table (``docs``): a reader does not hold a record per document (at 16M tokens they were ~3 MiB)."""
+        table of formats 1-3 (``docs`` then ``()``; None in format 4, whose table is arrays): a reader does not
+        hold a record per document (at 16M tokens they were ~3 MiB)."""
         if self._attrs is None:
             self._keep(self._read_attrs())
         return self._attrs  # type: ignore[return-value]
 
     def docs(self) -> list[DocRecord]:
-        """The segment's documents table (global token_start), read from its attributes on each call."""
-        attrs = self._read_attrs()
-        if self._attrs is None:
-            self._keep(attrs)
-        return list(attrs.docs)
+        """The segment's documents (global token_start), content hashes included, read on each call."""
+        return self.doc_columns(hashes=True).records()
+
+    def doc_columns(self, *, hashes: bool = False) -> DocColumns:
+        """The segment's documents table, read on each call: from its arrays (format 4; each checked against
+        its checksum, the table against the manifest entry) or its attributes (formats 1-3, parsed again).
+        ``hashes``: also the content hashes (only the writer and ``docs()`` need them)."""
+        if self.attrs().docs is not None:
+            return DocColumns.of(self._read_attrs().docs or ())
+        names = (INDEX_DOCS_ARRAY, INDEX_DOC_PATHS_ARRAY) + ((INDEX_DOC_HASHES_ARRAY,) if hashes else ())
+        got = {}
+        for name in names:
+            with self.reading(name):
+                got[name] = self.checked(name, np.asarray(self.array(name)[...]))
+        table = got[INDEX_DOCS_ARRAY]
+        if table.ndim != 1 or table.size % 3:
+            raise self.damaged(INDEX_DOCS_ARRAY, f"{table.size} entries, not rows of 3")
+        cols = DocColumns(table.reshape(-1, 3), got[INDEX_DOC_PATHS_ARRAY], got.get(INDEX_DOC_HASHES_ARRAY))
+        problems = cols.problems(self.token_start, self.num_tokens, self.meta.num_docs)
+        if problems:
+            raise self.damaged(INDEX_DOCS_ARRAY, problems[0])
+        return cols
 
     def _read_attrs(self) -> SegmentAttrs:
         """The attributes as stored. The group object given at open is dropped once read: it holds their JSON
@@ -168,7 +182,7 @@ class SegmentReader:
         problems = attrs_problems(attrs, self.meta)
         if problems:
             raise self.damaged(ATTRS_FILE, problems[0])
-        self._attrs = dataclasses.replace(attrs, docs=())
+        self._attrs = attrs if attrs.docs is None else dataclasses.replace(attrs, docs=())
 
     def array(self, path: str) -> zarr.Array:
         arr = self._arrays.get(path)

@@ -12,6 +12,7 @@ The crash-safe publishing (temp name, rename, manifest) is the indexer's (``inde
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -21,20 +22,28 @@ import zarr
 
 from s3attn.constants import (
     INDEX_ACT_ARRAY,
+    INDEX_DOC_HASHES_ARRAY,
+    INDEX_DOC_PATHS_ARRAY,
+    INDEX_DOCS_ARRAY,
     INDEX_GAPS_ARRAY,
     INDEX_LAYOUT_ATTR,
     INDEX_OFFSETS_ARRAY,
     INDEX_TOKENS_ARRAY,
 )
+from s3attn.index_builder.doc_table import DocColumns
+from s3attn.index_builder.meta import SegmentAttrs
 from s3attn.index_builder.schema import (
     ACT_DTYPE,
     ACT_SCALE_ATTR,
     ARRAY_CHUNKS,
     ARRAY_LAYOUT,
+    DOC_DTYPE,
     GAP_DTYPE,
     OFFSET_DTYPE,
+    STRINGS_DTYPE,
     TIER_DIVISORS,
     TOKEN_DTYPE,
+    DocRecord,
     SegmentData,
     act_scale_of,
     array_checksum,
@@ -300,14 +309,43 @@ def _write_array(group: zarr.Group, name: str, data: np.ndarray, kind: str) -> s
     return array_checksum(data)
 
 
+def write_doc_arrays(seg: zarr.Group, docs: DocColumns) -> dict[str, str]:
+    """Write a segment's documents table (format 4: ``docs`` int64 [3D], ``doc_paths``, ``doc_hashes``),
+    replacing what is there; returns ``{array path: checksum}``."""
+    data = {
+        INDEX_DOCS_ARRAY: docs.table_D3.astype(DOC_DTYPE).ravel(),
+        INDEX_DOC_PATHS_ARRAY: docs.paths.astype(STRINGS_DTYPE),
+        INDEX_DOC_HASHES_ARRAY: docs.hashes.astype(STRINGS_DTYPE),  # type: ignore[union-attr]
+    }
+    for name in data:
+        if name in seg:
+            del seg[name]
+    return {name: _write_array(seg, name, arr, name) for name, arr in data.items()}
+
+
+def rebase_segment(seg: zarr.Group, docs: Iterable[DocRecord], token_start: int) -> dict[str, str]:
+    """Rewrite an unpublished segment's attributes for a new ``token_start`` and its rebased documents
+    ``docs`` (format 4: its documents arrays rewritten); returns its checksums."""
+    attrs = SegmentAttrs.from_json(seg.attrs.asdict())
+    table = tuple(docs)
+    sums = dict(attrs.checksums)
+    if attrs.docs is None:  # format 4: the table is arrays
+        sums |= write_doc_arrays(seg, DocColumns.of(table))
+    kept = None if attrs.docs is None else table
+    seg.attrs.update(dataclasses.replace(attrs, token_start=token_start, docs=kept, checksums=sums).to_json())
+    return sums
+
+
 def write_segment_arrays(
     seg: zarr.Group,
     token_ids: np.ndarray,
     heads: Iterable[tuple[tuple[int, int], HeadPostings | HeadStream]],
+    docs: DocColumns,
 ) -> dict[str, str]:
-    """Write ``tokens`` and every head's three arrays into an (unpublished) segment group, each list in
-    impact tiers (format 3): a :class:`HeadPostings` (lists in position order) is put in tiers here
-    (:func:`impact_stream`), a :class:`HeadStream` is written as it comes, batch by batch.
+    """Write ``tokens``, the documents table (:func:`write_doc_arrays`) and every head's three arrays into an
+    (unpublished) segment group, each list in impact tiers (formats 3 and 4): a :class:`HeadPostings` (lists
+    in position order) is put in tiers here (:func:`impact_stream`), a :class:`HeadStream` is written as it
+    comes, batch by batch.
 
     ``heads`` may be a generator so only one head (or one batch of one) is in memory at a time. Returns
     ``{array path relative to the segment: checksum}``.
@@ -318,6 +356,7 @@ def write_segment_arrays(
             seg, INDEX_TOKENS_ARRAY, token_ids.astype(TOKEN_DTYPE), INDEX_TOKENS_ARRAY
         )
     }
+    sums |= write_doc_arrays(seg, docs)
     for (layer, kv), head in heads:
         stream = head if isinstance(head, HeadStream) else impact_stream(head, num_tokens)
         seg.create_group(head_group(layer, kv), attributes={ACT_SCALE_ATTR: float(stream.act_scale)})

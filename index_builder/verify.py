@@ -2,7 +2,8 @@
 reported as one problem line each (never an exception). Used by ``IndexReader.verify`` (``s3-index verify``).
 
 Format 3 adds two checks per list: positions increase within each impact tier (cut by the segment's
-``tier_divisors``), and no later tier holds a larger stored activation than an earlier one.
+``tier_divisors``), and no later tier holds a larger stored activation than an earlier one. Format 4 checks
+its documents arrays as the attributes' table was checked before.
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ from collections.abc import Callable
 import numpy as np
 import zarr
 
-from s3attn.constants import INDEX_TOKENS_ARRAY, SEGMENTS_DIR
+from s3attn.constants import INDEX_DOCS_ARRAY, INDEX_TOKENS_ARRAY, SEGMENTS_DIR
 from s3attn.errors import READ_ERRORS, one_line
+from s3attn.index_builder.doc_table import DocColumns
 from s3attn.index_builder.meta import SegmentAttrs, SegmentMeta
-from s3attn.index_builder.schema import array_checksum, decode_gaps, head_array, head_group, tier_sizes
+from s3attn.index_builder.schema import (
+    DOC_ARRAYS,
+    array_checksum,
+    decode_gaps,
+    head_array,
+    head_group,
+    tier_sizes,
+)
 from s3attn.index_builder.segment_reader import (
     HEAD_ARRAYS,
     act_scale_attr,
@@ -29,6 +38,7 @@ def _check_tables(attrs: SegmentAttrs, entry: SegmentMeta, heads: list[tuple[int
     """The segment's attributes against its manifest entry: range, checksum, documents, postings count."""
     problems = attrs_problems(attrs, entry)
     paths = {INDEX_TOKENS_ARRAY} | {head_array(lay, h, kind) for lay, h in heads for kind in HEAD_ARRAYS}
+    paths |= set(DOC_ARRAYS) if attrs.docs is None else set()
     if set(attrs.checksums) != paths:
         problems.append("checksum table does not list exactly the segment's arrays")
     if entry.num_postings != attrs.num_tokens * k * len(heads):
@@ -142,4 +152,19 @@ def verify_segment(
         problems.append(f"tokens: shape differs from num_tokens={n}")
     for layer, h in heads:
         problems += _check_head(head_group(layer, h), load, n, num_features, k, attrs.tiers)
+    if attrs.docs is None:
+        problems += _check_docs(load, entry)
     return problems
+
+
+def _check_docs(load: Callable[[str], np.ndarray | None], entry: SegmentMeta) -> list[str]:
+    """Format 4's documents table (``schema.DOC_ARRAYS``) against the manifest entry."""
+    table, paths, hashes = (load(name) for name in DOC_ARRAYS)
+    if table is None or paths is None or hashes is None:
+        return []  # reported unreadable by load
+    if table.ndim != 1 or table.size % 3:
+        return [f"{INDEX_DOCS_ARRAY}: {table.size} entries, not rows of 3"]
+    cols = DocColumns(table.reshape(-1, 3).astype(np.int64), paths, hashes)
+    return [
+        f"{INDEX_DOCS_ARRAY}: {p}" for p in cols.problems(entry.token_start, entry.num_tokens, entry.num_docs)
+    ]

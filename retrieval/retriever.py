@@ -22,7 +22,6 @@ import torch
 
 from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
-from s3attn.index_builder.doc_table import DocTable
 from s3attn.index_builder.schema import in_sorted
 from s3attn.models.precision import DTYPES
 from s3attn.retrieval.dtypes import question_dtype
@@ -183,7 +182,7 @@ class Retriever:
     # ---- helpers ------------------------------------------------------------------------------------
     def _set_documents(self) -> None:
         """The document table and attention-sink positions of the generation ``store`` reads."""
-        self.doc_table = DocTable.of(self.store.documents())
+        self.doc_table = self.store.doc_table()
         starts, ends = self.doc_table.starts, self.doc_table.ends
         sink = starts[:, None] + np.arange(self.cfg.sink_tokens)[None, :]
         self._sink_positions = np.sort(sink[sink < ends[:, None]])

@@ -58,13 +58,13 @@ TRAIN_STATE = "train_state.ckpt"  # Lightning checkpoint inside the run folder, 
 ACT_CACHE = "activations.zarr"  # optional harvested head-vector cache
 
 # ---- Index -------------------------------------------------------------------------------------------
-INDEX_FORMAT_VERSION = 3  # 3: lists in impact tiers; 2: arrays name their layout; 1 and 2 still read
+INDEX_FORMAT_VERSION = 4  # 4: documents table in arrays; 3: lists in impact tiers; 2: arrays name their
+# layout; 1 to 3 still read
 INDEX_ROOT = "index.zarr"  # Zarr v3 group holding the whole index
 INDEX_MANIFEST = "manifest.json"  # live segments; written last, by atomic rename
 INDEX_KIND = "s3attn-index"
 SEGMENTS_DIR = "segments"
 BM25_DIR = "bm25"
-DOCS_TABLE = "documents.json"
 INDEX_LOCK = "index.lock"  # fcntl lock file of the one writer, next to the manifest
 SEGMENT_NAME_PREFIX = "seg-"  # segments/seg-000001 ... (number = manifest generation that added it)
 SEGMENT_TMP_PREFIX = ".tmp-"  # segments/.tmp-<uuid> while a segment is being written
@@ -72,6 +72,9 @@ INDEX_TOKENS_ARRAY = "tokens"  # uint32[T] per segment
 INDEX_OFFSETS_ARRAY = "offsets"  # uint64[F+1] per segment and (layer, kv head)
 INDEX_GAPS_ARRAY = "pos_gaps"  # uint32[N] per segment and (layer, kv head)
 INDEX_ACT_ARRAY = "act_u8"  # uint8[N] per segment and (layer, kv head)
+INDEX_DOCS_ARRAY = "docs"  # int64[3D] per segment (format 4): doc_id, token_start (global), num_tokens
+INDEX_DOC_PATHS_ARRAY = "doc_paths"  # uint8[] per segment (format 4): each document's path, UTF-8, NUL-ended
+INDEX_DOC_HASHES_ARRAY = "doc_hashes"  # uint8[] per segment (format 4): each content_hash, UTF-8, NUL-ended
 INDEX_LAYOUT_ATTR = "s3attn_layout"  # array attribute: its chunk layout ("blosc", "sharded-blosc", "raw")
 
 # ---- BM25 sub-index (inside BM25_DIR; next to the bm25s files) ---------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from conftest import TINY_WORDS, make_tiny_release, save_tiny_model_dir
 
 import s3attn.saes.stack as stack_module
@@ -39,6 +40,7 @@ from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.pipeline import build_index
 from s3attn.index_builder.reader import IndexReader
+from s3attn.index_builder.schema import DOC_ARRAYS
 
 LAYERS = (1, 3)
 QUESTION = "paris queen"
@@ -50,14 +52,16 @@ METADATA = {
     INDEX_MANIFEST: INDEX_MANIFEST,
     f"{INDEX_ROOT}/zarr.json": INDEX_ROOT,
     f"{INDEX_ROOT}/{SEGMENTS_DIR}/zarr.json": f"{SEGMENTS_DIR}/zarr.json",
-    f"{SEG}/zarr.json": "seg-000001",  # the segment's attributes: documents table, checksums
+    f"{SEG}/zarr.json": "seg-000001",  # the segment's attributes: checksums, posting order
     f"{SEG}/L1/zarr.json": "seg-000001",
     f"{HEAD}/zarr.json": "seg-000001",  # act_scale
     f"{SEG}/tokens/zarr.json": "seg-000001",
+    **{f"{SEG}/{a}/zarr.json": "seg-000001" for a in DOC_ARRAYS},  # the documents table
     **{f"{HEAD}/{a}/zarr.json": "seg-000001" for a in ("offsets", "pos_gaps", "act_u8")},
 }
 CHUNKS = {
     f"{SEG}/tokens/c/0": "seg-000001",
+    **{f"{SEG}/{a}/c/0": "seg-000001" for a in DOC_ARRAYS},
     **{f"{HEAD}/{a}/c/0": "seg-000001" for a in ("offsets", "pos_gaps", "act_u8")},
 }
 BM25_BINARY = ["data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "passages.npy"]
@@ -98,11 +102,11 @@ def empty(path: Path) -> None:
 
 
 def edit_documents(index: Path) -> None:
-    """A person shortens a document in the documents table (valid JSON, wrong table)."""
-    path = index / SEG / "zarr.json"
-    meta = json.loads(path.read_text())
-    meta["attributes"]["docs"][0]["num_tokens"] -= 1
-    path.write_text(json.dumps(meta))
+    """A person shortens a document in the documents table (a valid array, a wrong table)."""
+    arr = zarr.open_array(store=str(index / SEG / "docs"), mode="r+")
+    table = np.asarray(arr[...])
+    table[2] -= 1  # the first document's num_tokens
+    arr[...] = table
 
 
 def remove_segment(index: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s3attn.constants import INDEX_MANIFEST
+from s3attn.constants import INDEX_FORMAT_VERSION, INDEX_MANIFEST
 from s3attn.index_builder.indexer import IndexWriter
 from s3attn.index_builder.reader import IndexReader
 from s3attn.index_builder.schema import (
@@ -160,7 +160,7 @@ def _tiny_index(tmp_path: Path) -> Path:
 def test_format_3_segment_reads_like_position_order(tmp_path: Path) -> None:
     path = _tiny_index(tmp_path)
     with IndexReader.open(path) as st:
-        assert st.format_version == 3
+        assert st.format_version == INDEX_FORMAT_VERSION
         for key in st.heads:
             df = st.doc_freq(*key)
             tf = st.tier_freq(*key)
@@ -273,7 +273,7 @@ def test_small_budget_reads_top_tiers_of_every_feature(index_v2: tuple[Path, dic
     new = _convert(path)
     rng = np.random.default_rng(3)
     with IndexReader.open(path) as old, IndexReader.open(new) as st:
-        assert json.loads((new / INDEX_MANIFEST).read_text())["format_version"] == 3
+        assert json.loads((new / INDEX_MANIFEST).read_text())["format_version"] == INDEX_FORMAT_VERSION
         assert st.meta.format_version == 2  # created in format 2; its segments are format 3 now
         for key in st.heads:  # the merge converted the lists; as sets they are the old ones
             a, b = (s.postings(*key, np.arange(64)) for s in (old, st))
@@ -316,7 +316,7 @@ def test_writer_adds_format_3_segment_to_format_2_index(index_v2: tuple[Path, di
         codes = {key: _codes(rng, n, st.meta.k, st.meta.num_latents) for key in st.heads}
         doc = DocRecord(99, "new.txt", "h", start, n)
         st.add_segment(SegmentData(rng.integers(0, 100, n).astype(np.uint32), [doc], start, codes))
-        assert st.format_version == 3 and st.verify() == []
+        assert st.format_version == INDEX_FORMAT_VERSION and st.verify() == []
         orders = [st._reader(e).attrs().posting_order for e in st.segments]
         assert orders == ["position"] * 3 + ["impact-tiers"]
         for layer, h in st.heads:
@@ -328,4 +328,4 @@ def test_writer_adds_format_3_segment_to_format_2_index(index_v2: tuple[Path, di
             post = st.postings(layer, h, np.arange(64))
             old = post.positions < start
             assert np.array_equal(post.positions[old], exp[f"positions_{layer}_{h}"])
-    assert json.loads((path / INDEX_MANIFEST).read_text())["format_version"] == 3
+    assert json.loads((path / INDEX_MANIFEST).read_text())["format_version"] == INDEX_FORMAT_VERSION

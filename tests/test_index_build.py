@@ -329,8 +329,8 @@ if where == "create":  # index.zarr created, manifest.json not yet written
     store_mod.atomic_write_json = lambda path, obj: pause()
 elif where == "open-tail":  # a segment half written while open_doc pieces are live in the manifest
     real = store_mod.write_segment_arrays
-    def hook(seg, token_ids, heads):
-        sums = real(seg, token_ids, heads)
+    def hook(seg, token_ids, heads, docs):
+        sums = real(seg, token_ids, heads, docs)
         manifest = json.loads((out / "manifest.json").read_text())
         if any(s.get("open_doc") for s in manifest["segments"]):
             pause()

@@ -21,6 +21,7 @@ from s3attn.index_builder.meta import IndexAttrs, Manifest, SegmentAttrs, Segmen
 from s3attn.index_builder.reader import IndexReader, doc_ranges
 from s3attn.index_builder.schema import (
     ARRAY_LAYOUT,
+    DOC_ARRAYS,
     LAYOUT_BLOSC,
     LAYOUT_RAW,
     LAYOUT_SHARDED,
@@ -70,14 +71,27 @@ GOLDEN_ATTRS = IndexAttrs(
     created="2026-01-02T03:04:05+00:00",
     extra={"note": "any other key the builder passed is kept"},
 )
-GOLDEN_SEGMENT = SegmentAttrs(
+GOLDEN_SEGMENT = SegmentAttrs(  # format 4: the documents table in arrays, listed in the checksums
+    token_start=1000,
+    num_tokens=500,
+    docs=None,
+    checksums={
+        "tokens": "0000abcd",
+        "L6/h0/offsets": "1111abcd",
+        "docs": "2222abcd",
+        "doc_paths": "3333abcd",
+        "doc_hashes": "4444abcd",
+    },
+)
+GOLDEN_SEGMENT_V3 = SegmentAttrs(  # format 3: the documents table in the attributes
     token_start=1000,
     num_tokens=500,
     docs=(DocRecord(2, "docs/a.txt", "3f2a", 1000, 300), DocRecord(3, "docs/b.md", "9e01", 1300, 200)),
     checksums={"tokens": "0000abcd", "L6/h0/offsets": "1111abcd"},
+    format_version=3,
 )
 GOLDEN_SEGMENT_V2 = dataclasses.replace(  # a segment of format 1 or 2: lists in position order, no new keys
-    GOLDEN_SEGMENT, format_version=None, posting_order="position", tier_divisors=(1,)
+    GOLDEN_SEGMENT_V3, format_version=None, posting_order="position", tier_divisors=(1,)
 )
 
 FORMAT_1_LAYOUT = {
@@ -95,6 +109,7 @@ def test_metadata_matches_the_golden_file() -> None:
         "manifest": GOLDEN_MANIFEST.to_json(),
         "index_attrs": GOLDEN_ATTRS.to_json(),
         "segment_attrs": GOLDEN_SEGMENT.to_json(),
+        "segment_attrs_v3": GOLDEN_SEGMENT_V3.to_json(),
         "segment_attrs_v2": GOLDEN_SEGMENT_V2.to_json(),
     }
     assert json.dumps(ours, indent=2, sort_keys=True) + "\n" == text
@@ -102,13 +117,16 @@ def test_metadata_matches_the_golden_file() -> None:
     assert Manifest.from_json(golden["manifest"]) == GOLDEN_MANIFEST
     assert IndexAttrs.from_json(golden["index_attrs"]) == GOLDEN_ATTRS
     assert SegmentAttrs.from_json(golden["segment_attrs"]) == GOLDEN_SEGMENT
+    assert SegmentAttrs.from_json(golden["segment_attrs_v3"]) == GOLDEN_SEGMENT_V3
     assert SegmentAttrs.from_json(golden["segment_attrs_v2"]) == GOLDEN_SEGMENT_V2
     assert GOLDEN_SEGMENT.tiers == (4096, 1024, 256, 64, 16, 4, 1) and GOLDEN_SEGMENT_V2.tiers == (1,)
-    assert set(golden["segment_attrs"]) - set(golden["segment_attrs_v2"]) == {
+    assert set(golden["segment_attrs_v3"]) - set(golden["segment_attrs_v2"]) == {
         "format_version",
         "posting_order",
         "tier_divisors",
     }
+    assert set(golden["segment_attrs_v3"]) - set(golden["segment_attrs"]) == {"docs"}
+    assert golden["segment_attrs"]["format_version"] == 4
     assert GOLDEN_ATTRS.heads == [(6, 0), (6, 1), (6, 2), (12, 0), (12, 1), (12, 2)]
     assert GOLDEN_MANIFEST.segments[1].token_end == 1500
     other = IndexAttrs.from_json({**golden["index_attrs"], "layers": [6, 13]})
@@ -147,8 +165,10 @@ def test_newer_format_and_bad_attrs_are_refused(tmp_path: Path) -> None:
         IndexAttrs.from_json({**GOLDEN_ATTRS.to_json(), "layers": ["6"]})
     with pytest.raises(ValueError, match="'path' must be a string"):
         SegmentAttrs.from_json(
-            {**GOLDEN_SEGMENT.to_json(), "docs": [{**GOLDEN_SEGMENT.to_json()["docs"][0], "path": 3}]}
+            {**GOLDEN_SEGMENT_V3.to_json(), "docs": [{**GOLDEN_SEGMENT_V3.to_json()["docs"][0], "path": 3}]}
         )
+    with pytest.raises(ValueError, match="'docs' is missing"):  # up to format 3 the table is required
+        SegmentAttrs.from_json({k: v for k, v in GOLDEN_SEGMENT_V3.to_json().items() if k != "docs"})
     with pytest.raises(ValueError, match="posting_order 'zigzag' is unknown"):
         SegmentAttrs.from_json({**GOLDEN_SEGMENT.to_json(), "posting_order": "zigzag"})
     for bad in ([4, 16, 1], [4, 2], [], [2, True]):
@@ -209,16 +229,16 @@ def test_index_of_format_1_is_read(old_index: tuple[Path, dict]) -> None:
 
 def test_writer_on_format_1_keeps_postings(old_index: tuple[Path, dict]) -> None:
     """A writer merges old segments into a segment of the current format (recorded layouts, impact tiers):
-    the manifest's format rises to 3 (readers of format 1 or 2 would misread tiered lists, so they refuse
-    it), the root attributes keep saying format 1 (it was created in it), and it reads the same."""
+    the manifest's format rises to the current one (readers of format 1 or 2 would misread tiered lists, and
+    of 3 find no documents table in the attributes, so they refuse it), the root attributes keep saying format 1 (it was created in it), and it reads the same."""
     path, expected = old_index
     with IndexWriter.open(path) as st:
         assert st.merge(into_one=True) == 3 and len(st.segments) == 1 and st.verify() == []
-        assert st.format_version == INDEX_FORMAT_VERSION == 3 and st.meta.format_version == 1
+        assert st.format_version == INDEX_FORMAT_VERSION == 4 and st.meta.format_version == 1
         assert st._reader(st.segments[0]).attrs().posting_order == "impact-tiers"
         seg = st._reader(st.segments[0])
         for kind, layout in ARRAY_LAYOUT.items():
-            arr = seg.array(kind if kind == "tokens" else head_array(3, 1, kind))
+            arr = seg.array(kind if kind in ("tokens", *DOC_ARRAYS) else head_array(3, 1, kind))
             assert arr.attrs[INDEX_LAYOUT_ATTR] == layout == array_layout(arr).kind
     with IndexReader.open(path) as st:
         assert st.tokens(0, st.num_tokens).tolist() == expected["tokens"]
@@ -231,9 +251,11 @@ def test_writer_on_format_1_keeps_postings(old_index: tuple[Path, dict]) -> None
             )
 
 
-def test_new_index_is_format_3_with_recorded_layouts(old_index: tuple[Path, dict], tmp_path: Path) -> None:
-    """Copy the old index's documents into a new index (same codes): same postings, format 3 (lists in impact
-    tiers, recorded in the segment's attributes), layouts named."""
+def test_new_index_is_the_current_format_with_recorded_layouts(
+    old_index: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Copy the old index's documents into a new index (same codes): same postings, format 4 (lists in impact
+    tiers, recorded in the segment's attributes; the documents table in arrays), layouts named."""
     path, expected = old_index
     with IndexReader.open(path) as old:
         attrs = old.meta
@@ -248,14 +270,14 @@ def test_new_index_is_format_3_with_recorded_layouts(old_index: tuple[Path, dict
         tokens, docs = old.tokens(0, old.num_tokens), old.documents()
     with IndexWriter.create(tmp_path / "new", attrs) as st:
         st.add_segment(SegmentData(tokens, docs, 0, codes))
-        assert st.format_version == INDEX_FORMAT_VERSION == 3 and st.meta.format_version == 3
+        assert st.format_version == st.meta.format_version == INDEX_FORMAT_VERSION == 4
         assert st.verify() == []
         _assert_postings(st, expected)  # read whole, every list comes back in position order
         seg = st._reader(st.segments[0])
         gaps = seg.array(head_array(1, 1, "pos_gaps"))
         assert gaps.attrs[INDEX_LAYOUT_ATTR] == LAYOUT_SHARDED
-        assert seg.attrs().format_version == 3 and seg.tiers() == (4096, 1024, 256, 64, 16, 4, 1)
-    assert json.loads((tmp_path / "new" / INDEX_MANIFEST).read_text())["format_version"] == 3
+        assert seg.attrs().format_version == 4 and seg.tiers() == (4096, 1024, 256, 64, 16, 4, 1)
+    assert json.loads((tmp_path / "new" / INDEX_MANIFEST).read_text())["format_version"] == 4
 
 
 # ---- reading modules import no writing module --------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""How ``tests/data/index_v2`` (an index of format_version 2: lists in position order) and
-``index_v2_expected.npz`` were made.
+"""How ``tests/data/index_v<N>`` (an index of format_version N) and ``index_v<N>_expected.npz`` were made:
+``index_v2`` (format 2: lists in position order) and ``index_v3`` (format 3: lists in impact tiers, the
+documents table in the segment attributes' JSON).
 
-Run it against the code of format 2 (git commit 600ce2c), not the current one::
+Run it against the code of format N (git commit 600ce2c for 2, 92ec3fc for 3), not the current one::
 
     mkdir -p /tmp/idx-v2 && git archive 600ce2c | tar -x -C /tmp/idx-v2
     for d in models saes train index_builder retrieval evaluation configs checkpoints integrations; do
         ln -s ../$d /tmp/idx-v2/s3attn/$d; done
-    PYTHONPATH=/tmp/idx-v2 python3 tests/data/make_index_v2.py /tmp/idx-v2/tests tests/data
+    PYTHONPATH=/tmp/idx-v2 python3 tests/data/make_index_old.py /tmp/idx-v2/tests tests/data 2
+
+(the script was ``make_index_v2.py`` then; format 3's run also records the documents table.)
 
 The tiny random Llama and SAE release of ``make_index_v1.py`` (seed 0), three documents (~300 tokens, so
 that lists hold several postings), chunk 16, overlap 4, segments of 64 tokens, no merge, BM25 files left
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OLD_TESTS, DATA = Path(sys.argv[1]), Path(sys.argv[2])
+OLD_TESTS, DATA, VERSION = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 sys.path.insert(0, str(OLD_TESTS))
 
 from conftest import save_tiny_model_dir  # noqa: E402
@@ -36,7 +39,9 @@ from s3attn.index_builder.cli import main  # noqa: E402
 from s3attn.models.loading import load_model  # noqa: E402
 from s3attn.saes import SaeConfig, SaeMeta, TopKSAE, write_release  # noqa: E402
 
-assert INDEX_FORMAT_VERSION == 2, f"run this with the code of format 2, not {reader_mod.__file__}"
+assert INDEX_FORMAT_VERSION == VERSION, (
+    f"run this with the code of format {VERSION}, not {reader_mod.__file__}"
+)
 LAYERS, F, K = [1, 3], 64, 4
 TEXTS = {
     "a.txt": "the river of paris is old and the city is big, the bridge is long and the water is cold\n" * 2,
@@ -81,7 +86,7 @@ def main_() -> None:
     assert main(args) == 0
     arrays: dict[str, np.ndarray] = {}
     with reader_mod.IndexReader.open(index) as st:
-        assert st.verify() == [] and st.format_version == 2
+        assert st.verify() == [] and st.format_version == VERSION
         for layer, h in st.heads:
             post = st.postings(layer, h, np.arange(F))
             arrays[f"positions_{layer}_{h}"] = post.positions
@@ -90,10 +95,12 @@ def main_() -> None:
             arrays[f"doc_freq_{layer}_{h}"] = st.doc_freq(layer, h)
         arrays["tokens"] = st.tokens(0, st.num_tokens)
         info = {"segments": [s.name for s in st.segments], "num_latents": F, "k": K}
-    dest = DATA / "index_v2"
+        if VERSION >= 3:
+            info["documents"] = [list(d) for d in st.documents()]
+    dest = DATA / f"index_v{VERSION}"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(index, dest, ignore=shutil.ignore_patterns("index.lock", "bm25", "bm25.json"))
-    np.savez_compressed(DATA / "index_v2_expected.npz", info=np.array(json.dumps(info)), **arrays)
+    np.savez_compressed(DATA / f"index_v{VERSION}_expected.npz", info=np.array(json.dumps(info)), **arrays)
     shutil.rmtree(work)
 
 
