@@ -154,8 +154,12 @@ class SegmentReader:
         """The segment's documents table, read on each call: from its arrays (format 4; each checked against
         its checksum, the table against the manifest entry) or its attributes (formats 1-3, parsed again).
         ``hashes``: also the content hashes (only the writer and ``docs()`` need them)."""
-        if self.attrs().docs is not None:
-            return DocColumns.of(self._read_attrs().docs or ())
+        if self._attrs is None or self._attrs.docs is not None:  # not read yet, or formats 1-3
+            attrs = self._read_attrs()  # one parse serves both on first use
+            if self._attrs is None:
+                self._keep(attrs)
+            if attrs.docs is not None:
+                return DocColumns.of(attrs.docs)
         names = (INDEX_DOCS_ARRAY, INDEX_DOC_PATHS_ARRAY) + ((INDEX_DOC_HASHES_ARRAY,) if hashes else ())
         got = {}
         for name in names:

@@ -15,6 +15,7 @@ from s3attn.constants import INDEX_FORMAT_VERSION, INDEX_MANIFEST, INDEX_ROOT, S
 from s3attn.errors import IndexCorruptError
 from s3attn.index_builder.doc_table import DocColumns, DocTable, decode_strings, encode_strings
 from s3attn.index_builder.indexer import IndexWriter
+from s3attn.index_builder.meta import SegmentAttrs
 from s3attn.index_builder.reader import IndexReader
 from s3attn.index_builder.schema import DOC_ARRAYS, DocRecord, SegmentData
 
@@ -140,3 +141,18 @@ def test_doc_columns_problems_name_what_is_wrong() -> None:
     short = DocColumns(cols.table_D3, encode_strings(["a"], "path"), cols.hashes)
     assert short.problems(100, 12, 2) == ["the documents table holds 1 paths for 2 documents"]
     assert decode_strings(encode_strings(["", "é", "x y"], "path")) == ["", "é", "x y"]
+
+
+def test_opening_format_3_parses_each_segment_attributes_once(
+    index_v3: tuple[Path, dict], monkeypatch
+) -> None:
+    """The documents of a format-3 segment come from the same parse as its other attributes."""
+    path, exp = index_v3
+    calls: list[int] = []
+    real = SegmentAttrs.from_json.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        SegmentAttrs, "from_json", classmethod(lambda cls, obj: calls.append(1) or real(cls, obj))
+    )
+    with IndexReader.open(path) as st:
+        assert list(st.doc_table()) == list(DocTable.of(_expected_docs(exp)))
+        assert len(calls) == len(st.segments) == 3
