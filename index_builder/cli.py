@@ -88,9 +88,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     with IndexReader.open(args.index) as store:
         info = store.info()
-        # store.info counts document records; a document written in pieces has several with one doc_id
-        info["documents"] = len({d.doc_id for d in store.documents()})
-        info["dtype"] = store.meta.dtype  # the model precision of the build
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0

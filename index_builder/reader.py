@@ -348,11 +348,13 @@ class IndexReader:
         return read_postings(readers, int(layer), int(kv_head), features, self._chunks, depths)
 
     def info(self) -> dict:
-        """Sizes: documents, tokens, postings, segments, bytes on disk (total and per array kind)."""
+        """Sizes: documents (a document written in pieces counts once), tokens, postings, segments, bytes on
+        disk (total and per array kind); the model precision of the build (``dtype``)."""
         total, by_kind = disk_usage(self.path)
         postings = sum(s.num_postings for s in self._manifest.segments)
         return {
-            "documents": self.num_docs,
+            "documents": int(np.unique(self.doc_table().ranges_D3[:, 0]).size),
+            "dtype": self.meta.dtype,
             "tokens": self.num_tokens,
             "postings": postings,
             "segments": len(self._manifest.segments),

@@ -32,15 +32,6 @@ DEFAULT_PORT = 8000
 INSTALL_HINT = "s3-index serve needs fastapi and uvicorn: pip install 's3-attention[serve]'"
 
 
-def index_info(store) -> dict[str, Any]:
-    """The figures ``s3-index info`` prints, for an open ``IndexReader``."""
-    info = store.info()
-    # store.info counts document records; a document written in pieces has several with one doc_id
-    info["documents"] = len({d.doc_id for d in store.documents()})
-    info["dtype"] = store.meta.dtype
-    return info
-
-
 def validation_line(errors: list[dict]) -> str:
     """Pydantic's validation errors on one line: ``body.budget: Input should be ...; ...``."""
     parts = []
@@ -97,7 +88,7 @@ class Served:
     def info(self) -> dict:
         with self.lock:
             self.retriever.refresh()
-            return index_info(self.retriever.store)
+            return self.retriever.store.info()  # what s3-index info prints
 
 
 def _add_error_handlers(app) -> None:
