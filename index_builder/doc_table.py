@@ -92,11 +92,12 @@ class DocColumns(NamedTuple):
 class DocTable(Sequence[Row]):
     """Rows ``(doc_id, path, start, end)``, sorted by start; ``ranges_D3`` holds (doc_id, start, end)."""
 
-    def __init__(self, ranges_D3: np.ndarray, paths: np.ndarray) -> None:
-        """``paths``: a buffer of :func:`encode_strings`, one path per row."""
+    def __init__(self, ranges_D3: np.ndarray, paths: np.ndarray, path_ends: np.ndarray | None = None) -> None:
+        """``paths``: a buffer of :func:`encode_strings`, one path per row (``path_ends``: its
+        :func:`string_ends`, when known)."""
         self.ranges_D3 = np.asarray(ranges_D3, dtype=np.int64).reshape(-1, 3)
         self._paths = np.asarray(paths, dtype=np.uint8)
-        self._path_ends = string_ends(self._paths)
+        self._path_ends = string_ends(self._paths) if path_ends is None else path_ends
         if len(self._path_ends) != len(self.ranges_D3):
             raise ValueError(f"{len(self._path_ends)} paths for {len(self.ranges_D3)} documents")
 
@@ -109,17 +110,21 @@ class DocTable(Sequence[Row]):
     @classmethod
     def of_columns(cls, segments: Iterable[DocColumns]) -> DocTable:
         """The table of the segments' documents (segments in token order), pieces joined as in :meth:`of`."""
-        segs = list(segments)
-        table = np.concatenate([c.table_D3 for c in segs]) if segs else np.zeros((0, 3), np.int64)
-        paths = np.concatenate([c.paths for c in segs]) if segs else np.zeros(0, np.uint8)
-        ids, starts = table[:, 0], table[:, 1]
-        ends = starts + table[:, 2]
-        new = np.ones(len(table), dtype=bool)
+        segs = list(segments) or [DocColumns(np.zeros((0, 3), np.int64), np.zeros(0, np.uint8))]
+        ranges = np.concatenate([c.table_D3 for c in segs]).astype(np.int64)  # a copy: (doc_id, start, end)
+        ranges[:, 2] += ranges[:, 1]
+        paths = segs[0].paths if len(segs) == 1 else np.concatenate([c.paths for c in segs])
+        ids, starts, ends = ranges.T
+        new = np.ones(len(ranges), dtype=bool)
         new[1:] = (ids[1:] != ids[:-1]) | (starts[1:] != ends[:-1])
+        path_ends = string_ends(paths)
+        if new.all():  # no document in pieces: the columns as they are
+            return cls(ranges, paths, path_ends)
         first = np.flatnonzero(new)
-        last = np.append(first[1:], len(table))[: first.size] - 1
-        lens = np.diff(np.concatenate([[-1], string_ends(paths)]))
-        return cls(np.stack([ids[first], starts[first], ends[last]], axis=1), paths[np.repeat(new, lens)])
+        last = np.append(first[1:], len(ranges))[: first.size] - 1
+        lens = np.diff(path_ends, prepend=-1)
+        joined = np.stack([ids[first], starts[first], ends[last]], axis=1)
+        return cls(joined, paths[np.repeat(new, lens)])
 
     @property
     def starts(self) -> np.ndarray:
