@@ -61,6 +61,13 @@ class DocColumns(NamedTuple):
             encode_strings((r.content_hash for r in recs), "content hash"),
         )
 
+    @classmethod
+    def stored(cls, table: np.ndarray, paths: np.ndarray, hashes: np.ndarray | None) -> DocColumns:
+        """The columns as read from format 4's arrays (``docs`` flat); ValueError if it is not rows of 3."""
+        if table.ndim != 1 or table.size % 3:
+            raise ValueError(f"{table.size} entries, not rows of 3")
+        return cls(table.reshape(-1, 3).astype(np.int64, copy=False), paths, hashes)
+
     def records(self) -> list[DocRecord]:
         """One :class:`DocRecord` per document (needs ``hashes``)."""
         if self.hashes is None:

@@ -21,8 +21,6 @@ import zarr
 
 from s3attn.constants import (
     INDEX_ACT_ARRAY,
-    INDEX_DOC_HASHES_ARRAY,
-    INDEX_DOC_PATHS_ARRAY,
     INDEX_DOCS_ARRAY,
     INDEX_GAPS_ARRAY,
     INDEX_MANIFEST,
@@ -35,6 +33,7 @@ from s3attn.index_builder.doc_table import DocColumns
 from s3attn.index_builder.meta import SegmentAttrs, SegmentMeta
 from s3attn.index_builder.schema import (
     ACT_SCALE_ATTR,
+    DOC_ARRAYS,
     TOKEN_DTYPE,
     DocRecord,
     Postings,
@@ -160,15 +159,15 @@ class SegmentReader:
                 self._keep(attrs)
             if attrs.docs is not None:
                 return DocColumns.of(attrs.docs)
-        names = (INDEX_DOCS_ARRAY, INDEX_DOC_PATHS_ARRAY) + ((INDEX_DOC_HASHES_ARRAY,) if hashes else ())
+        names = DOC_ARRAYS if hashes else DOC_ARRAYS[:2]  # docs, doc_paths[, doc_hashes]
         got = {}
         for name in names:
             with self.reading(name):
                 got[name] = self.checked(name, np.asarray(self.array(name)[...]))
-        table = got[INDEX_DOCS_ARRAY]
-        if table.ndim != 1 or table.size % 3:
-            raise self.damaged(INDEX_DOCS_ARRAY, f"{table.size} entries, not rows of 3")
-        cols = DocColumns(table.reshape(-1, 3), got[INDEX_DOC_PATHS_ARRAY], got.get(INDEX_DOC_HASHES_ARRAY))
+        try:
+            cols = DocColumns.stored(*(got.get(name) for name in DOC_ARRAYS))  # type: ignore[arg-type]
+        except ValueError as err:
+            raise self.damaged(INDEX_DOCS_ARRAY, err) from err
         problems = cols.problems(self.token_start, self.num_tokens, self.meta.num_docs)
         if problems:
             raise self.damaged(INDEX_DOCS_ARRAY, problems[0])

@@ -162,9 +162,10 @@ def _check_docs(load: Callable[[str], np.ndarray | None], entry: SegmentMeta) ->
     table, paths, hashes = (load(name) for name in DOC_ARRAYS)
     if table is None or paths is None or hashes is None:
         return []  # reported unreadable by load
-    if table.ndim != 1 or table.size % 3:
-        return [f"{INDEX_DOCS_ARRAY}: {table.size} entries, not rows of 3"]
-    cols = DocColumns(table.reshape(-1, 3).astype(np.int64), paths, hashes)
+    try:
+        cols = DocColumns.stored(table, paths, hashes)
+    except ValueError as err:
+        return [f"{INDEX_DOCS_ARRAY}: {err}"]
     return [
         f"{INDEX_DOCS_ARRAY}: {p}" for p in cols.problems(entry.token_start, entry.num_tokens, entry.num_docs)
     ]
