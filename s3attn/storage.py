@@ -343,10 +343,18 @@ def rmtree(target: Path | Location) -> None:
 
 
 def move_dir(src: Path | Location, dst: Path | Location) -> None:
-    """Move a folder: one rename locally; on object storage a copy of every object, then a delete."""
+    """Move a folder: one rename locally; on object storage a copy of every object, then a delete. The objects
+    are listed and copied one by one: fsspec's recursive ``mv`` also copies the folder "keys" it infers, which
+    S3 does not hold (NoSuchKey)."""
     if isinstance(src, Location) and isinstance(dst, Location):
-        src.fs.mv(src.fs_path, dst.fs_path, recursive=True)
-        src.fs.invalidate_cache()
+        fs = src.fs
+        fs.invalidate_cache()  # a listing cached before the folder changed would name deleted objects
+        base = src.fs_path.rstrip("/")
+        files = fs.find(base)
+        if files:
+            fs.copy(files, [dst.fs_path.rstrip("/") + f[len(base) :] for f in files])
+            fs.rm(files)
+        fs.invalidate_cache()
     else:
         os.replace(src, dst)
 

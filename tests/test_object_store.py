@@ -29,6 +29,7 @@ from s3attn.index_builder.config import BuildConfig
 from s3attn.index_builder.indexer import KILL_COMMIT, IndexWriter
 from s3attn.index_builder.pipeline import build_index
 from s3attn.index_builder.reader import IndexReader, doc_ranges
+from s3attn.index_builder.schema import DocRecord, SegmentData
 from s3attn.storage import Location
 
 pytest.importorskip("moto.server")
@@ -139,6 +140,35 @@ def test_info_and_verify_on_the_url(world) -> None:
         assert remote["bytes_by_array"][kind] == local["bytes_by_array"][kind], kind
     code, out, err = run_cli(["verify", URL])
     assert code == 0 and out.startswith(f"{URL}: ok"), err
+
+
+def test_absorb_rewrites_the_documents_arrays_on_the_url(world) -> None:
+    """A staging index's segments moved into another on object storage: their documents arrays (format 4)
+    are rewritten in place there, rebased to the new token and document ids."""
+    with IndexReader.open(URL) as st:
+        attrs = st.meta
+    rng = np.random.default_rng(0)
+
+    def segment(start: int, doc_id: int, name: str) -> SegmentData:
+        n, k = 12, attrs.k
+        codes = {
+            h: (rng.permuted(np.tile(np.arange(attrs.num_latents), (n, 1)), axis=1)[:, :k], np.ones((n, k)))
+            for h in attrs.heads
+        }
+        return SegmentData(
+            np.arange(n, dtype=np.uint32), [DocRecord(doc_id, name, "h", start, n)], start, codes
+        )
+
+    with (
+        IndexWriter.create(f"{URL}-absorb", attrs) as into,
+        IndexWriter.create(f"{URL}-stage", attrs) as stage,
+    ):
+        into.add_segment(segment(0, 0, "a.txt"))
+        stage.add_segment(segment(0, 0, "b.txt"))
+        assert into.absorb(stage) == 1 and into.verify() == []
+        assert into.documents() == [DocRecord(0, "a.txt", "h", 0, 12), DocRecord(1, "b.txt", "h", 12, 12)]
+    with IndexReader.open(f"{URL}-absorb") as st:
+        assert list(st.doc_table()) == [(0, "a.txt", 0, 12), (1, "b.txt", 12, 24)] and st.verify() == []
 
 
 def test_reader_reads_the_same_index(world) -> None:
