@@ -1,6 +1,7 @@
 """Indexes on object storage: a real S3-compatible server (moto, server mode) on a loopback port.
 
-The same tiny corpus is built to a local folder and to ``s3://bucket/idx``; ``info`` and ``verify`` work on
+The same tiny corpus is built to a local folder and to ``s3://bucket/idx`` (and by two ranks to another URL:
+the same documents); ``info`` and ``verify`` work on
 the URL, the reader API reads the same documents, tokens and postings, and retrieval (s3 and bm25 modes)
 returns the same spans. A build killed (SIGKILL) between writing a segment and the manifest that lists it
 shows only committed segments and resumes to the same index; a damaged object is a one-line error; garbage
@@ -280,3 +281,41 @@ def test_bad_storage_options_and_unreachable_endpoint(world) -> None:
     )
     code, _, err = run_cli(["info", URL, "--storage-options", opts])
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def _by_document(index: str | Path) -> dict[str, tuple[list[int], dict]]:
+    """path -> (tokens, {(layer, head): sorted (relative position, feature, act) rows}), whatever the
+    order the documents were indexed in."""
+    out = {}
+    with IndexReader.open(index) as st:
+        feats = np.arange(st.meta.num_latents)
+        heads = {key: st.postings(*key, feats) for key in st.heads}
+        for _doc_id, path, s, e in st.doc_table():
+            rows = {}
+            for key, post in heads.items():
+                inside = (post.positions >= s) & (post.positions < e)
+                r = np.stack(
+                    [post.positions[inside] - s, post.feature_slot[inside], post.acts[inside]], axis=1
+                )
+                rows[key] = r[np.lexsort((r[:, 1], r[:, 0]))].tolist()
+            out[path] = (st.tokens(s, e).tolist(), rows)
+    return out
+
+
+def test_two_ranks_build_into_the_url(world) -> None:
+    """`--devices 2` into s3://: each rank stages its segments on the store, rank 0 absorbs them there; every
+    document ends with the tokens and postings of the one-process build."""
+    out = f"s3://{BUCKET}/ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = _build_argv(world, out, "--devices", "2", "--accelerator", "cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "s3attn.index_builder.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_cli(["verify", out])[0] == 0
+    assert _by_document(out) == _by_document(world["local"])
