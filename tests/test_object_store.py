@@ -1,9 +1,9 @@
 """Indexes on object storage: a real S3-compatible server (moto, server mode) on a loopback port.
 
-The same tiny corpus is built to a local folder and to ``s3://bucket/idx`` (and by two ranks to another URL:
-the same documents); ``info`` and ``verify`` work on
+The same tiny corpus is built to a local folder and to ``s3://bucket/idx``; ``info`` and ``verify`` work on
 the URL, the reader API reads the same documents, tokens and postings, and retrieval (s3 and bm25 modes)
-returns the same spans. A build killed (SIGKILL) between writing a segment and the manifest that lists it
+returns the same spans. Two ranks building into another URL (staging on the store, absorbed there) give every
+document the same tokens and postings. A build killed (SIGKILL) between writing a segment and the manifest that lists it
 shows only committed segments and resumes to the same index; a damaged object is a one-line error; garbage
 collection keeps replaced segments for the grace period. Dummy credentials; no network beyond loopback.
 """
