@@ -211,20 +211,22 @@ def head_array(layer: int, kv_head: int, kind: str) -> str:
 
 
 def disk_usage(index_dir: Path | Location) -> tuple[int, dict[str, int]]:
-    """Bytes of every file under ``index_dir``: total, and by array kind (chunk files) or ``metadata``."""
+    """Bytes of every file under ``index_dir``: total, and by array kind (chunk files; the three arrays of
+    format 4's documents table as ``documents``) or ``metadata``."""
     total, by_kind = 0, {}
-    kinds = (INDEX_TOKENS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_GAPS_ARRAY, INDEX_ACT_ARRAY)
+    kinds = {k: k for k in (INDEX_TOKENS_ARRAY, INDEX_OFFSETS_ARRAY, INDEX_GAPS_ARRAY, INDEX_ACT_ARRAY)}
+    kinds |= dict.fromkeys(DOC_ARRAYS, "documents")
     if isinstance(index_dir, Location):  # object storage: one listing
         for rel, size in file_sizes(index_dir).items():
             parts = rel.split("/")
-            kind = next((k for k in kinds if k in parts[:-1]), "metadata")
+            kind = next((kinds[k] for k in parts[:-1] if k in kinds), "metadata")
             total += size
             key = "metadata" if parts[-1] == "zarr.json" else kind
             by_kind[key] = by_kind.get(key, 0) + size
         return total, by_kind
     for dirpath, _dirs, files in os.walk(index_dir):
         parts = Path(dirpath).relative_to(index_dir).parts
-        kind = next((k for k in kinds if k in parts), "metadata")
+        kind = next((kinds[k] for k in parts if k in kinds), "metadata")
         for f in files:
             size = (Path(dirpath) / f).stat().st_size
             total += size

@@ -137,7 +137,7 @@ def test_info_and_verify_on_the_url(world) -> None:
     local = json.loads(out)
     for key in ("documents", "tokens", "postings", "segments", "dtype"):
         assert remote[key] == local[key], key
-    for kind in ("tokens", "offsets", "pos_gaps", "act_u8"):  # the same chunk bytes
+    for kind in ("tokens", "offsets", "pos_gaps", "act_u8", "documents"):  # the same chunk bytes
         assert remote["bytes_by_array"][kind] == local["bytes_by_array"][kind], kind
     code, out, err = run_cli(["verify", URL])
     assert code == 0 and out.startswith(f"{URL}: ok"), err
