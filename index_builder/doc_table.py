@@ -42,6 +42,22 @@ def string_ends(blob: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.asarray(blob) == _END).astype(np.int64)
 
 
+def table_problems(table_D3: np.ndarray, token_start: int, num_tokens: int, num_docs: int) -> list[str]:
+    """Why rows (doc_id, token_start, num_tokens) cannot be the documents of a segment of tokens
+    [token_start, token_start + num_tokens) holding ``num_docs`` documents: a count that differs, a document
+    that does not start where the previous one ends (or is empty), a sum that differs."""
+    table = np.asarray(table_D3, dtype=np.int64).reshape(-1, 3)
+    if len(table) != num_docs:
+        return [f"{len(table)} documents, the manifest says {num_docs}"]
+    starts = np.concatenate([[token_start], token_start + np.cumsum(table[:, 2])])
+    bad = np.flatnonzero((table[:, 1] != starts[:-1]) | (table[:, 2] <= 0))
+    if bad.size:
+        return [f"document {int(bad[0])} does not start where the previous one ends"]
+    if starts[-1] != token_start + num_tokens:
+        return [f"documents cover {int(starts[-1] - token_start)} tokens, the segment has {num_tokens}"]
+    return []
+
+
 class DocColumns(NamedTuple):
     """One segment's documents as stored in format 4: ``table_D3`` int64 rows (doc_id, token_start GLOBAL,
     num_tokens); ``paths`` and ``hashes`` uint8 buffers of :func:`encode_strings` (``hashes`` None when not
@@ -78,18 +94,10 @@ class DocColumns(NamedTuple):
         return [DocRecord(d, path, h, s, n) for (d, s, n), path, h in rows]
 
     def problems(self, token_start: int, num_tokens: int, num_docs: int) -> list[str]:
-        """Why this cannot be the table of a segment of tokens [token_start, token_start + num_tokens) and
-        ``num_docs`` documents: a count that differs, a document that does not start where the previous one
-        ends (or is empty), a sum that differs, strings that do not match the rows."""
-        table = self.table_D3
-        if len(table) != num_docs:
-            return [f"{len(table)} documents, the manifest says {num_docs}"]
-        starts = np.concatenate([[token_start], token_start + np.cumsum(table[:, 2])])
-        bad = np.flatnonzero((table[:, 1] != starts[:-1]) | (table[:, 2] <= 0))
-        if bad.size:
-            return [f"document {int(bad[0])} does not start where the previous one ends"]
-        if starts[-1] != token_start + num_tokens:
-            return [f"documents cover {int(starts[-1] - token_start)} tokens, the segment has {num_tokens}"]
+        """:func:`table_problems`, then strings that do not match the rows."""
+        found = table_problems(self.table_D3, token_start, num_tokens, num_docs)
+        if found:
+            return found
         for what, blob in (("paths", self.paths), ("content hashes", self.hashes)):
             if blob is not None and (string_ends(blob).size != num_docs or (blob.size and blob[-1] != _END)):
                 return [f"the documents table holds {string_ends(blob).size} {what} for {num_docs} documents"]

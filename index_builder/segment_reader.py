@@ -29,7 +29,7 @@ from s3attn.constants import (
 )
 from s3attn.errors import READ_ERRORS, IndexCorruptError, index_damaged
 from s3attn.index_builder.chunks import ChunkDamage, ChunkReader
-from s3attn.index_builder.doc_table import DocColumns
+from s3attn.index_builder.doc_table import DocColumns, table_problems
 from s3attn.index_builder.meta import SegmentAttrs, SegmentMeta
 from s3attn.index_builder.schema import (
     ACT_SCALE_ATTR,
@@ -74,7 +74,8 @@ def attrs_problems(attrs: SegmentAttrs, entry: SegmentMeta) -> list[str]:
     if segment_checksum(dict(attrs.checksums), start, n) != entry.checksum:
         problems.append("checksum table does not match the manifest")
     if attrs.docs is not None:  # up to format 3; format 4's arrays are checked when read (doc_columns)
-        problems += DocColumns.of(attrs.docs).problems(start, n, entry.num_docs)
+        table = [(d.doc_id, d.token_start, d.num_tokens) for d in attrs.docs]
+        problems += table_problems(np.array(table, dtype=np.int64), start, n, entry.num_docs)
     return problems
 
 

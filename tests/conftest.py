@@ -179,3 +179,38 @@ def build_tiny_index(root: Path, docs: dict[str, str]) -> tuple[Path, Path, Path
     )
     build_index(str(corpus), cfg)
     return root / "index", model_dir, release
+
+
+def per_document(index) -> dict:
+    """path -> (tokens, {(layer, head): (relative position, feature, act) rows, sorted}) of an index (a folder
+    or a URL), whatever order its documents were indexed in."""
+    import numpy as np
+
+    from s3attn.index_builder.reader import IndexReader
+
+    out = {}
+    with IndexReader.open(index) as st:
+        feats = np.arange(st.meta.num_latents)
+        heads = {key: st.postings(*key, feats) for key in st.heads}
+        for _doc_id, path, s, e in st.doc_table():
+            rows = {}
+            for key, post in heads.items():
+                inside = (post.positions >= s) & (post.positions < e)
+                r = np.stack(
+                    [post.positions[inside] - s, post.feature_slot[inside], post.acts[inside]], axis=1
+                )
+                rows[key] = r[np.lexsort((r[:, 1], r[:, 0]))]
+            out[path] = (st.tokens(s, e), rows)
+    return out
+
+
+def assert_same_documents(ours, ref) -> None:
+    """Every document of index ``ref`` is in ``ours`` with the same tokens and postings (:func:`per_document`)."""
+    import numpy as np
+
+    a, b = per_document(ours), per_document(ref)
+    assert a.keys() == b.keys()
+    for path, (toks, rows) in b.items():
+        np.testing.assert_array_equal(a[path][0], toks, err_msg=path)
+        for key, r in rows.items():
+            np.testing.assert_array_equal(a[path][1][key], r, err_msg=f"{path} {key}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_WORDS, save_tiny_model_dir
+from conftest import TINY_WORDS, assert_same_documents, save_tiny_model_dir
 
 import s3attn.corpus as corpus_mod
 import s3attn.index_builder.build as build_mod
@@ -653,20 +653,6 @@ def test_50mb_one_line_file_in_bounded_memory(world: World, tmp_path: Path, monk
 
 
 # ---- multi-device: documents dealt to 2 ranks, each writing its own segments --------------------------
-def _per_document(index: Path) -> dict[str, tuple[np.ndarray, dict]]:
-    """path -> (tokens, {(layer, head): sorted (relative position, feature, act) rows})."""
-    docs, toks, heads = content(index)
-    out = {}
-    for path, (_doc_id, s, e) in doc_ranges(index).items():
-        rows = {}
-        for key, post in heads.items():
-            inside = (post.positions >= s) & (post.positions < e)
-            r = np.stack([post.positions[inside] - s, post.feature_slot[inside], post.acts[inside]], axis=1)
-            rows[key] = r[np.lexsort((r[:, 1], r[:, 0]))]
-        out[path] = (toks[s:e], rows)
-    return out
-
-
 def test_two_ranks_index_the_same_postings(world: World, tmp_path: Path) -> None:
     """`--devices 2` (Lightning DDP on CPU, gloo): each rank stages its own segments, rank 0 absorbs them;
     every document ends with the same tokens and postings as in the one-process build."""
@@ -696,9 +682,4 @@ def test_two_ranks_index_the_same_postings(world: World, tmp_path: Path) -> None
     names = [e["name"] for e in json.loads((out / INDEX_MANIFEST).read_text())["segments"]]
     assert len({n.rsplit("-", 1)[0] for n in names}) == 2, names  # absorbed from two staging indexes
     assert_verifies(out)
-    ours, ref = _per_document(out), _per_document(world.index)
-    assert ours.keys() == ref.keys()
-    for path, (toks, rows) in ref.items():
-        np.testing.assert_array_equal(ours[path][0], toks, err_msg=path)
-        for key, r in rows.items():
-            np.testing.assert_array_equal(ours[path][1][key], r, err_msg=f"{path} {key}")
+    assert_same_documents(out, world.index)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import filler_words, make_tiny_release, save_tiny_model_dir
+from conftest import assert_same_documents, filler_words, make_tiny_release, save_tiny_model_dir
 
 from s3attn.config import StackOptions
 from s3attn.index_builder.cli import main
@@ -283,25 +283,6 @@ def test_bad_storage_options_and_unreachable_endpoint(world) -> None:
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def _by_document(index: str | Path) -> dict[str, tuple[list[int], dict]]:
-    """path -> (tokens, {(layer, head): sorted (relative position, feature, act) rows}), whatever the
-    order the documents were indexed in."""
-    out = {}
-    with IndexReader.open(index) as st:
-        feats = np.arange(st.meta.num_latents)
-        heads = {key: st.postings(*key, feats) for key in st.heads}
-        for _doc_id, path, s, e in st.doc_table():
-            rows = {}
-            for key, post in heads.items():
-                inside = (post.positions >= s) & (post.positions < e)
-                r = np.stack(
-                    [post.positions[inside] - s, post.feature_slot[inside], post.acts[inside]], axis=1
-                )
-                rows[key] = r[np.lexsort((r[:, 1], r[:, 0]))].tolist()
-            out[path] = (st.tokens(s, e).tolist(), rows)
-    return out
-
-
 def test_two_ranks_build_into_the_url(world) -> None:
     """`--devices 2` into s3://: each rank stages its segments on the store, rank 0 absorbs them there; every
     document ends with the tokens and postings of the one-process build."""
@@ -318,4 +299,4 @@ def test_two_ranks_build_into_the_url(world) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_cli(["verify", out])[0] == 0
-    assert _by_document(out) == _by_document(world["local"])
+    assert_same_documents(out, world["local"])
