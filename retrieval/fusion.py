@@ -1,6 +1,6 @@
 """Hybrid fusion: BM25 passages + S3 spans + bias anchors -> one budgeted span list (``hybrid`` mode).
 
-Three ways to rank the candidates of the two retrievers (``FusionConfig.fusion``, i.e.
+Ways to rank the candidates of the two retrievers (``FusionConfig.fusion``, i.e.
 ``RetrievalConfig.hybrid.fusion``):
 
 ``tiered``  BM25's best passages first, up to ``bm25_share`` of the budget left after the bias spans, then
@@ -16,11 +16,14 @@ Three ways to rank the candidates of the two retrievers (``FusionConfig.fusion``
 ``adaptive`` (default) per question, shares of the budget from BM25's term coverage and S3's peak
             prominence, the two rankings interleaved at those shares, no relevance floor (see
             :mod:`s3attn.retrieval.adaptive`).
+``likelihood`` the model reads each candidate alone and ranks them by how likely it then finds the question
+            (query likelihood; it needs the model, so the ``Retriever`` runs it: see
+            :mod:`s3attn.retrieval.likelihood`).
 ``rrf``     reciprocal rank fusion (Cormack et al. 2009; Elasticsearch's and Lucene's default hybrid):
             ``sum over the two rankings of 1 / (rrf_k + rank)``, a candidate taking in the other ranking the
             best rank of the items that overlap it.
 
-Everything is model-free numpy over global token positions; the chosen spans come back merged, in document
+Everything here is model-free numpy over global token positions; the chosen spans come back merged, in document
 order, through :func:`s3attn.retrieval.spans.fuse`.
 """
 
@@ -37,7 +40,8 @@ from s3attn.retrieval.spans import SOURCE_BIAS, SOURCE_BM25, Span, fuse
 from s3attn.retrieval.sparse import SparseScores
 from s3attn.retrieval.steps import StepScores, range_max_steps, steps_of
 
-FUSIONS = ("adaptive", "tiered", "linear", "rrf")
+FUSIONS = ("adaptive", "likelihood", "tiered", "linear", "rrf")
+MODEL_FUSIONS = ("likelihood",)  # need the model: run by the Retriever, not hybrid_spans
 
 
 @dataclass
@@ -46,7 +50,8 @@ class FusionConfig:
 
     fusion: str = "adaptive"
     """How hybrid ranks BM25 passages against S3 spans: adaptive (per question, budget shares from BM25's
-    term coverage and S3's peak prominence), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
+    term coverage and S3's peak prominence), likelihood (the model ranks every candidate by the likelihood
+    of the question after it; about a forward pass over twice the budget per question), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
     max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the budget, then
     S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
     coverage_center: float = DEFAULT_RULE.coverage_center
@@ -214,7 +219,11 @@ def hybrid_spans(
     """The ``hybrid`` mode's spans within ``budget``: the bias spans first, then the candidates of
     ``bm25_hits`` (BM25 passages) and ``s3`` (S3 spans) ranked by ``cfg.fusion`` (see the module docstring);
     ``smoothed``: the smoothed S3 scores the spans were read from (see :func:`fused_candidates`)."""
-    if check_fusion(cfg.fusion) == "adaptive":
+    if check_fusion(cfg.fusion) in MODEL_FUSIONS:
+        raise S3Error(
+            f"fusion {cfg.fusion}: it needs the model; the Retriever runs it (retrieval.likelihood)"
+        )
+    if cfg.fusion == "adaptive":
         return adaptive_spans(bias, bm25_hits, s3, budget, share_rule(cfg))[0]
     if cfg.fusion == "tiered":
         rest = max(0, budget - sum(s.length for s in bias))

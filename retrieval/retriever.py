@@ -28,6 +28,7 @@ from s3attn.retrieval.dtypes import question_dtype
 from s3attn.retrieval.filters import Documents, Scope, edge_bias, head_tail, scope_of
 from s3attn.retrieval.fusion import FusionConfig, check_fusion_config, hybrid_spans, normalised
 from s3attn.retrieval.generate import chat_prompt, generate, load_reader
+from s3attn.retrieval.likelihood import likelihood_spans, scorer
 from s3attn.retrieval.question import (
     QuestionConfig,
     QuestionEncoder,
@@ -318,6 +319,9 @@ class Retriever:
             ]
         if mode == "s3":
             spans = normalised(s3)
+        elif self.cfg.hybrid.fusion == "likelihood":
+            score = scorer(self.model, self.tokenizer, self.store.tokens, question)
+            spans = likelihood_spans(self._bias(scope), hits, s3, budget, score)
         else:
             spans = hybrid_spans(self._bias(scope), hits, s3, sm, budget, self.cfg.hybrid)
         return self._materialise(spans)

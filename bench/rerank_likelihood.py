@@ -1,0 +1,118 @@
+"""A try for the fusion (issue 14, target 4): rank both retrievers' finds by how likely the model finds the
+question after each one (query likelihood, as UPR does: Sachan et al., 2022, "Improving Passage Retrieval with
+Zero-Shot Question Generation").
+
+Per tuning question, BM25's and S3's candidates are each taken at the full budget (``tune_adaptive.gather``).
+Each candidate span is read alone by the model in the prompt ``PROMPT``, and the mean log-probability of the
+question's tokens after it is kept (``lik``). The model is the one the index was built with. Replayed offline:
+
+* ``rerank``: the bias spans first, then every candidate by its likelihood, best first, within the budget;
+* ``rerank, no bias``: the same without the bias spans;
+* ``share``: the likelihood only picks the adaptive interleave's BM25 share: ``hi`` when BM25's best
+  candidate is more likely than S3's, else ``lo``.
+
+Printed: evidence recall per family for S3, BM25, the adaptive default and each try, with the worst family
+margin ``hybrid - max(s3, bm25)`` (the issue asks for -0.03 at worst), pooled over the lengths gathered and
+per length. Tuning seeds only.
+
+    python bench/rerank_likelihood.py --tasks literal_niah,paraphrase_niah,paraphrase_multikey --samples 10 \\
+        --seeds 0,1,2 --cache runs/tune/lik-niah.pkl
+    python bench/rerank_likelihood.py --tasks drop_qa --samples 8 --seeds 0,1 --cache runs/tune/lik-drop.pkl
+    python bench/rerank_likelihood.py --replay runs/tune/lik-niah.pkl,runs/tune/lik-drop.pkl
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from tune_adaptive import bm25_feed, family_means, gather_parser, own_results, questions_of
+
+from s3attn.retrieval.adaptive import ShareRule, adaptive_spans, shared_spans
+from s3attn.retrieval.fusion import normalised
+from s3attn.retrieval.spans import fuse
+
+PROMPT = ("Passage:", "\nPlease write a question about this passage.\nQuestion:")
+BATCH = 8
+
+
+def candidates(q: dict, budget: int) -> list:
+    """BM25's and S3's own feeds at the full budget, each span a candidate."""
+    return bm25_feed(q, budget) + normalised(q["s3"])
+
+
+@torch.no_grad()
+def question_likelihoods(r, sample, row: dict, budget: int) -> dict:
+    """Mean log-probability of the question's tokens after each candidate (``lik``, candidates' order)."""
+    tok, model = r.tokenizer, r.model
+    pre, post = (
+        tok(" " + p if i else p, add_special_tokens=False)["input_ids"] for i, p in enumerate(PROMPT)
+    )
+    q_ids = tok(" " + sample.question.strip(), add_special_tokens=False)["input_ids"]
+    seqs = [pre + r.store.tokens(s.start, s.end).tolist() + post + q_ids for s in candidates(row, budget)]
+    lik = []
+    for i in range(0, len(seqs), BATCH):
+        batch = seqs[i : i + BATCH]
+        width = max(len(s) for s in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for j, s in enumerate(batch):
+            ids[j, : len(s)], mask[j, : len(s)] = torch.tensor(s), 1
+        logp = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logp = logp.log_softmax(-1).cpu()
+        for j, s in enumerate(batch):
+            n = len(s)
+            at = torch.arange(n - len(q_ids) - 1, n - 1)  # the positions that predict the question's tokens
+            lik.append(float(logp[j, at, torch.tensor(q_ids)].mean()))
+    return {"lik": lik}
+
+
+def reranked(q: dict, budget: int, bias: bool) -> list:
+    scored = [s._replace(score=v) for s, v in zip(candidates(q, budget), q["lik"])]
+    return fuse([q["bias"] if bias else [], scored], budget)
+
+
+def lik_share(q: dict, budget: int, hi: float, lo: float) -> list:
+    cands = candidates(q, budget)
+    n_bm25 = len(bm25_feed(q, budget))
+    best_bm25 = max(q["lik"][:n_bm25], default=-np.inf)
+    best_s3 = max(q["lik"][n_bm25:], default=-np.inf)
+    share = hi if best_bm25 >= best_s3 else lo
+    assert len(cands) == len(q["lik"])
+    return shared_spans(q["bias"], q["bm25"], q["s3"], budget, share)
+
+
+def replay(questions: list[dict], budget: int) -> None:
+    lengths = sorted({q["length"] for q in questions})
+    for length in [None, *lengths] if len(lengths) > 1 else [None]:
+        qs = [q for q in questions if length is None or q["length"] == length]
+        print(f"\n== {'all lengths' if length is None else f'{length} tokens'} ==")
+        s3, bm25, best = own_results(qs, budget)
+
+        def line(name: str, h: dict, best=best) -> None:
+            margin = min(h[f] - best[f] for f in h)
+            print(f"{name:<26} " + " ".join(f"{f} {v:.3f}" for f, v in h.items()) + f"  margin {margin:+.3f}")
+
+        line("s3", s3)
+        line("bm25", bm25)
+        line("adaptive (default)", family_means(
+            qs, lambda q: adaptive_spans(q["bias"], q["bm25"], q["s3"], budget, ShareRule())[0]
+        ))  # fmt: skip
+        line("rerank", family_means(qs, lambda q: reranked(q, budget, True)))
+        line("rerank, no bias", family_means(qs, lambda q: reranked(q, budget, False)))
+        for hi, lo in ((0.9, 0.1), (0.7, 0.3), (0.6, 0.2)):
+            line(f"share {hi} / {lo}", family_means(qs, lambda q, a=hi, b=lo: lik_share(q, budget, a, b)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = gather_parser(__doc__).parse_args(argv)
+    extra = (
+        None if args.replay else (lambda r, sample, row: question_likelihoods(r, sample, row, args.budget))
+    )
+    replay(questions_of(args, extra), args.budget)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The ``likelihood`` fusion: the model itself judges both retrievers' finds by query likelihood.
+
+Each candidate (BM25's passages and S3's spans, each retriever's own feed at the full budget) is read alone by
+the model in ``PROMPT``, and scored by the mean log-probability of the question's tokens after it: how
+likely the model finds the question once it has read that candidate (query likelihood, as UPR does: Sachan
+et al., 2022, "Improving Passage Retrieval with Zero-Shot Question Generation"). The bias spans go first,
+then the candidates by that score, best first, within the budget. The score compares a paraphrase's needle
+that only S3 found with the passage whose words BM25 matched on one scale, so neither retriever's find is
+dropped by a share or a floor. Every span's ``why`` carries its ``question_logprob``.
+
+It costs one forward pass over the candidates (about twice the budget in tokens, plus the prompt per
+candidate), batched ``BATCH`` at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from s3attn.retrieval.fusion import normalised
+from s3attn.retrieval.spans import SOURCE_BIAS, Span, fuse
+
+PROMPT = ("Passage:", "\nPlease write a question about this passage.\nQuestion:")
+BATCH = 8  # candidates per forward pass
+
+
+@torch.no_grad()
+def question_logprobs(model, tokenizer, passages: list[list[int]], question: str) -> list[float]:
+    """Per passage (token ids), the mean log-probability of ``question``'s tokens after it in ``PROMPT``."""
+    pre, post = (
+        tokenizer(" " + p if i else p, add_special_tokens=False)["input_ids"] for i, p in enumerate(PROMPT)
+    )
+    q_ids = tokenizer(" " + question.strip(), add_special_tokens=False)["input_ids"]
+    seqs = [pre + list(p) + post + q_ids for p in passages]
+    out: list[float] = []
+    for i in range(0, len(seqs), BATCH):
+        batch = seqs[i : i + BATCH]
+        ids_BT = torch.zeros(len(batch), max(len(s) for s in batch), dtype=torch.long)
+        mask_BT = torch.zeros_like(ids_BT)
+        for j, s in enumerate(batch):  # right-padded: a causal model's positions before the pad are unchanged
+            ids_BT[j, : len(s)], mask_BT[j, : len(s)] = torch.tensor(s), 1
+        logits = model(input_ids=ids_BT.to(model.device), attention_mask=mask_BT.to(model.device)).logits
+        logp_BTV = logits.float().log_softmax(-1).cpu()
+        target = torch.tensor(q_ids)
+        for j, s in enumerate(batch):
+            at = torch.arange(len(s) - len(q_ids) - 1, len(s) - 1)  # the positions predicting the question
+            out.append(float(logp_BTV[j, at, target].mean()))
+    return out
+
+
+def scorer(model, tokenizer, tokens_of, question: str):
+    """``score(candidates)`` for :func:`likelihood_spans`: :func:`question_logprobs` of each candidate's
+    tokens (``tokens_of(start, end)``)."""
+
+    def score(cands: list[Span]) -> list[float]:
+        passages = [tokens_of(c.start, c.end).tolist() for c in cands]
+        return question_logprobs(model, tokenizer, passages, question)
+
+    return score
+
+
+def likelihood_spans(
+    bias: list[Span], bm25_hits: list[Span], s3: list[Span], budget: int, score
+) -> list[Span]:
+    """Bias spans first, then BM25's and S3's candidates (what the ``bm25`` and ``s3`` modes feed at
+    ``budget``) by ``score(candidates)`` (one question log-probability each, see :func:`scorer`), best
+    first, merged, in document order, within ``budget``."""
+    cands = (normalised(fuse([bm25_hits], budget)) if bm25_hits else []) + normalised(s3)
+    if not cands:
+        return fuse([bias], budget)
+    scored = [
+        c._replace(score=v, why={**c.why, "question_logprob": round(v, 4)})
+        for c, v in zip(cands, score(cands))
+    ]
+    return fuse([bias, scored], budget, first=(SOURCE_BIAS,))
