@@ -72,10 +72,13 @@ def check_ask(cfg: AskConfig, question: str) -> AskConfig:
 
 def print_spans(spans) -> None:
     from s3attn.retrieval.adaptive import trust_in
+    from s3attn.retrieval.likelihood import explain
 
     trust = next((t for t in (trust_in(s.why) for s in spans) if t is not None), None)
     if trust is not None:
         print(f"hybrid (adaptive): {trust.explain()}")
+    if (line := explain(spans)) is not None:
+        print(f"hybrid (likelihood): {line}")
     for i, s in enumerate(spans, 1):
         why = json.dumps(s.why, sort_keys=True)
         print(f"[{i}] {s.document} tokens {s.start}-{s.end} score {s.score:.3f} via {s.source} {why}")

@@ -72,3 +72,20 @@ def likelihood_spans(
         for c, v in zip(cands, score(cands))
     ]
     return fuse([bias, scored], budget, first=(SOURCE_BIAS,))
+
+
+def explain(spans) -> str | None:
+    """One line for ``--show-spans`` when ``spans`` were chosen by this fusion, else None."""
+    best: dict[str, float] = {}
+    for s in spans:
+        if "question_logprob" in s.why:
+            for src in s.source.split("+"):
+                if src != SOURCE_BIAS:
+                    best[src] = max(best.get(src, -float("inf")), s.why["question_logprob"])
+    if not best:
+        return None
+    found = ", ".join(f"{src}'s best {v:.2f}" for src, v in sorted(best.items()))
+    return (
+        "candidates ranked by how likely the model finds the question after each (mean log-probability "
+        f"per question token; fed: {found})"
+    )
