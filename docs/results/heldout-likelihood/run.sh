@@ -1,0 +1,8 @@
+set -x
+R=docs/results/heldout-likelihood
+for L in 16384 32768 65536; do
+C="--lengths $L --seeds 100 --budget 1024 --no-progress --no-generate --index-cache runs/icache --methods bm25,s3,hybrid --fusion likelihood"
+s3-eval --tasks literal_niah,paraphrase_niah,paraphrase_multikey --samples 10 $C --out $R/$L/niah
+s3-eval --tasks drop_qa --samples 8 $C --out $R/$L/drop
+s3-eval --tasks niah,multidoc_qa,ruler_vt --samples 1 --depths 50 $C --out $R/$L/other
+done
