@@ -65,6 +65,19 @@ QUESTIONS = (
 ).split(" | ")
 WARMUP = "Which programming language did the author write his first startup in?"  # never timed
 MODES = ("s3", "hybrid", "bm25")
+# the latency benches time reading the index: hybrid with the model-free adaptive fusion (the default,
+# likelihood, adds a forward pass over the candidates, the same at every index size)
+SCAN_FUSION = "adaptive"
+
+
+def scan_config():
+    """The ``RetrievalConfig`` of the latency benches (hybrid fused by ``SCAN_FUSION``)."""
+    from s3attn.retrieval.fusion import FusionConfig
+    from s3attn.retrieval.retriever import RetrievalConfig
+
+    return RetrievalConfig(hybrid=FusionConfig(fusion=SCAN_FUSION))
+
+
 READ_KEYS = ("chunk_hits", "chunk_misses", "lists", "postings", "lists_skipped", "tiers")
 
 

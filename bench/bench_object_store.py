@@ -117,17 +117,20 @@ def main() -> None:
     from conftest import TINY_WORDS
 
     from s3attn.index_builder.reader import IndexReader
-    from s3attn.retrieval.retriever import Retriever
+    from s3attn.retrieval.fusion import FusionConfig
+    from s3attn.retrieval.retriever import RetrievalConfig, Retriever
     from s3attn.storage import Location
+
+    cfg = RetrievalConfig(hybrid=FusionConfig(fusion="adaptive"))  # time the reads, not a model pass
 
     with tempfile.TemporaryDirectory(prefix="bench-objstore-") as tmp:
         local, info = build(Path(tmp), args.docs, args.words)
         url = "s3://bench/idx"
         remote_loc = Location(url)
         remote_loc.fs.put(str(local), remote_loc.fs_path, recursive=True)  # the same files
-        open_local, ret_local = timed(lambda: Retriever(local))
+        open_local, ret_local = timed(lambda: Retriever(local, cfg=cfg))
         stack = (ret_local.loaded, ret_local.saes, ret_local.geom)
-        open_remote, ret_remote = timed(lambda: Retriever(url, stack=stack))
+        open_remote, ret_remote = timed(lambda: Retriever(url, cfg=cfg, stack=stack))
         with IndexReader.open(local) as st:
             sizes = {"tokens": st.num_tokens, "documents": st.num_docs, "segments": len(st.segments)}
         rng = random.Random(0)

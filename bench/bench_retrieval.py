@@ -36,6 +36,7 @@ from _tiling import (
     MODES,
     QUESTIONS,
     doc_folder,
+    scan_config,
     seed_index,
     stage_times,
     tiled_index,
@@ -152,7 +153,7 @@ def answer_ratio(stack, release: Path, work: Path, args: argparse.Namespace, res
     res["doc_tokens"] = args.doc_tokens
     res["doc_index_build_s"] = time.perf_counter() - t
     print(f"index build of a {args.doc_tokens}-token document: {res['doc_index_build_s']:.1f} s (once)")
-    r = Retriever(work / "doc_idx", stack=stack)
+    r = Retriever(work / "doc_idx", cfg=scan_config(), stack=stack)
     window = int(getattr(loaded.model.config, "max_position_embeddings", 8192))
     full_budget = window - 256
     full, hyb = [], []
@@ -247,7 +248,7 @@ def main() -> None:
         work = Path(tmp)
         big = open_index(stack, release, layers, work, args, res)
         res["page_cache_warmed_bytes"] = warm_page_cache(big)
-        r = Retriever(big, stack=stack)
+        r = Retriever(big, cfg=scan_config(), stack=stack)
         res["index_tokens"] = r.store.num_tokens
         if not args.question_only:
             latency(r, res)

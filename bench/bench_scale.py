@@ -21,7 +21,7 @@
    rotated per question), ``--passes`` times over the 20 questions, after a warm-up question per size: p50 /
    p90 per size and mode, per question the posting lists / postings read, lists skipped, decoded-chunk cache
    hits / misses; then s3 by stage per size. (Each memory process's own p50 is kept as ``p50_ms_alone``.)
-
+Hybrid is fused by ``_tiling.SCAN_FUSION`` (adaptive): what is timed is the reading of the index.
 Targets: hybrid p50 at 16M within 1.5x of its p50 at 1M; reader RSS growth from 1M to 16M not above the
 growth of the BM25 index it holds. Writes ``--out`` (every per-question figure) and a plot next to it.
 """
@@ -57,6 +57,7 @@ from _tiling import (
     parse_size,
     peak_rss_mib,
     rss_mib,
+    scan_config,
     seed_index,
     stage_times,
     template_records,
@@ -154,7 +155,7 @@ def measure(index: Path, sae: str | None) -> dict:
     stack = load_stack(release, rel_cfg, layers, None)
     res["rss_model_mib"] = rss_mib()
     t = time.perf_counter()
-    r = Retriever(index, stack=stack)
+    r = Retriever(index, cfg=scan_config(), stack=stack)
     res["open_ms"] = 1000 * (time.perf_counter() - t)
     res["rss_open_mib"] = rss_mib()
     res["page_cache_warmed_bytes"] = warm_page_cache(index)
@@ -181,9 +182,8 @@ def side_by_side(indexes: list[Path], sae: str | None, passes: int) -> dict:
     from s3attn.retrieval.retriever import Retriever
     from s3attn.saes.stack import default_release, load_stack, resolve_release
 
-    release, rel_cfg, layers = resolve_release(sae or str(default_release()), None)
-    stack = load_stack(release, rel_cfg, layers, None)
-    rs = {i.name.removeprefix("idx-"): Retriever(i, stack=stack) for i in indexes}
+    stack = load_stack(*resolve_release(sae or str(default_release()), None), None)
+    rs = {i.name.removeprefix("idx-"): Retriever(i, cfg=scan_config(), stack=stack) for i in indexes}
     for i in indexes:
         warm_page_cache(i)
     for r in rs.values():

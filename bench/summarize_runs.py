@@ -5,7 +5,8 @@ paired comparisons, and the answer scores, e.g. the held-out runs of ``bench/hel
         s3.query=docs/results/heldout/site-query/{niah,drop,other} --out docs/results/heldout/summary.md
 
 A plain folder contributes its rows as they are; ``NAME=FOLDER`` renames the rows' single method to NAME (a
-run of one method with other settings, e.g. ``--site query``). Paired rows match on (task, length, depth,
+run of one method with other settings, e.g. ``--site query``); ``NAME=FOLDER#METHOD`` takes only METHOD's
+rows of a run, renamed (e.g. ``hybrid.adaptive=docs/results/heldout-16k/niah#hybrid``). Paired rows match on (task, length, depth,
 sample, base seed); every comparison is a against b with wins / ties / losses, the mean difference and the
 95% task-cluster bootstrap CI of ``s3attn.evaluation.paired``.
 """
@@ -20,14 +21,23 @@ from pathlib import Path
 from s3attn.evaluation.paired import paired_by_family, paired_lines, paired_table
 from s3attn.evaluation.report import evidence_grid
 
-COMPARE = [("hybrid", "bm25"), ("hybrid", "s3"), ("s3", "bm25"), ("s3.query", "s3"), ("s3.both", "s3")]
+COMPARE = [
+    ("hybrid", "bm25"),
+    ("hybrid", "s3"),
+    ("s3", "bm25"),
+    ("hybrid", "hybrid.adaptive"),
+    ("s3.query", "s3"),
+    ("s3.both", "s3"),
+]
 
 
 def load(spec: str) -> tuple[list[dict], dict]:
-    """Rows (method renamed for ``NAME=FOLDER``) and environment of one results.json."""
+    """Rows (method renamed for ``NAME=FOLDER``, and only METHOD's for ``NAME=FOLDER#METHOD``) and
+    environment of one results.json."""
     name, _, folder = spec.rpartition("=")
+    folder, _, only = folder.partition("#")
     data = json.loads((Path(folder) / "results.json").read_text())
-    rows = data["rows"]
+    rows = [r for r in data["rows"] if not only or r["method"] == only]
     if name:
         methods = {r["method"] for r in rows}
         if len(methods) != 1:

@@ -13,10 +13,10 @@ Ways to rank the candidates of the two retrievers (``FusionConfig.fusion``, i.e.
             score is its own (an S3 span) or the highest smoothed S3 score inside it (a passage), both over
             the best of their retriever. Candidates below ``min_relevance`` of the best fused score are
             dropped; the rest fill the budget by fused score.
-``adaptive`` (default) per question, shares of the budget from BM25's term coverage and S3's peak
+``adaptive`` per question, shares of the budget from BM25's term coverage and S3's peak
             prominence, the two rankings interleaved at those shares, no relevance floor (see
             :mod:`s3attn.retrieval.adaptive`).
-``likelihood`` the model reads each candidate alone and ranks them by how likely it then finds the question
+``likelihood`` (default) the model reads each candidate alone and ranks them by how likely it then finds the question
             (query likelihood; it needs the model, so the ``Retriever`` runs it: see
             :mod:`s3attn.retrieval.likelihood`).
 ``rrf``     reciprocal rank fusion (Cormack et al. 2009; Elasticsearch's and Lucene's default hybrid):
@@ -48,10 +48,10 @@ MODEL_FUSIONS = ("likelihood",)  # need the model: run by the Retriever, not hyb
 class FusionConfig:
     """How the hybrid mode ranks BM25 passages against S3 spans (see the module docstring)."""
 
-    fusion: str = "adaptive"
-    """How hybrid ranks BM25 passages against S3 spans: adaptive (per question, budget shares from BM25's
-    term coverage and S3's peak prominence), likelihood (the model ranks every candidate by the likelihood
-    of the question after it; about a forward pass over twice the budget per question), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
+    fusion: str = "likelihood"
+    """How hybrid ranks BM25 passages against S3 spans: likelihood (the model ranks every candidate by the
+    likelihood of the question after it; a forward pass over about twice the budget per question), adaptive
+    (per question, budget shares from BM25's term coverage and S3's peak prominence; no model pass), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
     max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the budget, then
     S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
     coverage_center: float = DEFAULT_RULE.coverage_center

@@ -93,7 +93,7 @@ def test_trust_line_and_options():
     )
     assert "bm25 gets" in t.explain() and "90%" in t.explain()
     assert trust_in({}) is None
-    assert FusionConfig().fusion == "adaptive"
+    assert FusionConfig().fusion == "likelihood"
     with pytest.raises(S3Error, match="--min-share"):
         check_fusion_config(FusionConfig(min_share=0.7))
     with pytest.raises(S3Error, match="--coverage-center"):

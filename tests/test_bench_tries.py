@@ -84,3 +84,19 @@ def test_retrieval_heads_are_those_attending_to_the_evidence():
         heads[0, 3, start - 500 : start - 490] = 5.0 if start == 520 else 0.0  # (0, 3) only once
         questions.append({"pos": pos, "evidence": [(start, start + 10)], "heads": heads})
     assert rr.retrieval_heads(questions, 2) == [(2, 1), (0, 3)]
+
+
+def test_summarize_runs_takes_one_method_of_a_run(tmp_path):
+    """``NAME=FOLDER#METHOD`` keeps only METHOD's rows, renamed; a plain NAME=FOLDER of several refuses."""
+    import json
+
+    import pytest
+
+    rows = [{"method": m, "task": "t", "evidence_recall": 1.0} for m in ("bm25", "hybrid", "s3")]
+    (tmp_path / "results.json").write_text(json.dumps({"rows": rows, "environment": {"git_commit": "x"}}))
+    summarize = _bench("summarize_runs")
+    got, env = summarize.load(f"hybrid.adaptive={tmp_path}#hybrid")
+    assert [r["method"] for r in got] == ["hybrid.adaptive"] and env["git_commit"] == "x"
+    assert [r["method"] for r in summarize.load(str(tmp_path))[0]] == ["bm25", "hybrid", "s3"]
+    with pytest.raises(SystemExit):
+        summarize.load(f"x={tmp_path}")

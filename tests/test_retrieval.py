@@ -257,6 +257,8 @@ def test_ask_cli_show_spans_says_why_each_side_got_its_share(tiny_index, capsys)
         "256",
         "--show-spans",
         "--no-generate",
+        "--fusion",
+        "adaptive",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
