@@ -25,10 +25,10 @@ import sys
 import numpy as np
 import torch
 from einops import einsum
-from tune_adaptive import bm25_feed, family_means, gather_parser, own_results, questions_of
+from tune_adaptive import bm25_feed, compared, family_means, gather_parser, questions_of
 
 from s3attn.models.taps import attention_geometry, tap_heads
-from s3attn.retrieval.adaptive import ShareRule, adaptive_spans, shared_spans
+from s3attn.retrieval.adaptive import shared_spans
 from s3attn.retrieval.fusion import normalised
 from s3attn.retrieval.generate import chat_prompt
 from s3attn.retrieval.spans import fuse
@@ -116,17 +116,7 @@ def attention_share(q: dict, budget: int, prof: np.ndarray, shares: tuple[float,
 
 
 def replay(questions: list[dict], budget: int) -> None:
-    s3, bm25, best = own_results(questions, budget)
-
-    def line(name: str, h: dict) -> None:
-        margin = min(h[f] - best[f] for f in h)
-        print(f"{name:<28} " + " ".join(f"{f} {v:.3f}" for f, v in h.items()) + f"  margin {margin:+.3f}")
-
-    line("s3", s3)
-    line("bm25", bm25)
-    line("adaptive (default)", family_means(
-        questions, lambda q: adaptive_spans(q["bias"], q["bm25"], q["s3"], budget, ShareRule())[0]
-    ))  # fmt: skip
+    line = compared(questions, budget, 28)
     for profile in PROFILES:
         for group, (a, b) in LAYER_GROUPS.items():
             tries(

@@ -27,9 +27,9 @@ import sys
 
 import numpy as np
 import torch
-from tune_adaptive import bm25_feed, family_means, gather_parser, own_results, questions_of
+from tune_adaptive import bm25_feed, compared, family_means, gather_parser, questions_of
 
-from s3attn.retrieval.adaptive import ShareRule, adaptive_spans, shared_spans
+from s3attn.retrieval.adaptive import shared_spans
 from s3attn.retrieval.fusion import normalised
 from s3attn.retrieval.spans import fuse
 
@@ -88,17 +88,7 @@ def replay(questions: list[dict], budget: int) -> None:
     for length in [None, *lengths] if len(lengths) > 1 else [None]:
         qs = [q for q in questions if length is None or q["length"] == length]
         print(f"\n== {'all lengths' if length is None else f'{length} tokens'} ==")
-        s3, bm25, best = own_results(qs, budget)
-
-        def line(name: str, h: dict, best=best) -> None:
-            margin = min(h[f] - best[f] for f in h)
-            print(f"{name:<26} " + " ".join(f"{f} {v:.3f}" for f, v in h.items()) + f"  margin {margin:+.3f}")
-
-        line("s3", s3)
-        line("bm25", bm25)
-        line("adaptive (default)", family_means(
-            qs, lambda q: adaptive_spans(q["bias"], q["bm25"], q["s3"], budget, ShareRule())[0]
-        ))  # fmt: skip
+        line = compared(qs, budget)
         line("rerank", family_means(qs, lambda q: reranked(q, budget, True)))
         line("rerank, no bias", family_means(qs, lambda q: reranked(q, budget, False)))
         for hi, lo in ((0.9, 0.1), (0.7, 0.3), (0.6, 0.2)):

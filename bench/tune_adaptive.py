@@ -100,6 +100,25 @@ def own_results(questions: list[dict], budget: int) -> tuple[dict, dict, dict]:
     return s3, bm25, {f: max(s3[f], bm25[f]) for f in s3}
 
 
+def compared(questions: list[dict], budget: int, width: int = 26):
+    """Print S3's, BM25's and the adaptive fusion's recall per family, each with its worst family margin
+    ``hybrid - max(s3, bm25)``; return the function that prints a further try's line the same way."""
+    s3, bm25, best = own_results(questions, budget)
+
+    def line(name: str, h: dict) -> None:
+        margin = min(h[f] - best[f] for f in h)
+        print(
+            f"{name:<{width}} " + " ".join(f"{f} {v:.3f}" for f, v in h.items()) + f"  margin {margin:+.3f}"
+        )
+
+    line("s3", s3)
+    line("bm25", bm25)
+    line("adaptive", family_means(
+        questions, lambda q: adaptive_spans(q["bias"], q["bm25"], q["s3"], budget, ShareRule())[0]
+    ))  # fmt: skip
+    return line
+
+
 def replay(questions: list[dict], budget: int, top: int) -> None:
     s3, bm25, best = own_results(questions, budget)
     print("s3  ", {f: round(v, 3) for f, v in s3.items()})
