@@ -3,8 +3,9 @@ question after each one (query likelihood, as UPR does: Sachan et al., 2022, "Im
 Zero-Shot Question Generation").
 
 Per tuning question, BM25's and S3's candidates are each taken at the full budget (``tune_adaptive.gather``).
-Each candidate span is read alone by the model in the prompt ``PROMPT``, and the mean log-probability of the
-question's tokens after it is kept (``lik``). The model is the one the index was built with. Replayed offline:
+Each candidate span is read alone by the model in ``retrieval.likelihood.PROMPT``, and the mean
+log-probability of the question's tokens after it is kept (``lik``; ``question_logprobs``, the fusion's own
+code). The model is the one the index was built with. Replayed offline:
 
 * ``rerank``: the bias spans first, then every candidate by its likelihood, best first, within the budget;
 * ``rerank, no bias``: the same without the bias spans;
@@ -26,15 +27,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import torch
 from tune_adaptive import bm25_feed, compared, family_means, gather_parser, questions_of
 
 from s3attn.retrieval.adaptive import shared_spans
 from s3attn.retrieval.fusion import normalised
+from s3attn.retrieval.likelihood import question_logprobs
 from s3attn.retrieval.spans import fuse
-
-PROMPT = ("Passage:", "\nPlease write a question about this passage.\nQuestion:")
-BATCH = 8
 
 
 def candidates(q: dict, budget: int) -> list:
@@ -42,30 +40,11 @@ def candidates(q: dict, budget: int) -> list:
     return bm25_feed(q, budget) + normalised(q["s3"])
 
 
-@torch.no_grad()
 def question_likelihoods(r, sample, row: dict, budget: int) -> dict:
-    """Mean log-probability of the question's tokens after each candidate (``lik``, candidates' order)."""
-    tok, model = r.tokenizer, r.model
-    pre, post = (
-        tok(" " + p if i else p, add_special_tokens=False)["input_ids"] for i, p in enumerate(PROMPT)
-    )
-    q_ids = tok(" " + sample.question.strip(), add_special_tokens=False)["input_ids"]
-    seqs = [pre + r.store.tokens(s.start, s.end).tolist() + post + q_ids for s in candidates(row, budget)]
-    lik = []
-    for i in range(0, len(seqs), BATCH):
-        batch = seqs[i : i + BATCH]
-        width = max(len(s) for s in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for j, s in enumerate(batch):
-            ids[j, : len(s)], mask[j, : len(s)] = torch.tensor(s), 1
-        logp = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        logp = logp.log_softmax(-1).cpu()
-        for j, s in enumerate(batch):
-            n = len(s)
-            at = torch.arange(n - len(q_ids) - 1, n - 1)  # the positions that predict the question's tokens
-            lik.append(float(logp[j, at, torch.tensor(q_ids)].mean()))
-    return {"lik": lik}
+    """The question's mean log-probability after each candidate (``lik``, candidates' order), as the
+    ``likelihood`` fusion computes it (``retrieval.likelihood.question_logprobs``)."""
+    passages = [r.store.tokens(s.start, s.end).tolist() for s in candidates(row, budget)]
+    return {"lik": question_logprobs(r.model, r.tokenizer, passages, sample.question)}
 
 
 def reranked(q: dict, budget: int, bias: bool) -> list:
