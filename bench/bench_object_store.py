@@ -114,14 +114,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs/results/bench/object-store.json"))
     args = ap.parse_args()
     srv = start_s3()
+    from _tiling import scan_config
     from conftest import TINY_WORDS
 
     from s3attn.index_builder.reader import IndexReader
-    from s3attn.retrieval.fusion import FusionConfig
-    from s3attn.retrieval.retriever import RetrievalConfig, Retriever
+    from s3attn.retrieval.retriever import Retriever
     from s3attn.storage import Location
 
-    cfg = RetrievalConfig(hybrid=FusionConfig(fusion="adaptive"))  # time the reads, not a model pass
+    cfg = scan_config()  # time the reads, not a model pass
 
     with tempfile.TemporaryDirectory(prefix="bench-objstore-") as tmp:
         local, info = build(Path(tmp), args.docs, args.words)

@@ -53,12 +53,10 @@ def reranked(q: dict, budget: int, bias: bool) -> list:
 
 
 def lik_share(q: dict, budget: int, hi: float, lo: float) -> list:
-    cands = candidates(q, budget)
-    n_bm25 = len(bm25_feed(q, budget))
+    n_bm25 = len(bm25_feed(q, budget))  # the candidates (and ``lik``) are BM25's feed, then S3's spans
     best_bm25 = max(q["lik"][:n_bm25], default=-np.inf)
     best_s3 = max(q["lik"][n_bm25:], default=-np.inf)
     share = hi if best_bm25 >= best_s3 else lo
-    assert len(cands) == len(q["lik"])
     return shared_spans(q["bias"], q["bm25"], q["s3"], budget, share)
 
 

@@ -31,6 +31,7 @@ def question_logprobs(model, tokenizer, passages: list[list[int]], question: str
     )
     q_ids = tokenizer(" " + question.strip(), add_special_tokens=False)["input_ids"]
     seqs = [pre + list(p) + post + q_ids for p in passages]
+    target = torch.tensor(q_ids)
     out: list[float] = []
     for i in range(0, len(seqs), BATCH):
         batch = seqs[i : i + BATCH]
@@ -40,7 +41,6 @@ def question_logprobs(model, tokenizer, passages: list[list[int]], question: str
             ids_BT[j, : len(s)], mask_BT[j, : len(s)] = torch.tensor(s), 1
         logits = model(input_ids=ids_BT.to(model.device), attention_mask=mask_BT.to(model.device)).logits
         logp_BTV = logits.float().log_softmax(-1).cpu()
-        target = torch.tensor(q_ids)
         for j, s in enumerate(batch):
             at = torch.arange(len(s) - len(q_ids) - 1, len(s) - 1)  # the positions predicting the question
             out.append(float(logp_BTV[j, at, target].mean()))
@@ -65,8 +65,6 @@ def likelihood_spans(
     ``budget``) by ``score(candidates)`` (one question log-probability each, see :func:`scorer`), best
     first, merged, in document order, within ``budget``."""
     cands = (normalised(fuse([bm25_hits], budget)) if bm25_hits else []) + normalised(s3)
-    if not cands:
-        return fuse([bias], budget)
     scored = [
         c._replace(score=v, why={**c.why, "question_logprob": round(v, 4)})
         for c, v in zip(cands, score(cands))
