@@ -9,6 +9,7 @@ release's SAEs) while reaching sizes a 2-core CPU cannot prefill: every document
 from __future__ import annotations
 
 import json
+import mmap
 import resource
 import shutil
 import statistics
@@ -255,8 +256,8 @@ def peak_rss_mib() -> float:
 
 
 def bm25_memory(view) -> dict[str, int]:
-    """In-memory bytes of a loaded BM25 index (``BM25View``): passage table, texts (if read), bm25s scores,
-    vocabulary."""
+    """Bytes of a loaded BM25 index (``BM25View``): passage table, texts (if read), bm25s scores, vocabulary;
+    ``mapped``: how many of them are memory-mapped arrays (resident only as far as questions page them in)."""
     index = view.index
     parts = {
         "passages": int(index.passages_P3.nbytes),
@@ -272,7 +273,18 @@ def bm25_memory(view) -> dict[str, int]:
             sys.getsizeof(k) + sys.getsizeof(v) for k, v in vocab.items()
         )
     parts["total"] = sum(parts.values())
+    arrays = [index.passages_P3, *(bm.scores.values() if bm is not None else ())]
+    parts["mapped"] = sum(int(a.nbytes) for a in arrays if _mapped(a))  # of the total: file-backed pages
     return parts
+
+
+def _mapped(a: object) -> bool:
+    """Whether array ``a`` is (a view of) a memory-mapped file."""
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base
+    return isinstance(a, mmap.mmap)
 
 
 def warm_page_cache(folder: Path) -> int:

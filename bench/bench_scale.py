@@ -15,8 +15,9 @@
 3. Memory: per size, a fresh process opens the ``Retriever``, reads the index's files once (OS page cache),
    asks a warm-up question untimed, then the 20 questions x bm25 / s3 / hybrid (modes rotated per question)
    and records its RSS after loading the model, after opening and at the end, its peak RSS (``VmHWM``: the
-   process's own; ``ru_maxrss`` starts at the parent's) and the BM25 index it holds (in-memory bytes of the
-   loaded object: passage table, bm25s score matrix and vocabulary, the texts if read; its size on disk apart).
+   process's own; ``ru_maxrss`` starts at the parent's) and the BM25 index it holds (bytes of the loaded
+   object: passage table, bm25s score matrix and vocabulary, the texts if read; how many of them are
+   memory-mapped; its size on disk apart).
 4. Time: one process opens every size and asks each question of every size and mode before the next (both
    rotated per question), ``--passes`` times over the 20 questions, after a warm-up question per size: p50 /
    p90 per size and mode, per question the posting lists / postings read, lists skipped, decoded-chunk cache
@@ -290,7 +291,9 @@ def plot(summary: dict[str, dict], path: Path) -> None:
     ax1.set(xscale="log", xlabel="index tokens", ylabel="retrieval ms", title="retrieval p50")
     ax2.plot(toks, [s["peak_rss_mib"] for s in summary.values()], "o-", label="reader peak RSS")
     ax2.plot(toks, [s["rss_open_mib"] for s in summary.values()], "s--", label="RSS after opening")
-    ax2.plot(toks, [s["bm25_memory_mib"] for s in summary.values()], "^-", label="BM25 held (in memory)")
+    ax2.plot(
+        toks, [s["bm25_memory_mib"] for s in summary.values()], "^-", label="BM25 index held (heap + mapped)"
+    )
     ax2.set(xscale="log", xlabel="index tokens", ylabel="MiB", title="reader memory")
     for ax in (ax1, ax2):
         ax.set_xticks(toks, list(summary))

@@ -13,8 +13,11 @@ On disk (one folder, written to a temp folder and renamed into place)::
                BM25_TEXTS     passage texts (parquet, zstd), so a rebuild needs no caller
                BM25_META      format version, passage count, tokenizer settings, crc32 of every other file
 
-:meth:`BM25Index.load` checks the files against those checksums (they are read whole anyway) and raises
-``IndexCorruptError`` naming a damaged file; :func:`verify_bm25` is the BM25 part of ``s3-index verify``.
+:meth:`BM25Index.load` checks the files against those checksums and raises ``IndexCorruptError`` naming a
+damaged file; :func:`verify_bm25` is the BM25 part of ``s3-index verify``. Once checked, the score matrix and
+the passage table are memory-mapped (read-only), as Lucene's ``MMapDirectory`` does: a question pages in the
+columns of its own terms, the pages stay evictable and are shared by every reader process of the index, and a
+reader's resident memory no longer holds the whole matrix (at 16M tokens 99 MiB, ``bench/bench_scale.py``).
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ class BM25Index:
     def texts(self) -> list[str]:
         """The passage texts. An index from :meth:`load` reads them on first use: a question never needs
         them (only a rebuild does). Read at load, a 16M-token reader held 151 MiB of them and kept ~340 MiB of
-        the Arrow buffers they came from, against 99 MiB of score matrix (``bench/bench_scale.py``)."""
+        the Arrow buffers they came from, against a 99 MiB score matrix (``bench/bench_scale.py``)."""
         if callable(self._texts):
             self._texts = self._texts()
         return self._texts
@@ -178,7 +181,7 @@ class BM25Index:
             if not (folder / name).is_file():
                 raise _damaged(folder, name, "missing")
         with _reading(folder, BM25_PASSAGES):
-            passages = np.load(folder / BM25_PASSAGES, allow_pickle=False)
+            passages = np.load(folder / BM25_PASSAGES, mmap_mode="r", allow_pickle=False)
         with _reading(folder, BM25_TEXTS):  # the row count only: the texts are read on first use
             rows = pq.ParquetFile(folder / BM25_TEXTS).metadata.num_rows
         n = meta["num_passages"]
@@ -189,7 +192,9 @@ class BM25Index:
         retriever = None
         if not meta.get("empty"):
             with _reading(folder, "bm25s files (*.index.*)"):
-                retriever = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False, verbosity=0)
+                retriever = bm25s.BM25.load(
+                    str(folder), mmap=True, load_vocab=True, show_progress=False, verbosity=0
+                )
         return cls(passages, functools.partial(_read_texts, folder), retriever)
 
 
