@@ -23,27 +23,47 @@ PROMPT = ("Passage:", "\nPlease write a question about this passage.\nQuestion:"
 BATCH = 8  # candidates per forward pass
 
 
-@torch.no_grad()
 def question_logprobs(model, tokenizer, passages: list[list[int]], question: str) -> list[float]:
-    """Per passage (token ids), the mean log-probability of ``question``'s tokens after it in ``PROMPT``."""
+    """Per passage (token ids), the mean log-probability of ``question``'s tokens after it in ``PROMPT``.
+    Passages of similar length share a batch (less padding), in the caller's order on return."""
     pre, post = (
         tokenizer(" " + p if i else p, add_special_tokens=False)["input_ids"] for i, p in enumerate(PROMPT)
     )
     q_ids = tokenizer(" " + question.strip(), add_special_tokens=False)["input_ids"]
     seqs = [pre + list(p) + post + q_ids for p in passages]
-    target = torch.tensor(q_ids)
-    out: list[float] = []
-    for i in range(0, len(seqs), BATCH):
-        batch = seqs[i : i + BATCH]
-        ids_BT = torch.zeros(len(batch), max(len(s) for s in batch), dtype=torch.long)
-        mask_BT = torch.zeros_like(ids_BT)
-        for j, s in enumerate(batch):  # right-padded: a causal model's positions before the pad are unchanged
-            ids_BT[j, : len(s)], mask_BT[j, : len(s)] = torch.tensor(s), 1
-        logits = model(input_ids=ids_BT.to(model.device), attention_mask=mask_BT.to(model.device)).logits
-        logp_BTV = logits.float().log_softmax(-1).cpu()
-        for j, s in enumerate(batch):
-            at = torch.arange(len(s) - len(q_ids) - 1, len(s) - 1)  # the positions predicting the question
-            out.append(float(logp_BTV[j, at, target].mean()))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [0.0] * len(seqs)
+    for i in range(0, len(order), BATCH):
+        rows = order[i : i + BATCH]
+        for r, v in zip(rows, _batch_logprobs(model, [seqs[r] for r in rows], q_ids)):
+            out[r] = v
+    return out
+
+
+@torch.no_grad()
+def _batch_logprobs(model, batch: list[list[int]], q_ids: list[int]) -> list[float]:
+    """:func:`question_logprobs` of one batch of whole sequences, each ending in ``q_ids``; logits only at
+    the positions that predict a question token in some row (not over every passage token)."""
+    lengths = [len(s) for s in batch]
+    ids_BT = torch.zeros(len(batch), max(lengths), dtype=torch.long)
+    mask_BT = torch.zeros_like(ids_BT)
+    for j, s in enumerate(batch):  # right-padded: a causal model's positions before the pad are unchanged
+        ids_BT[j, : len(s)], mask_BT[j, : len(s)] = torch.tensor(s), 1
+    first = min(lengths) - len(q_ids) - 1  # the earliest position predicting a question token
+    keep_K = torch.arange(first, max(lengths) - 1)
+    dev = model.device
+    logits_BKV = model(
+        input_ids=ids_BT.to(dev),
+        attention_mask=mask_BT.to(dev),
+        use_cache=False,
+        logits_to_keep=keep_K.to(dev),
+    ).logits
+    target_Q = torch.tensor(q_ids, device=dev)
+    out = []
+    for j, n in enumerate(lengths):
+        at_Q = torch.arange(n - len(q_ids) - 1, n - 1, device=dev) - first
+        logp_QV = logits_BKV[j, at_Q].float().log_softmax(-1)
+        out.append(float(logp_QV.gather(1, target_Q[:, None]).mean()))
     return out
 
 
