@@ -9,6 +9,8 @@ code). The model is the one the index was built with. Replayed offline:
 
 * ``rerank``: the bias spans first, then every candidate by its likelihood, best first, within the budget;
 * ``rerank, no bias``: the same without the bias spans;
+* ``rerank, s3 pool Nx`` (questions gathered with ``--s3-pool``): the same, with S3's candidates taken at N
+  times the budget (BM25's feed as before), so the likelihood can bring in a find S3 ranked below the budget;
 * ``share``: the likelihood only picks the adaptive interleave's BM25 share: ``hi`` when BM25's best
   candidate is more likely than S3's, else ``lo``.
 
@@ -34,10 +36,27 @@ from s3attn.retrieval.fusion import normalised
 from s3attn.retrieval.likelihood import question_logprobs
 from s3attn.retrieval.spans import fuse
 
+POOLS = (1.5, 2.0, 3.0)  # S3 pools replayed when the questions were gathered with --s3-pool
+
 
 def candidates(q: dict, budget: int) -> list:
-    """BM25's and S3's own feeds at the full budget, each span a candidate."""
-    return bm25_feed(q, budget) + normalised(q["s3"])
+    """BM25's feed at the full budget and S3's candidates (its feed, or its ``s3_pool`` when gathered with
+    ``--s3-pool``), each span a candidate."""
+    return bm25_feed(q, budget) + normalised(q.get("s3_pool", q["s3"]))
+
+
+def pooled(q: dict, budget: int, pool: float) -> list:
+    """The candidates of a fusion that takes S3's spans at ``pool`` times the budget: BM25's feed, then S3's
+    best spans (by its own score) that fit in ``pool * budget`` tokens, each with its likelihood as the score.
+    Exact for the pool gathered; for a smaller one, close to what S3 would pick at that budget (S3 trims the
+    span at the budget's edge, this drops it)."""
+    lik = {(c.source, c.start, c.end): v for c, v in zip(candidates(q, budget), q["lik"])}
+    s3, room = [], int(pool * budget)
+    for c in sorted(normalised(q.get("s3_pool", q["s3"])), key=lambda c: -c.score):
+        if c.end - c.start <= room:
+            s3.append(c)
+            room -= c.end - c.start
+    return [c._replace(score=lik[(c.source, c.start, c.end)]) for c in bm25_feed(q, budget) + s3]
 
 
 def question_likelihoods(r, sample, row: dict, budget: int) -> dict:
@@ -47,9 +66,8 @@ def question_likelihoods(r, sample, row: dict, budget: int) -> dict:
     return {"lik": question_logprobs(r.model, r.tokenizer, passages, sample.question)}
 
 
-def reranked(q: dict, budget: int, bias: bool) -> list:
-    scored = [s._replace(score=v) for s, v in zip(candidates(q, budget), q["lik"])]
-    return fuse([q["bias"] if bias else [], scored], budget)
+def reranked(q: dict, budget: int, bias: bool, pool: float = 1.0) -> list:
+    return fuse([q["bias"] if bias else [], pooled(q, budget, pool)], budget)
 
 
 def lik_share(q: dict, budget: int, hi: float, lo: float) -> list:
@@ -67,6 +85,8 @@ def replay(questions: list[dict], budget: int) -> None:
         print(f"\n== {'all lengths' if length is None else f'{length} tokens'} ==")
         line = compared(qs, budget)
         line("rerank", family_means(qs, lambda q: reranked(q, budget, True)))
+        for pool in POOLS if all("s3_pool" in q for q in qs) else ():
+            line(f"rerank, s3 pool {pool}x", family_means(qs, lambda q, p=pool: reranked(q, budget, True, p)))
         line("rerank, no bias", family_means(qs, lambda q: reranked(q, budget, False)))
         for hi, lo in ((0.9, 0.1), (0.7, 0.3), (0.6, 0.2)):
             line(f"share {hi} / {lo}", family_means(qs, lambda q, a=hi, b=lo: lik_share(q, budget, a, b)))

@@ -26,6 +26,7 @@ COMPARE = [
     ("hybrid", "s3"),
     ("s3", "bm25"),
     ("hybrid", "hybrid.adaptive"),
+    ("hybrid", "hybrid.pool1"),
     ("s3.query", "s3"),
     ("s3.both", "s3"),
 ]

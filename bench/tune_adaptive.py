@@ -39,8 +39,9 @@ GRID = {
 
 
 def gather(args: argparse.Namespace, extra=None) -> list[dict]:
-    """Per question: task, family, evidence token ranges, bias / BM25 / S3 candidates (budget ``--budget``);
-    ``extra(retriever, sample, row)``, when given, returns more fields for the row."""
+    """Per question: task, family, evidence token ranges, bias / BM25 / S3 candidates (budget ``--budget``;
+    with ``--s3-pool`` above 1, S3's at that multiple of it too, as ``s3_pool``); ``extra(retriever, sample,
+    row)``, when given, returns more fields for the row."""
     from s3attn.evaluation.evaluate import EvalConfig, check_config, count_tokens, load_eval_stack
     from s3attn.evaluation.index_cache import index_identity, sample_index
     from s3attn.evaluation.plan import make_sample, plan
@@ -68,6 +69,8 @@ def gather(args: argparse.Namespace, extra=None) -> list[dict]:
             out.append({"task": item.task, "family": family_of(item.task), "length": item.length,
                         "evidence": evidence_token_ranges(tok, sample.context, sample.meta.get("evidence", [])),
                         "bias": r._bias(None), "bm25": r._bm25_hits(sample.question, None), "s3": s3})  # fmt: skip
+            if args.s3_pool > 1:
+                out[-1]["s3_pool"] = r.s3_candidates(scores, int(args.budget * args.s3_pool))[0]
             if extra is not None:
                 out[-1].update(extra(r, sample, out[-1]))
             r.store.close()
@@ -172,6 +175,12 @@ def gather_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lengths", default="16384")
     p.add_argument("--budget", type=int, default=1024)
+    p.add_argument(
+        "--s3-pool",
+        type=float,
+        default=1.0,
+        help="also gather S3's candidates at this multiple of the budget",
+    )
     p.add_argument("--index-cache", default="runs/icache")
     p.add_argument("--cache", help="write the gathered questions here (pickle)")
     p.add_argument("--replay", help="comma-separated pickles to replay instead of gathering")

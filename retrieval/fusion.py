@@ -50,10 +50,14 @@ class FusionConfig:
 
     fusion: str = "likelihood"
     """How hybrid ranks BM25 passages against S3 spans: likelihood (the model ranks every candidate by the
-    likelihood of the question after it; a forward pass over about twice the budget per question), adaptive
+    likelihood of the question after it; a forward pass over 1 + likelihood_pool budgets per question), adaptive
     (per question, budget shares from BM25's term coverage and S3's peak prominence; no model pass), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
     max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the budget, then
     S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
+    likelihood_pool: float = 3.0
+    """likelihood: S3's candidates are its spans within this multiple of the budget (BM25's: its feed at the
+    budget), so the model can bring in a find S3 ranked below the budget; the forward pass grows with it.
+    3 was chosen on tuning seeds (bench/rerank_likelihood.py --s3-pool 3)."""
     coverage_center: float = DEFAULT_RULE.coverage_center
     """adaptive: BM25 term coverage at which both retrievers get the same share (above it BM25 gets more)."""
     coverage_power: float = DEFAULT_RULE.coverage_power
@@ -107,6 +111,8 @@ def check_fusion_config(cfg: FusionConfig) -> FusionConfig:
             raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be in [0, 1]")
     if cfg.rrf_k <= 0:
         raise S3Error(f"--rrf-k {cfg.rrf_k}: must be above 0")
+    if not 1.0 <= cfg.likelihood_pool <= 8.0:
+        raise S3Error(f"--likelihood-pool {cfg.likelihood_pool}: must be in [1, 8]")
     return cfg
 
 

@@ -1,15 +1,15 @@
 """The ``likelihood`` fusion: the model itself judges both retrievers' finds by query likelihood.
 
-Each candidate (BM25's passages and S3's spans, each retriever's own feed at the full budget) is read alone by
-the model in ``PROMPT``, and scored by the mean log-probability of the question's tokens after it: how
+Each candidate (BM25's passages, its feed at the full budget, and S3's spans within ``likelihood_pool``
+budgets, so the model can bring in a find S3 ranked below the budget) is read alone by the model in ``PROMPT``, and scored by the mean log-probability of the question's tokens after it: how
 likely the model finds the question once it has read that candidate (query likelihood, as UPR does: Sachan
 et al., 2022, "Improving Passage Retrieval with Zero-Shot Question Generation"). The bias spans go first,
 then the candidates by that score, best first, within the budget. The score compares a paraphrase's needle
 that only S3 found with the passage whose words BM25 matched on one scale, so neither retriever's find is
 dropped by a share or a floor. Every span's ``why`` carries its ``question_logprob``.
 
-It costs one forward pass over the candidates (about twice the budget in tokens, plus the prompt per
-candidate), batched ``BATCH`` at a time.
+It costs one forward pass over the candidates (``1 + likelihood_pool`` budgets in tokens, plus the prompt
+per candidate), batched ``BATCH`` at a time.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def scorer(model, tokenizer, tokens_of, question: str):
 def likelihood_spans(
     bias: list[Span], bm25_hits: list[Span], s3: list[Span], budget: int, score
 ) -> list[Span]:
-    """Bias spans first, then BM25's and S3's candidates (what the ``bm25`` and ``s3`` modes feed at
-    ``budget``) by ``score(candidates)`` (one question log-probability each, see :func:`scorer`), best
+    """Bias spans first, then BM25's and S3's candidates (BM25's feed at ``budget``; ``s3``: S3's spans, at
+    any budget) by ``score(candidates)`` (one question log-probability each, see :func:`scorer`), best
     first, merged, in document order, within ``budget``."""
     cands = (normalised(fuse([bm25_hits], budget)) if bm25_hits else []) + normalised(s3)
     scored = [

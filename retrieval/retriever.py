@@ -309,7 +309,9 @@ class Retriever:
         if mode == "bm25":
             return self._materialise(normalised(fuse([hits], budget)) if hits else [])
         scores, head_feats = self.s3_scores(question)
-        s3, sm = self.s3_candidates(scores, budget, allowed=None if scope is None else scope.ranges)
+        lik = mode == "hybrid" and self.cfg.hybrid.fusion == "likelihood"
+        pool = int(budget * self.cfg.hybrid.likelihood_pool) if lik else budget
+        s3, sm = self.s3_candidates(scores, pool, allowed=None if scope is None else scope.ranges)
         if explain:
             s3 = [
                 s._replace(
@@ -319,7 +321,7 @@ class Retriever:
             ]
         if mode == "s3":
             spans = normalised(s3)
-        elif self.cfg.hybrid.fusion == "likelihood":
+        elif lik:
             score = scorer(self.model, self.tokenizer, self.store.tokens, question)
             spans = likelihood_spans(self._bias(scope), hits, s3, budget, score)
         else:

@@ -85,3 +85,43 @@ def test_show_spans_says_why_with_the_likelihood_fusion(tiny_index, retriever, c
     print_spans(r.retrieve("paris queen", "hybrid", 300))
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("hybrid (likelihood): candidates ranked") and "best -" in first
+
+
+def test_a_wider_s3_pool_lets_the_model_feed_a_span_s3_ranked_below_the_budget(
+    tiny_index,  # noqa: F811
+    retriever,  # noqa: F811
+    monkeypatch,
+):
+    """With ``likelihood_pool`` 3 (the default) the model judges S3's spans within three budgets; the one it
+    likes best, S3's weakest (outside what a pool of 1 offers), is fed."""
+    import s3attn.retrieval.retriever as retriever_module
+
+    seen: dict[float, list[Span]] = {}
+
+    def spy(model, tokenizer, tokens_of, question):
+        def score(cands):
+            s3 = [c for c in cands if c.source == "s3"]
+            seen[len(seen)] = s3
+            weakest = min(s3, key=lambda c: c.score)
+            return [1.0 if c is weakest else -1.0 for c in cands]
+
+        return score
+
+    monkeypatch.setattr(retriever_module, "scorer", spy)
+    budget = 200
+    narrow_cfg = configured(tiny_index, retriever, fusion="likelihood", likelihood_pool=1.0)
+    narrow_cfg.retrieve("paris queen", "hybrid", budget)
+    wide = configured(tiny_index, retriever, fusion="likelihood")
+    fed = wide.retrieve("paris queen", "hybrid", budget)
+    narrow, pool = seen[0], seen[1]
+    assert sum(c.end - c.start for c in narrow) <= budget < sum(c.end - c.start for c in pool)
+    favoured = min(pool, key=lambda c: c.score)
+    assert (favoured.start, favoured.end) not in {(c.start, c.end) for c in narrow}
+    assert any(s.start <= favoured.start and favoured.end <= s.end for s in fed), (favoured, fed)
+
+
+def test_likelihood_pool_out_of_range_is_refused():
+    from s3attn.retrieval.fusion import check_fusion_config
+
+    with pytest.raises(S3Error, match="--likelihood-pool"):
+        check_fusion_config(FusionConfig(likelihood_pool=0.5))
