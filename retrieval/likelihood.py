@@ -1,8 +1,9 @@
 """The ``likelihood`` fusion: the model itself judges both retrievers' finds by query likelihood.
 
 Each candidate (BM25's passages, its feed at the full budget, and S3's spans within ``likelihood_pool``
-budgets, so the model can bring in a find S3 ranked below the budget) is read alone by the model in ``PROMPT``, and scored by the mean log-probability of the question's tokens after it: how
-likely the model finds the question once it has read that candidate (query likelihood, as UPR does: Sachan
+budgets, so the model can bring in a find S3 ranked below the budget) is read alone by the model in
+``PROMPT``, and scored by the mean log-probability of the question's tokens after it: how likely the model
+finds the question once it has read that candidate (query likelihood, as UPR does: Sachan
 et al., 2022, "Improving Passage Retrieval with Zero-Shot Question Generation"). The bias spans go first,
 then the candidates by that score, best first, within the budget. The score compares a paraphrase's needle
 that only S3 found with the passage whose words BM25 matched on one scale, so neither retriever's find is
