@@ -96,12 +96,12 @@ def test_a_wider_s3_pool_lets_the_model_feed_a_span_s3_ranked_below_the_budget(
     likes best, S3's weakest (outside what a pool of 1 offers), is fed."""
     import s3attn.retrieval.retriever as retriever_module
 
-    seen: dict[float, list[Span]] = {}
+    seen: list[list[Span]] = []  # S3's candidates per retrieve
 
     def spy(model, tokenizer, tokens_of, question):
         def score(cands):
             s3 = [c for c in cands if c.source == "s3"]
-            seen[len(seen)] = s3
+            seen.append(s3)
             weakest = min(s3, key=lambda c: c.score)
             return [1.0 if c is weakest else -1.0 for c in cands]
 
@@ -109,11 +109,11 @@ def test_a_wider_s3_pool_lets_the_model_feed_a_span_s3_ranked_below_the_budget(
 
     monkeypatch.setattr(retriever_module, "scorer", spy)
     budget = 200
-    narrow_cfg = configured(tiny_index, retriever, fusion="likelihood", likelihood_pool=1.0)
-    narrow_cfg.retrieve("paris queen", "hybrid", budget)
+    narrow_r = configured(tiny_index, retriever, fusion="likelihood", likelihood_pool=1.0)
+    narrow_r.retrieve("paris queen", "hybrid", budget)
     wide = configured(tiny_index, retriever, fusion="likelihood")
     fed = wide.retrieve("paris queen", "hybrid", budget)
-    narrow, pool = seen[0], seen[1]
+    narrow, pool = seen
     assert sum(c.end - c.start for c in narrow) <= budget < sum(c.end - c.start for c in pool)
     favoured = min(pool, key=lambda c: c.score)
     assert (favoured.start, favoured.end) not in {(c.start, c.end) for c in narrow}
