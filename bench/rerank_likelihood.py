@@ -50,13 +50,15 @@ def pooled(q: dict, budget: int, pool: float) -> list:
     best spans (by its own score) that fit in ``pool * budget`` tokens, each with its likelihood as the score.
     Exact for the pool gathered; for a smaller one, close to what S3 would pick at that budget (S3 trims the
     span at the budget's edge, this drops it)."""
-    lik = {(c.source, c.start, c.end): v for c, v in zip(candidates(q, budget), q["lik"])}
+    cands = candidates(q, budget)
+    scored = [c._replace(score=v) for c, v in zip(cands, q["lik"])]
+    n_bm25 = len(cands) - len(q.get("s3_pool", q["s3"]))  # BM25's feed first, then S3's spans
     s3, room = [], int(pool * budget)
-    for c in sorted(normalised(q.get("s3_pool", q["s3"])), key=lambda c: -c.score):
+    for _own, c in sorted(zip(cands[n_bm25:], scored[n_bm25:]), key=lambda p: -p[0].score):  # by S3's score
         if c.end - c.start <= room:
             s3.append(c)
             room -= c.end - c.start
-    return [c._replace(score=lik[(c.source, c.start, c.end)]) for c in bm25_feed(q, budget) + s3]
+    return scored[:n_bm25] + s3
 
 
 def question_likelihoods(r, sample, row: dict, budget: int) -> dict:

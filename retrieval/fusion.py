@@ -16,15 +16,15 @@ Ways to rank the candidates of the two retrievers (``FusionConfig.fusion``, i.e.
 ``adaptive`` per question, shares of the budget from BM25's term coverage and S3's peak
             prominence, the two rankings interleaved at those shares, no relevance floor (see
             :mod:`s3attn.retrieval.adaptive`).
-``likelihood`` (default) the model reads each candidate alone and ranks them by how likely it then finds the question
-            (query likelihood; it needs the model, so the ``Retriever`` runs it: see
+``likelihood`` (default) the model reads each candidate alone and ranks them by how likely it then finds
+            the question (query likelihood; it needs the model, so the ``Retriever`` runs it: see
             :mod:`s3attn.retrieval.likelihood`).
 ``rrf``     reciprocal rank fusion (Cormack et al. 2009; Elasticsearch's and Lucene's default hybrid):
             ``sum over the two rankings of 1 / (rrf_k + rank)``, a candidate taking in the other ranking the
             best rank of the items that overlap it.
 
-Everything here is model-free numpy over global token positions; the chosen spans come back merged, in document
-order, through :func:`s3attn.retrieval.spans.fuse`.
+Everything here is model-free numpy over global token positions; the chosen spans come back merged, in
+document order, through :func:`s3attn.retrieval.spans.fuse`.
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ class FusionConfig:
 
     fusion: str = "likelihood"
     """How hybrid ranks BM25 passages against S3 spans: likelihood (the model ranks every candidate by the
-    likelihood of the question after it; a forward pass over 1 + likelihood_pool budgets per question), adaptive
-    (per question, budget shares from BM25's term coverage and S3's peak prominence; no model pass), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each
-    max-normalised, every candidate scored by both), tiered (BM25 first, up to bm25_share of the budget, then
+    likelihood of the question after it; a forward pass over 1 + likelihood_pool budgets per question),
+    adaptive (per question, budget shares from BM25's term coverage and S3's peak prominence; no model
+    pass), linear (bm25_weight x BM25 + (1 - bm25_weight) x S3, each max-normalised, every candidate scored
+    by both), tiered (BM25 first, up to bm25_share of the budget, then
     S3 spans) or rrf (reciprocal rank fusion). See s3attn.retrieval.fusion."""
     likelihood_pool: float = 3.0
     """likelihood: S3's candidates are its spans within this multiple of the budget (BM25's: its feed at the
