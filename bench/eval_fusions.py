@@ -71,6 +71,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     "s3.query.map": ("s3", {"site": "query", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.both.map": ("s3", {"site": "both", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.query.codes": ("s3", {"site": "query", "query_map": "runs/query_map/query_map-codes.safetensors"}),
+    **{
+        f"s3.sat{p}.w{w}": ("s3", {"saturation": float(p), "saturation_window": w})
+        for p in (0.5, 1)
+        for w in (16, 32, 128, 256, 512, 1024, 4096)
+    },
     "s3.idf-log": ("s3", {"idf": "log"}),
     "s3.feat32": ("s3", {"max_features": 32}),
     "s3.feat128": ("s3", {"max_features": 128}),
@@ -143,7 +148,7 @@ def table(rows: list[dict], names: list[str]) -> str:
     body = []
     for ref in ("bm25", "s3"):
         for name in names:
-            if ref in names and name != ref and not (ref == "s3" and name.startswith("s3")):
+            if ref in names and name != ref:
                 body += paired_lines(f"{name} vs {ref}", paired_by_family(rows, name, ref))
     return "\n".join([*evidence_grid(rows, names), "", *paired_table(body)]) + "\n"
 

@@ -117,3 +117,17 @@ def coordinated(
         n += (np.searchsorted(srt, p + window, side="right") - np.searchsorted(srt, p - window)) > 0
     factor = (n / len(head_positions)) ** power
     return SparseScores(p, (scores.values_N * factor).astype(np.float32), scores.num_tokens)
+
+
+def saturation_factors(positions_N: np.ndarray, slots_N: np.ndarray, window: int, power: float) -> np.ndarray:
+    """float32 [N]: ``1 / n ** power`` per posting, with ``n`` the postings of the same list (``slots_N``)
+    within ``[p - window, p + window]`` of its position ``p``, itself included: BM25's term-frequency
+    saturation, so a feature repeated throughout a passage adds about as much there as one it fires on once."""
+    pos = np.asarray(positions_N, dtype=np.int64)
+    if pos.size == 0:
+        return np.ones(0, np.float32)
+    span = int(pos.max()) + 2 * window + 2
+    key_N = np.asarray(slots_N, dtype=np.int64) * span + pos + window
+    srt = np.sort(key_N)
+    n = np.searchsorted(srt, key_N + window, side="right") - np.searchsorted(srt, key_N - window)
+    return (n.astype(np.float32) ** -float(power)).astype(np.float32)

@@ -196,3 +196,42 @@ def test_step_scores_lookups_and_restrict_equal_the_dense_array():
             want[a:b] = x[a:b]
         np.testing.assert_array_equal(st.restrict(ranges).dense(), want)
         assert st.restrict([]).size == 0
+
+
+def test_saturation_factors_count_a_lists_postings_nearby():
+    from s3attn.retrieval.sparse import saturation_factors
+
+    got = saturation_factors(np.array([0, 5, 100, 3, 200]), np.array([0, 0, 0, 1, 1]), 10, 1.0)
+    np.testing.assert_allclose(got, [0.5, 0.5, 1.0, 1.0, 1.0])  # list 0 has 2 postings near 0; list 1's apart
+    rng = np.random.default_rng(0)
+    pos, slots = rng.integers(0, 400, 300), rng.integers(0, 5, 300)
+    for window, power in ((0, 1.0), (7, 0.5), (50, 1.0)):
+        near = (np.abs(pos[:, None] - pos[None, :]) <= window) & (slots[:, None] == slots[None, :])
+        want = near.sum(axis=1).astype(np.float64) ** -power
+        np.testing.assert_allclose(saturation_factors(pos, slots, window, power), want, rtol=1e-6)
+    assert saturation_factors(np.zeros(0, np.int64), np.zeros(0, np.int64), 8, 1.0).size == 0
+
+
+def test_saturation_lets_distinct_features_outscore_one_repeated_feature():
+    """A passage where one question feature fires 16 times outscores one where three fire once each, unless
+    the repeats are saturated (score_tokens with QuestionConfig.saturation)."""
+    from types import SimpleNamespace
+
+    from s3attn.retrieval.question import HeadFeatures, QuestionConfig, score_tokens
+
+    rep, once = np.arange(100, 132, 2), np.array([500, 502, 504])
+    post = SimpleNamespace(
+        positions=np.concatenate([rep, once]),
+        feature_slot=np.array([0] * rep.size + [1, 2, 3]),
+        acts=np.ones(rep.size + 3, np.float32),
+    )
+    store = SimpleNamespace(num_tokens=1000, postings=lambda layer, kv, feats: post)
+    feats = {(0, 0): HeadFeatures(np.arange(4), np.ones(4, np.float32), np.array([16, 1, 1, 1]))}
+
+    def passage_sums(saturation: float) -> tuple[float, float]:
+        s = score_tokens(store, feats, QuestionConfig(saturation=saturation)).dense()
+        return float(s[100:132].sum()), float(s[500:505].sum())
+
+    assert passage_sums(0.0) == (16.0, 3.0)
+    repeated, distinct = passage_sums(1.0)  # the default window (128) holds all 16 repeats
+    assert repeated == pytest.approx(1.0) and distinct == 3.0
