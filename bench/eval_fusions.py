@@ -71,6 +71,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     "s3.query.map": ("s3", {"site": "query", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.both.map": ("s3", {"site": "both", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.query.codes": ("s3", {"site": "query", "query_map": "runs/query_map/query_map-codes.safetensors"}),
+    "s3.sat0": ("s3", {"saturation": 0.0}),
     **{
         f"s3.sat{p}.w{w}": ("s3", {"saturation": float(p), "saturation_window": w})
         for p in (0.5, 1)

@@ -27,6 +27,8 @@ COMPARE = [
     ("s3", "bm25"),
     ("hybrid", "hybrid.adaptive"),
     ("hybrid", "hybrid.pool1"),
+    ("s3", "s3.sat0"),
+    ("hybrid", "hybrid.sat0"),
     ("s3.query", "s3"),
     ("s3.both", "s3"),
 ]
