@@ -87,6 +87,9 @@ def check_retrieval(cfg: RetrievalConfig) -> RetrievalConfig:
     for name in ("min_distance", "sink_tokens", "bias_first", "bias_last"):
         if getattr(cfg, name) < 0:
             raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 0")
+    for name in ("saturation", "saturation_window"):
+        if getattr(cfg.question, name) < 0:
+            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg.question, name)}: must be at least 0")
     if not 0.0 <= cfg.frac <= 1.0:
         raise S3Error(f"--frac {cfg.frac}: must be in [0, 1]")
     check_fusion_config(cfg.hybrid)

@@ -235,3 +235,15 @@ def test_saturation_lets_distinct_features_outscore_one_repeated_feature():
     assert passage_sums(0.0) == (16.0, 3.0)
     repeated, distinct = passage_sums(1.0)  # the default window (128) holds all 16 repeats
     assert repeated == pytest.approx(1.0) and distinct == 3.0
+
+
+@pytest.mark.parametrize("option", ["saturation", "saturation_window"])
+def test_negative_saturation_options_are_refused_naming_the_option(option):
+    from s3attn.errors import S3Error
+    from s3attn.retrieval.question import QuestionConfig
+    from s3attn.retrieval.retriever import RetrievalConfig, check_retrieval
+
+    cfg = RetrievalConfig(question=QuestionConfig(**{option: -1}))
+    with pytest.raises(S3Error, match=f"--{option.replace('_', '-')} -1: must be at least 0"):
+        check_retrieval(cfg)
+    assert check_retrieval(RetrievalConfig()) is not None
