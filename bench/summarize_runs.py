@@ -7,8 +7,8 @@ paired comparisons, and the answer scores, e.g. the held-out runs of ``bench/hel
 A plain folder contributes its rows as they are; ``NAME=FOLDER`` renames the rows' single method to NAME (a
 run of one method with other settings, e.g. ``--site query``); ``NAME=FOLDER#METHOD`` takes only METHOD's
 rows of a run, renamed (e.g. ``hybrid.adaptive=docs/results/heldout-16k/niah#hybrid``). Paired rows match on
-(task, length, depth, sample, base seed); every comparison is a against b with wins / ties / losses, the mean difference and the
-95% task-cluster bootstrap CI of ``s3attn.evaluation.paired``.
+(task, length, depth, sample, base seed); every comparison is a against b with wins / ties / losses, the mean
+difference and the 95% task-cluster bootstrap CI of ``s3attn.evaluation.paired``.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class QuestionConfig:
     coordination_window: int = 32
     """Tokens either side within which a (layer, KV head) pair's postings count for coordination."""
     saturation: float = 1.0
-    """Term-frequency saturation: a posting's weight is divided by (its list's postings within
+    """Term-frequency saturation: a posting's weight is divided by (its list's postings read within
     ``saturation_window`` tokens, itself included) ** this, so a feature repeated through a passage counts
     about once there (BM25's tf saturation); 0: off. 1 (window 128) was chosen on tuning seeds: 9 more
     paraphrased needles of 120 found at 16k-64k, 1 fewer, no change on the other families."""

@@ -81,15 +81,12 @@ class RetrievalConfig:
 
 def check_retrieval(cfg: RetrievalConfig) -> RetrievalConfig:
     """``cfg`` if its values are valid, else a one-line S3Error naming the option."""
-    for name in ("budget", "window", "max_span", "min_span", "max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    for name in ("min_distance", "sink_tokens", "bias_first", "bias_last"):
-        if getattr(cfg, name) < 0:
-            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 0")
-    for name in ("saturation", "saturation_window"):
-        if getattr(cfg.question, name) < 0:
-            raise S3Error(f"--{name.replace('_', '-')} {getattr(cfg.question, name)}: must be at least 0")
+    floors = [(cfg, n, 1) for n in ("budget", "window", "max_span", "min_span", "max_new_tokens")]
+    floors += [(cfg, n, 0) for n in ("min_distance", "sink_tokens", "bias_first", "bias_last")]
+    floors += [(cfg.question, n, 0) for n in ("saturation", "saturation_window")]
+    for obj, name, low in floors:
+        if getattr(obj, name) < low:
+            raise S3Error(f"--{name.replace('_', '-')} {getattr(obj, name)}: must be at least {low}")
     if not 0.0 <= cfg.frac <= 1.0:
         raise S3Error(f"--frac {cfg.frac}: must be in [0, 1]")
     check_fusion_config(cfg.hybrid)

@@ -121,8 +121,9 @@ def coordinated(
 
 def saturation_factors(positions_N: np.ndarray, slots_N: np.ndarray, window: int, power: float) -> np.ndarray:
     """float32 [N]: ``1 / n ** power`` per posting, with ``n`` the postings of the same list (``slots_N``)
-    within ``[p - window, p + window]`` of its position ``p``, itself included: BM25's term-frequency
-    saturation, so a feature repeated throughout a passage adds about as much there as one it fires on once."""
+    within ``[p - window, p + window]`` of its position ``p``, itself included (of the postings given: with
+    impact tiers, those read): BM25's term-frequency saturation, so a feature repeated throughout a passage
+    adds about as much there as one it fires on once."""
     pos = np.asarray(positions_N, dtype=np.int64)
     if pos.size == 0:
         return np.ones(0, np.float32)
