@@ -39,6 +39,7 @@ TASKS = [
     "multidoc_qa",
     "ruler_vt",
 ]
+STORY_PROMPT = "Write one sentence from a story that answers this question: {question}"
 VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options over the base config's)
     "bm25": ("bm25", {}),
     "s3": ("s3", {}),
@@ -77,6 +78,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
         for p in (0.5, 1)
         for w in (16, 32, 128, 256, 512, 1024, 4096)
     },
+    "s3.exp0": ("s3", {"expand": "none"}),
+    "hybrid.exp0": ("hybrid", {"expand": "none"}),
+    "s3.hyp": ("s3", {"expand": "hypothesis"}),
+    "s3.hypboth": ("s3", {"expand": "both"}),
+    "s3.hyp.story": ("s3", {"expand": "hypothesis", "expand_prompt": STORY_PROMPT}),
+    "s3.hyp.t80": ("s3", {"expand": "hypothesis", "expand_tokens": 80}),
+    "hybrid.hyp": ("hybrid", {"expand": "hypothesis"}),
+    "hybrid.hypboth": ("hybrid", {"expand": "both"}),
     "s3.idf-log": ("s3", {"idf": "log"}),
     "s3.feat32": ("s3", {"max_features": 32}),
     "s3.feat128": ("s3", {"max_features": 128}),

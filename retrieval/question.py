@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,58 +31,9 @@ from einops import rearrange
 from s3attn.constants import SITE_CODES, SITE_KEY_NAME, SITE_QUERY
 from s3attn.errors import S3Error
 from s3attn.models.taps import prefix_cache, tap_heads
+from s3attn.retrieval.config import QuestionConfig
 from s3attn.retrieval.sparse import SparseScores, accumulate, coordinated, saturation_factors
 from s3attn.saes.query_map import QueryMap
-
-
-@dataclass
-class QuestionConfig:
-    site: str = SITE_KEY_NAME
-    """Which head vectors of the question are coded and matched against the key postings: key (the
-    question's keys, per KV head), query (its query heads, GQA map, as in the paper) or both."""
-    pool: str = "max"
-    """How activations are pooled over question tokens and the heads of a GQA group: sum or max."""
-    max_features: int = 64
-    """Features read per (layer, KV head): the best by pooled weight x IDF."""
-    stop_ratio: float = 0.5
-    """Stop features: a feature with more postings than this many times the average (k / latents of the
-    index's tokens: 0.8 % with the published SAEs) is skipped; 0 keeps all. 0.5 (was 2.0) was chosen on
-    tuning seeds: only rarer-than-average features, which find paraphrased needles far more often."""
-    idf: str = "inverse_log"
-    """IDF form: inverse_log = 1 / (log(1 + df) + 1); log = log(N / (1 + df)); none = 1."""
-    use_posting_acts: bool = True
-    """Multiply each posting by its stored (key-side) activation."""
-    max_postings: int = 1 << 18
-    """Postings read per question at most, split evenly over the (layer, KV head) pairs: in weight order, a
-    feature whose list (in an index of format 3: whose top impact tier) no longer fits is skipped (the most
-    frequent features go first, like stop words); then lower tiers of the features kept while it lasts."""
-    impact_tiers: bool = True
-    """Read lists by impact tiers (index format 3): the top tier of every chosen feature first, then lower
-    tiers while ``max_postings`` lasts. Off: whole lists only, as an index of format 2 is read."""
-    query_map: str = ""
-    """A query map file (``train.query_map``): with site query or both, the question's query vectors are
-    mapped into the key space before they are coded (empty: coded as they are, as in the paper)."""
-    coordination: float = 0.0
-    """Coordination power: a touched token's score is multiplied by (share of the (layer, KV head) pairs
-    with postings within ``coordination_window`` tokens) ** this; 0: off."""
-    coordination_window: int = 32
-    """Tokens either side within which a (layer, KV head) pair's postings count for coordination."""
-    saturation: float = 1.0
-    """Term-frequency saturation: a posting's weight is divided by (its list's postings read within
-    ``saturation_window`` tokens, itself included) ** this, so a feature repeated through a passage counts
-    about once there (BM25's tf saturation); 0: off. 1 (window 128) was chosen on tuning seeds: 9 more
-    paraphrased needles of 120 found at 16k-64k, 1 fewer, no change on the other families."""
-    saturation_window: int = 128
-    """Tokens either side within which a list's postings count for saturation."""
-    read_layers: list[int] = field(default_factory=list)
-    """Indexed layers whose postings the question reads (empty: all of the index's layers)."""
-    query_heads: list[int] = field(default_factory=list)
-    """Query heads coded at site query or both (empty: all), e.g. the model's retrieval heads; a KV head
-    none of whose query heads is chosen is read by its key rows only (site both) or not at all (query)."""
-    half_weights: bool = True
-    """On CPU, run the question's forward with fp16-packed linear weights (fbgemm, computed in fp32): about
-    1.5x faster, codes as fp32's to within ~0.1 % of features (see s3attn.models.half); off: the
-    model as it is."""
 
 
 class HeadFeatures(NamedTuple):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,13 +23,14 @@ from s3attn.constants import BM25_DIR
 from s3attn.errors import S3Error
 from s3attn.index_builder.schema import in_sorted
 from s3attn.models.precision import DTYPES
+from s3attn.retrieval.config import RetrievalConfig, check_retrieval
 from s3attn.retrieval.dtypes import question_dtype
+from s3attn.retrieval.expand import Expander
 from s3attn.retrieval.filters import Documents, Scope, edge_bias, head_tail, scope_of
-from s3attn.retrieval.fusion import FusionConfig, check_fusion_config, hybrid_spans, normalised
+from s3attn.retrieval.fusion import hybrid_spans, normalised
 from s3attn.retrieval.generate import chat_prompt, generate, load_reader
 from s3attn.retrieval.likelihood import likelihood_spans, scorer
 from s3attn.retrieval.question import (
-    QuestionConfig,
     QuestionEncoder,
     head_features,
     question_token_range,
@@ -46,51 +46,6 @@ MODES = ("s3", "bm25", "hybrid", "full")
 DEFAULT_MODE = "hybrid"
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RetrievalConfig:
-    """Everything the question path reads: the budget, the S3 scoring and spans, the hybrid fusion."""
-
-    budget: int = 2048
-    """Context tokens fed to the model: the retrieved spans' total length at most."""
-    question: QuestionConfig = field(default_factory=QuestionConfig)
-    """How the question is coded and matched against the index postings (the S3 side)."""
-    window: int = 9
-    """Smoothing window in tokens."""
-    min_distance: int = 64
-    """Non-maximum suppression radius in tokens."""
-    frac: float = 0.35
-    """Grow a span while the smoothed score stays above this fraction of its peak."""
-    max_span: int = 64
-    """Longest S3 span in tokens (64, was 160, chosen on tuning seeds: more, shorter spans fit a budget)."""
-    min_span: int = 24
-    """Shortest S3 span in tokens."""
-    sink_tokens: int = 1
-    """First tokens of each document given no S3 score: the model's attention sink, whose key is an outlier
-    that many features fire on."""
-    bias_first: int = 64
-    """Tokens kept from the start of the text (hybrid)."""
-    bias_last: int = 64
-    """Tokens kept from the end of the text (hybrid)."""
-    hybrid: FusionConfig = field(default_factory=FusionConfig)
-    """How the hybrid mode ranks BM25 passages against S3 spans."""
-    max_new_tokens: int = 48
-    """Generated tokens at most."""
-
-
-def check_retrieval(cfg: RetrievalConfig) -> RetrievalConfig:
-    """``cfg`` if its values are valid, else a one-line S3Error naming the option."""
-    floors = [(cfg, n, 1) for n in ("budget", "window", "max_span", "min_span", "max_new_tokens")]
-    floors += [(cfg, n, 0) for n in ("min_distance", "sink_tokens", "bias_first", "bias_last")]
-    floors += [(cfg.question, n, 0) for n in ("saturation", "saturation_window")]
-    for obj, name, low in floors:
-        if getattr(obj, name) < low:
-            raise S3Error(f"--{name.replace('_', '-')} {getattr(obj, name)}: must be at least {low}")
-    if not 0.0 <= cfg.frac <= 1.0:
-        raise S3Error(f"--frac {cfg.frac}: must be in [0, 1]")
-    check_fusion_config(cfg.hybrid)
-    return cfg
 
 
 class RetrievedSpan(NamedTuple):
@@ -178,6 +133,7 @@ class Retriever:
         self._bm25 = None
         self.last_read: dict[str, int] = {}  # read_stats of the last question's S3 side (lists, postings)
         self._encoders: dict[tuple[str, bool], QuestionEncoder] = {}
+        self.expander = Expander(self.model, self.tokenizer)
         self._set_documents()
 
     # ---- helpers ------------------------------------------------------------------------------------
@@ -243,10 +199,12 @@ class Retriever:
     # ---- retrieval ----------------------------------------------------------------------------------
     def s3_scores(self, question: str) -> tuple[SparseScores, dict]:
         """The question's S3 scores (of the tokens its postings touch) and the features read per (layer,
-        KV head)."""
-        prompt = self.prompt("", question)
+        KV head). What is coded is the question, or with ``cfg.question.expand`` the passage the model writes
+        for it (``expand.Expander``)."""
+        text = self.expander.coded_text(question, self.cfg.question)
+        prompt = self.prompt("", text)
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        codes = self.encoder.codes(ids, question_token_range(self.tokenizer, prompt, question))
+        codes = self.encoder.codes(ids, question_token_range(self.tokenizer, prompt, text))
         head_feats = head_features(codes, self.store, self.cfg.question)
         self.last_read = read_stats(head_feats)
         return score_tokens(self.store, head_feats, self.cfg.question), head_feats
@@ -315,7 +273,11 @@ class Retriever:
         if explain:
             s3 = [
                 s._replace(
-                    why={**s.why, "features": top_features_near(head_feats, self.store, s.start, s.end)}
+                    why={
+                        **s.why,
+                        "features": top_features_near(head_feats, self.store, s.start, s.end),
+                        **self._expansion_why(question),
+                    }
                 )
                 for s in s3
             ]
@@ -327,6 +289,11 @@ class Retriever:
         else:
             spans = hybrid_spans(self._bias(scope), hits, s3, sm, budget, self.cfg.hybrid)
         return self._materialise(spans)
+
+    def _expansion_why(self, question: str) -> dict[str, str]:
+        """For ``--show-spans``: the passage coded in place of (or after) the question, when ``expand`` is on."""
+        q = self.cfg.question
+        return {} if q.expand == "none" else {f"expand_{q.expand}": self.expander.hypothesis(question, q)}
 
     def _bm25_hits(self, question: str, scope: Scope | None, top_k: int = 64) -> list[Span]:
         """BM25's best ``top_k`` passages (of the documents in ``scope``, when given) as spans."""
