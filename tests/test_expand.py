@@ -56,17 +56,23 @@ def same_scores(a, b) -> None:
 @pytest.mark.parametrize(("mode", "coded"), [("hypothesis", PASSAGE), ("both", f"{QUESTION} {PASSAGE}")])
 def test_the_model_s_passage_is_coded(tiny_index, plain, fake_model, mode, coded):
     r = with_expand(tiny_index, plain, expand=mode)
+    none = with_expand(tiny_index, plain, expand="none")
     assert r.expander.coded_text(QUESTION, r.cfg.question) == coded
-    same_scores(r.s3_scores(QUESTION)[0], plain.s3_scores(coded)[0])
+    same_scores(r.s3_scores(QUESTION)[0], none.s3_scores(coded)[0])
     assert len(fake_model) == 1 and QUESTION in fake_model[0]
-    assert not np.array_equal(plain.s3_scores(QUESTION)[0].values_N, r.s3_scores(QUESTION)[0].values_N)
+    assert not np.array_equal(none.s3_scores(QUESTION)[0].values_N, r.s3_scores(QUESTION)[0].values_N)
 
 
 def test_none_codes_the_question_without_running_the_model(tiny_index, plain, fake_model):
-    assert plain.cfg.question.expand == "none"
-    assert plain.expander.coded_text(QUESTION, plain.cfg.question) == QUESTION
-    plain.retrieve(QUESTION, "s3", 64)
+    r = with_expand(tiny_index, plain, expand="none")
+    assert r.expander.coded_text(QUESTION, r.cfg.question) == QUESTION
+    r.retrieve(QUESTION, "s3", 64)
     assert fake_model == []
+
+
+def test_the_default_codes_the_question_then_the_passage(plain, fake_model):
+    assert plain.cfg.question.expand == "both"
+    assert plain.expander.coded_text(QUESTION, plain.cfg.question) == f"{QUESTION} {PASSAGE}"
 
 
 def test_a_question_asked_again_reuses_the_passage(tiny_index, plain, fake_model):
