@@ -10,9 +10,10 @@ Takes every s3-eval option (the samples, the model, the retrieval settings every
 
 does (its --methods is each variant's); here the model stack is loaded once and the indexes are built once
 (kept in ``--index-cache``). Retrieval only by default (``--generate`` to answer too). Prints evidence
-recall per task family and length per variant, and every variant paired against bm25 and s3 (wins / ties /
-losses, mean difference, 95% cluster-bootstrap CI), and writes OUT/fusions.json (the rows, the variants,
-the base config) and OUT/fusions.md. This is how the fusion defaults are chosen, on tuning seeds (0-9).
+recall per task family and length per variant, and every variant paired against bm25, s3 and the first
+variant (wins / ties / losses, mean difference, 95% cluster-bootstrap CI), and writes OUT/fusions.json (the
+rows, the variants, the base config) and OUT/fusions.md. This is how the fusion defaults are chosen, on
+tuning seeds (0-9).
 """
 
 from __future__ import annotations
@@ -153,10 +154,11 @@ def run(cfg: FusionsConfig) -> tuple[list[dict], dict]:
 
 
 def table(rows: list[dict], names: list[str]) -> str:
-    """Markdown: evidence recall per family x length per variant, then each variant paired against bm25
-    and s3 (wins / ties / losses, mean difference, 95% cluster-bootstrap CI)."""
+    """Markdown: evidence recall per family x length per variant, then each variant paired against bm25,
+    s3 and the first variant, those that ran (wins / ties / losses, mean difference, 95% cluster-bootstrap
+    CI)."""
     body = []
-    for ref in ("bm25", "s3"):
+    for ref in dict.fromkeys(("bm25", "s3", names[0])):  # the first variant is a baseline too
         for name in names:
             if ref in names and name != ref:
                 body += paired_lines(f"{name} vs {ref}", paired_by_family(rows, name, ref))

@@ -29,6 +29,8 @@ COMPARE = [
     ("hybrid", "hybrid.pool1"),
     ("s3", "s3.sat0"),
     ("hybrid", "hybrid.sat0"),
+    ("s3", "s3.exp0"),
+    ("hybrid", "hybrid.exp0"),
     ("s3.query", "s3"),
     ("s3.both", "s3"),
 ]
