@@ -84,8 +84,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     "s3.hyp": ("s3", {"expand": "hypothesis"}),
     "s3.hypboth": ("s3", {"expand": "both"}),
     "s3.hyp.story": ("s3", {"expand": "hypothesis", "expand_prompt": STORY_PROMPT}),
-    "s3.hyp.t80": ("s3", {"expand": "hypothesis", "expand_tokens": 80}),
-    "hybrid.hyp": ("hybrid", {"expand": "hypothesis"}),
     "hybrid.hypboth": ("hybrid", {"expand": "both"}),
     "s3.idf-log": ("s3", {"idf": "log"}),
     "s3.feat32": ("s3", {"max_features": 32}),

@@ -11,10 +11,10 @@ their keys share features with the evidence's. The passage's facts may be wrong:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
+from s3attn.lru import ByteLRU
 from s3attn.retrieval.config import QuestionConfig
-from s3attn.retrieval.generate import generate
+from s3attn.retrieval.generate import generate, user_turn
 
 logger = logging.getLogger(__name__)
 
@@ -22,34 +22,27 @@ logger = logging.getLogger(__name__)
 def hypothesis_prompt(tokenizer, question: str, template: str) -> str:
     """The instruction ``template`` (with ``{question}`` filled in), in the model's chat template when it has
     one, else as plain text on a line of its own."""
-    content = template.replace("{question}", question)
-    if getattr(tokenizer, "chat_template", None) is None:
-        return f"{content}\n"
-    msgs = [{"role": "user", "content": content}]
-    return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return user_turn(tokenizer, template.replace("{question}", question), "\n")
 
 
 class Expander:
-    """The text the SAEs code for a question under a ``QuestionConfig``; written passages are kept for the
-    ``cache_size`` latest (question, settings), so a question asked again (another mode, another budget)
-    does not run the model again."""
+    """The text the SAEs code for a question under a ``QuestionConfig``; written passages are kept (an LRU of
+    ``cache_bytes`` of text) per (question, settings), so a question asked again (another mode, another
+    budget) does not run the model again."""
 
-    def __init__(self, model, tokenizer, cache_size: int = 256):
-        self.model, self.tokenizer, self.cache_size = model, tokenizer, cache_size
-        self._cache: OrderedDict[tuple, str] = OrderedDict()
+    def __init__(self, model, tokenizer, cache_bytes: int = 1 << 20):
+        self.model, self.tokenizer = model, tokenizer
+        self._cache = ByteLRU(cache_bytes)
 
     def hypothesis(self, question: str, cfg: QuestionConfig) -> str:
         """The passage the model writes for ``question`` (one line; may be empty)."""
         key = (question, cfg.expand_tokens, cfg.expand_prompt)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        prompt = hypothesis_prompt(self.tokenizer, question, cfg.expand_prompt)
-        text = " ".join(generate(self.model, self.tokenizer, prompt, cfg.expand_tokens)[0].split())
-        self._cache[key] = text
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        logger.debug("hypothesis for %r: %r", question, text)
+        text = self._cache.get(key)
+        if text is None:
+            prompt = hypothesis_prompt(self.tokenizer, question, cfg.expand_prompt)
+            text = " ".join(generate(self.model, self.tokenizer, prompt, cfg.expand_tokens)[0].split())
+            self._cache.put(key, text, len(text) + len(question))
+            logger.debug("hypothesis for %r: %r", question, text)
         return text
 
     def coded_text(self, question: str, cfg: QuestionConfig) -> str:

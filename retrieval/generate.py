@@ -22,8 +22,14 @@ def chat_prompt(tokenizer, context: str, question: str) -> str:
     content = (
         f"{context}\n\n{ANSWER_INSTRUCTION}\nQuestion: {question}" if context else f"Question: {question}"
     )
-    if getattr(tokenizer, "chat_template", None) is None:  # base models: a plain prompt
-        return f"{content}\nAnswer:"
+    return user_turn(tokenizer, content, "\nAnswer:")
+
+
+def user_turn(tokenizer, content: str, plain_end: str) -> str:
+    """``content`` as the user's turn of ``tokenizer``'s chat template, ready for the model's reply; for a
+    tokenizer without a chat template (base models), ``content`` + ``plain_end`` as plain text."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return f"{content}{plain_end}"
     msgs = [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
