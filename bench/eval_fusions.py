@@ -40,6 +40,7 @@ TASKS = [
     "multidoc_qa",
     "ruler_vt",
 ]
+EVIDENCE_MAPS = "docs/results/tuning/query-map-evidence-niah"
 STORY_PROMPT = "Write one sentence from a story that answers this question: {question}"
 VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options over the base config's)
     "bm25": ("bm25", {}),
@@ -73,6 +74,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     "s3.query.map": ("s3", {"site": "query", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.both.map": ("s3", {"site": "both", "query_map": "runs/query_map/query_map.safetensors"}),
     "s3.query.codes": ("s3", {"site": "query", "query_map": "runs/query_map/query_map-codes.safetensors"}),
+    "s3.query.argmax64": (
+        "s3",
+        {
+            "site": "query",
+            "query_map": "docs/results/tuning/query-map-argmax-niah/query_map-argmax-local64.safetensors",
+        },
+    ),
+    **{  # bench/query_map_evidence.py: fitted on question-to-evidence attention (own heads / guided)
+        f"s3.query.ev{kind}": (
+            "s3",
+            {"site": "query", "query_map": f"{EVIDENCE_MAPS}/query_map-evidence-{kind}.safetensors"},
+        )
+        for kind in ("own", "guide")  # kept
+    },
+    **{
+        f"s3.query.ev{kind}": (
+            "s3",
+            {"site": "query", "query_map": f"runs/query_map/query_map-evidence-{kind}.safetensors"},
+        )
+        for kind in ("guidemean", "own480", "guide480")  # made again by the commands in EVIDENCE_MAPS
+    },
     "s3.sat0": ("s3", {"saturation": 0.0}),
     **{
         f"s3.sat{p}.w{w}": ("s3", {"saturation": float(p), "saturation_window": w})

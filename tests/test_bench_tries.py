@@ -1,5 +1,6 @@
-"""The two tries of bench/ for issue 14: the attention rerank picks by the model's attention, and the
-code-overlap query map lowers its loss and raises the overlap of codes it was trained for."""
+"""The tries of bench/ for issue 14: the attention rerank picks by the model's attention, the code-overlap
+query map lowers its loss and raises the overlap of codes it was trained for, and the question-to-evidence
+query map takes its targets from the evidence's keys."""
 
 from __future__ import annotations
 
@@ -100,3 +101,64 @@ def test_summarize_runs_takes_one_method_of_a_run(tmp_path):
     assert [r["method"] for r in summarize.load(str(tmp_path))[0]] == ["bm25", "hybrid", "s3"]
     with pytest.raises(SystemExit):
         summarize.load(f"x={tmp_path}")
+
+
+def test_evidence_sentence_comes_from_the_middle_half():
+    qe = _bench("query_map_evidence")
+    import random
+
+    text = " ".join(f"Sentence number {i} has exactly nine words in it." for i in range(20))
+    for seed in range(5):
+        got = qe.evidence_sentence(text, random.Random(seed))
+        at = text.index(got)
+        assert len(text) // 4 <= at < 3 * len(text) // 4 and len(got.split()) == 9
+    assert qe.evidence_sentence("Too short. Also short. " * 20, random.Random(0)) is None
+
+
+def test_evidence_targets_are_the_attended_evidence_keys():
+    """argmax: the key of the evidence token a head attends to most (through the GQA map); mean: the
+    attention-weighted mean of the evidence keys; the share is the attention on the evidence."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_model
+
+    qe = _bench("query_map_evidence")
+    model = tiny_model("llama")  # 4 query heads, 2 KV heads, head_dim 16
+    keys_THD = torch.randn(12, 2, 16, generator=torch.Generator().manual_seed(0))
+    taps = SimpleNamespace(keys={1: keys_THD[None]})
+    ev = (4, 8)
+    attn_HTE = torch.zeros(4, 3, 4)
+    attn_HTE[:, :, 2] = 0.3  # every head, every question token: evidence token 6 most
+    attn_HTE[3, :, 1] = 0.5  # except head 3 (KV head 1): evidence token 5
+    y_THD, share_TH = qe.evidence_targets(model, taps, 1, attn_HTE, ev, "argmax")
+    assert torch.equal(y_THD[:, 0], keys_THD[6, 0].expand(3, -1))
+    assert torch.equal(y_THD[:, 3], keys_THD[5, 1].expand(3, -1))
+    assert torch.allclose(share_TH[:, 3], torch.full((3,), 0.8))
+    y_mean, _ = qe.evidence_targets(model, taps, 1, attn_HTE, ev, "mean")
+    assert torch.allclose(y_mean[0, 3], (0.3 * keys_THD[6, 1] + 0.5 * keys_THD[5, 1]) / 0.8, atol=1e-6)
+
+
+def test_pair_rows_map_the_question_alone_to_keys_of_the_evidence():
+    """Inputs: the question's query rows; targets: keys of the evidence tokens (of each head's KV head)."""
+    from conftest import filler_words, tiny_model, tiny_tokenizer
+
+    from s3attn.models.taps import tap_heads
+
+    qe = _bench("query_map_evidence")
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    sentence = filler_words(12, seed=1)
+    context = f"{filler_words(40, seed=2)} {sentence} {filler_words(40, seed=3)}"
+    pair = {"context": context, "sentence": sentence, "question": filler_words(6, seed=4)}
+    full = qe.chat_prompt(tok, context, pair["question"])
+    keys_THD = tap_heads(model, torch.tensor(tok(full, add_special_tokens=False)["input_ids"])[None], [1])
+    lo, hi = qe.char_tokens(tok, full, full.find(sentence), len(sentence))
+    ev_EHD = keys_THD.keys[1][0, lo:hi].float()
+    for guide in ([], [(3, 1)]):
+        rows, chance = qe.pair_rows(model, tok, [1, 2], pair, "argmax", guide)
+        x, y, share = rows[1]
+        assert 0 < chance < 1 and x.shape == y.shape == (6, 4, 16) and share.shape == (6, 4)
+        for h, kv in enumerate((0, 0, 1, 1)):
+            for t in range(6):
+                assert any(torch.allclose(y[t, h], k) for k in ev_EHD[:, kv])
+        if guide:  # one attention (the guide's) picks the evidence token for every head
+            assert torch.equal(share[:, 0], share[:, 3])
