@@ -40,7 +40,10 @@ TASKS = [
     "multidoc_qa",
     "ruler_vt",
 ]
-EVIDENCE_MAPS = "docs/results/tuning/query-map-evidence-niah"
+EVIDENCE_KEPT = "docs/results/tuning/query-map-evidence-niah"  # its fit.txt: how each map is made again
+EVIDENCE_MAPS = {kind: EVIDENCE_KEPT for kind in ("own", "guide")} | {
+    kind: "runs/query_map" for kind in ("guidemean", "own480", "guide480")
+}
 STORY_PROMPT = "Write one sentence from a story that answers this question: {question}"
 VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options over the base config's)
     "bm25": ("bm25", {}),
@@ -84,16 +87,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method, retrieval options 
     **{  # bench/query_map_evidence.py: fitted on question-to-evidence attention (own heads / guided)
         f"s3.query.ev{kind}": (
             "s3",
-            {"site": "query", "query_map": f"{EVIDENCE_MAPS}/query_map-evidence-{kind}.safetensors"},
+            {"site": "query", "query_map": f"{folder}/query_map-evidence-{kind}.safetensors"},
         )
-        for kind in ("own", "guide")  # kept
-    },
-    **{
-        f"s3.query.ev{kind}": (
-            "s3",
-            {"site": "query", "query_map": f"runs/query_map/query_map-evidence-{kind}.safetensors"},
-        )
-        for kind in ("guidemean", "own480", "guide480")  # made again by the commands in EVIDENCE_MAPS
+        for kind, folder in EVIDENCE_MAPS.items()
     },
     "s3.sat0": ("s3", {"saturation": 0.0}),
     **{

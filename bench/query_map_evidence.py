@@ -34,7 +34,6 @@ import re
 from pathlib import Path
 
 import torch
-from einops import einsum
 from tqdm import tqdm
 
 from s3attn.corpus import Corpus
@@ -44,7 +43,7 @@ from s3attn.retrieval.generate import chat_prompt, generate
 from s3attn.retrieval.question import question_token_range
 from s3attn.saes.query_map import QueryMap
 from s3attn.saes.stack import load_stack, resolve_release
-from s3attn.train.query_map import NormalEquations, rope, sample_contexts
+from s3attn.train.query_map import NormalEquations, attention_weights, keys_attended, sample_contexts
 
 FEW_SHOT = (  # plain few-shot text: the 135M model's chat turn mostly comments on the sentence instead
     "Sentence: The old miller sold his horse to pay the rent.\nQuestion: Why did the miller sell his horse?\n\n"
@@ -83,28 +82,19 @@ def char_tokens(tokenizer, prompt: str, at: int, length: int) -> tuple[int, int]
 
 def question_attention(model, taps, layer: int, q_lo: int, q_hi: int) -> torch.Tensor:
     """Attention [H_q, Tq, q_lo] of the question's rows (tokens ``q_lo:q_hi``) over the tokens before it,
-    RoPE applied, renormalised over those tokens."""
+    renormalised over those tokens."""
     geo = attention_geometry(model)
-    kv = torch.tensor(geo.kv_head_of_query, device=model.device)
-    qr = rope(model, taps.queries[layer][0].float())[q_lo:q_hi]
-    kr = rope(model, taps.keys[layer][0].float()[:, kv])[:q_lo]
-    return (einsum(qr, kr, "t h d, s h d -> h t s") / geo.head_dim**0.5).softmax(-1)
+    q_THD, k_TGD = taps.queries[layer][0], taps.keys[layer][0]
+    attn_HTS = attention_weights(model, q_THD, k_TGD, geo.kv_head_of_query, slice(q_lo, q_hi))[..., :q_lo]
+    return attn_HTS / attn_HTS.sum(-1, keepdim=True)
 
 
 def evidence_targets(model, taps, layer: int, attn_HTE: torch.Tensor, ev: tuple[int, int], target: str):
     """(target keys [Tq, H, D], attention share on the evidence [Tq, H]) of ``layer`` from the attention
     ``attn_HTE`` over the evidence tokens ``ev`` (one row of heads [1, Tq, E] is broadcast to every head)."""
     geo = attention_geometry(model)
-    kv = torch.tensor(geo.kv_head_of_query, device=model.device)
-    k_EHD = taps.keys[layer][0].float()[ev[0] : ev[1]][:, kv]
-    attn_HTE = attn_HTE.expand(geo.num_heads, -1, -1)
-    mass_HT = attn_HTE.sum(-1)
-    if target == "argmax":
-        best = attn_HTE.argmax(-1)[..., None].expand(-1, -1, geo.head_dim)
-        y_HTD = torch.gather(k_EHD.permute(1, 0, 2), 1, best)
-    else:
-        y_HTD = einsum(attn_HTE / mass_HT.clamp_min(1e-9)[..., None], k_EHD, "h t e, e h d -> h t d")
-    return y_HTD.permute(1, 0, 2), mass_HT.T
+    k_EHD = taps.keys[layer][0].float()[ev[0] : ev[1]][:, list(geo.kv_head_of_query)]
+    return keys_attended(attn_HTE.expand(geo.num_heads, -1, -1), k_EHD, target)
 
 
 @torch.no_grad()

@@ -67,8 +67,9 @@ def test_build_verify_and_retrieve(built):
 
 def test_pure_s3_finds_the_passage(built):
     """S3 alone (the key features of the question and of the passage the model writes for it, the default
-    expansion, against the key postings) lands on Varnholt's passage in a 256-token budget. Its 24-64-token spans (the defaults since 2026-12-02, chosen for evidence recall) stop short of
-    the founding year there; spans of 48 tokens and more reach it (``min_span=48``)."""
+    expansion, against the key postings) lands on Varnholt's passage in a 256-token budget. Its 24-64-token
+    spans (the defaults since 2026-12-02, chosen for evidence recall) stop short of the founding year there;
+    spans of 48 tokens and more reach it (``min_span=48``)."""
     from s3attn.retrieval.retriever import RetrievalConfig, Retriever
 
     out, stack = built

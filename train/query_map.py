@@ -48,6 +48,36 @@ def rope(model, x_THD: torch.Tensor) -> torch.Tensor:
     return x_THD * cos + _rotate_half(x_THD) * sin
 
 
+def attention_weights(
+    model, q_THD: torch.Tensor, k_TGD: torch.Tensor, kv_of_query: tuple[int, ...], rows: slice = slice(None)
+) -> torch.Tensor:
+    """The model's causal attention [H, T', T] of the query positions ``rows`` over every position: RoPE
+    applied to pre-RoPE queries [T, H, D] and keys [T, G, D] (GQA: ``kv_of_query``), softmax."""
+    T, H, D = q_THD.shape
+    kv = torch.tensor(kv_of_query, device=q_THD.device)
+    qr, kr = rope(model, q_THD.float())[rows], rope(model, k_TGD.float()[:, kv])
+    logits_HTS = einsum(qr, kr, "t h d, s h d -> h t s") / D**0.5
+    i = torch.arange(T, device=q_THD.device)
+    causal = i[None, :] <= i[rows][:, None]
+    return logits_HTS.masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+def keys_attended(
+    attn_HTS: torch.Tensor, k_SHD: torch.Tensor, target: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query row, from its attention ``attn_HTS`` over the keys ``k_SHD`` (each query head's own, GQA
+    resolved): the most attended key (``target`` argmax) or the attention-weighted mean key (mean), [T, H, D],
+    and the attention mass on those keys [T, H]."""
+    mass_HT = attn_HTS.sum(-1)
+    if target == "argmax":
+        best_HTD = attn_HTS.argmax(-1)[..., None].expand(-1, -1, k_SHD.shape[-1])
+        target_HTD = torch.gather(k_SHD.permute(1, 0, 2), 1, best_HTD)
+    else:
+        w_HTS = attn_HTS / mass_HT.clamp_min(1e-9)[..., None]
+        target_HTD = einsum(w_HTS, k_SHD, "h t s, s h d -> h t d")
+    return rearrange(target_HTD, "h t d -> t h d"), rearrange(mass_HT, "h t -> t h")
+
+
 def attended_keys(
     model,
     q_THD: torch.Tensor,
@@ -59,25 +89,11 @@ def attended_keys(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query row: the key it attends to outside sink and local window (``target_THD``) and the attention
     mass there (``mass_TH``); see the module docstring."""
-    T, H, D = q_THD.shape
-    kv = torch.tensor(kv_of_query, device=q_THD.device)
-    k_THD = k_TGD.float()[:, kv]  # each query head's keys (GQA)
-    qr, kr = rope(model, q_THD.float()), rope(model, k_THD)
-    logits_HTS = einsum(qr, kr, "t h d, s h d -> h t s") / D**0.5
-    i = torch.arange(T, device=q_THD.device)
-    causal = i[None, :] <= i[:, None]
-    logits_HTS = logits_HTS.masked_fill(~causal, float("-inf"))
-    attn_HTS = logits_HTS.softmax(-1)
+    attn_HTS = attention_weights(model, q_THD, k_TGD, kv_of_query)
+    i = torch.arange(q_THD.shape[0], device=q_THD.device)
     far = (i[None, :] >= sink) & (i[None, :] <= i[:, None] - local)
-    attn_HTS = attn_HTS * far
-    mass_HT = attn_HTS.sum(-1)
-    if target == "argmax":
-        best_HT = attn_HTS.argmax(-1)
-        target_HTD = torch.gather(k_THD.permute(1, 0, 2), 1, best_HT[..., None].expand(-1, -1, D))
-    else:
-        w_HTS = attn_HTS / mass_HT.clamp_min(1e-9)[..., None]
-        target_HTD = einsum(w_HTS, k_THD, "h t s, s h d -> h t d")
-    return rearrange(target_HTD, "h t d -> t h d"), rearrange(mass_HT, "h t -> t h")
+    k_THD = k_TGD.float()[:, torch.tensor(kv_of_query, device=q_THD.device)]  # each query head's keys (GQA)
+    return keys_attended(attn_HTS * far, k_THD, target)
 
 
 class NormalEquations:
