@@ -94,9 +94,15 @@ def key_codes(sae: TopKSAE, k_ND: torch.Tensor, idf: torch.Tensor, power: float)
 
 
 def cross_loss(sae: TopKSAE, q_ND, k_ND, idf, args) -> torch.Tensor:
+    """``code``: each query toward its own key's code; ``contrast``: the same score, softmaxed over the
+    batch's keys, so a query's code must pick its own evidence key out of the others (in-batch negatives)."""
     w, ids = key_codes(sae, k_ND, idf, args.idf_power)
-    logp = torch.log_softmax(preacts(sae, q_ND) / args.temperature, -1)
-    return -(w * logp.gather(-1, ids)).sum(-1).mean()
+    logp_NL = torch.log_softmax(preacts(sae, q_ND) / args.temperature, -1)
+    if args.objective == "code":
+        return -(w * logp_NL.gather(-1, ids)).sum(-1).mean()
+    w_NL = torch.zeros_like(logp_NL).scatter_(-1, ids, w)
+    score_NN = logp_NL @ w_NL.T
+    return torch.nn.functional.cross_entropy(score_NN, torch.arange(q_ND.shape[0], device=q_ND.device))
 
 
 @torch.no_grad()
@@ -138,6 +144,7 @@ def main() -> None:
     ap.add_argument("--guide", default="18:7,17:3,14:3,18:6")
     ap.add_argument("--contexts", type=int, default=40, help="contexts of 512 tokens for reconstruction")
     ap.add_argument("--cross", type=float, default=1.0, help="weight of the cross-site loss")
+    ap.add_argument("--objective", choices=("code", "contrast"), default="code", help="see cross_loss")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--idf-power", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=2000)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from s3attn.retrieval.spans import Span
@@ -91,8 +92,6 @@ def test_summarize_runs_takes_one_method_of_a_run(tmp_path):
     """``NAME=FOLDER#METHOD`` keeps only METHOD's rows, renamed; a plain NAME=FOLDER of several refuses."""
     import json
 
-    import pytest
-
     rows = [{"method": m, "task": "t", "evidence_recall": 1.0} for m in ("bm25", "hybrid", "s3")]
     (tmp_path / "results.json").write_text(json.dumps({"rows": rows, "environment": {"git_commit": "x"}}))
     summarize = _bench("summarize_runs")
@@ -164,7 +163,8 @@ def test_pair_rows_map_the_question_alone_to_keys_of_the_evidence():
             assert torch.equal(share[:, 0], share[:, 3])
 
 
-def test_cross_site_fine_tune_moves_query_codes_onto_their_keys_codes():
+@pytest.mark.parametrize("objective", ["code", "contrast"])
+def test_cross_site_fine_tune_moves_query_codes_onto_their_keys_codes(objective):
     """bench/sae_cross_site.py: with the cross-site loss the SAE codes a query with its paired key's latents
     (held-out overlap up); without it, no gain, and the reconstruction half alone lowers the FVU."""
     from types import SimpleNamespace
@@ -184,8 +184,9 @@ def test_cross_site_fine_tune_moves_query_codes_onto_their_keys_codes():
         keys_before = sae.encode(held_text[0]).top_indices
         before = cs.report(sae, held_cross, held_text, idf, keys_before)
         args = SimpleNamespace(
-            steps=300, batch=256, lr=1e-2, seed=0, cross=weight, temperature=1.0, idf_power=1.0
-        )
+            steps=300, batch=256, lr=1e-2, seed=0, cross=weight, temperature=1.0, idf_power=1.0,
+            objective=objective,
+        )  # fmt: skip
         cs.fine_tune(sae, text, cross, idf, args)
         got[weight] = cs.report(sae, held_cross, held_text, idf, keys_before)
     assert got[1.0]["overlap"] > before["overlap"] + 0.2
