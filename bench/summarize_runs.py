@@ -14,6 +14,7 @@ difference and the 95% task-cluster bootstrap CI of ``s3attn.evaluation.paired``
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def load(spec: str) -> tuple[list[dict], dict]:
     environment of one results.json."""
     name, _, folder = spec.rpartition("=")
     folder, _, only = folder.partition("#")
-    data = json.loads((Path(folder) / "results.json").read_text())
+    data = read_run(Path(folder))
     rows = [r for r in data["rows"] if not only or r["method"] == only]
     if name:
         methods = {r["method"] for r in rows}
@@ -51,11 +52,26 @@ def load(spec: str) -> tuple[list[dict], dict]:
     return rows, data.get("environment", {})
 
 
-def paired_rows(rows: list[dict], methods: list[str]) -> list[list[str]]:
-    """``COMPARE`` pairs present in ``methods``, per length (and over all lengths when there are several)."""
+def read_run(folder: Path) -> dict:
+    """The run file of ``folder``: results.json, else fusions.json, else fusions.json.gz."""
+    for name in ("results.json", "fusions.json"):
+        if (folder / name).is_file():
+            return json.loads((folder / name).read_text())
+    if (folder / "fusions.json.gz").is_file():
+        with gzip.open(folder / "fusions.json.gz", "rt") as f:
+            return json.load(f)
+    sys.exit(
+        f"{folder}: no results.json, fusions.json or fusions.json.gz there; name an s3-eval output folder"
+    )
+
+
+def paired_rows(
+    rows: list[dict], methods: list[str], compare: list[tuple[str, str]] = COMPARE
+) -> list[list[str]]:
+    """``compare`` pairs present in ``methods``, per length (and over all lengths when there are several)."""
     body = []
     lengths = sorted({r["length"] for r in rows})
-    for a, b in COMPARE:
+    for a, b in compare:
         if a in methods and b in methods:
             for length in lengths:
                 at = [r for r in rows if r["length"] == length]
@@ -69,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="s3-eval output folders, or NAME=FOLDER to rename its method")
     p.add_argument("--out", help="also write the tables here (markdown)")
+    p.add_argument("--compare", action="append", help="A,B: pair method A against B (repeatable)")
     args = p.parse_args(argv)
+    compare = [tuple(c.split(",", 1)) for c in args.compare] if args.compare else COMPARE
+    if any(len(c) != 2 for c in compare):
+        p.error("--compare takes two method names, A,B")
     rows, commits = [], set()
     for spec in args.runs:
         got, env = load(spec)
@@ -84,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     lines += ["## Evidence recall", "", *evidence_grid(rows, methods), ""]
-    lines += ["## Paired evidence recall", "", *paired_table(paired_rows(rows, methods)), ""]
+    lines += ["## Paired evidence recall", "", *paired_table(paired_rows(rows, methods, compare)), ""]
     if any(r.get("score") is not None for r in rows):
         lines += ["## Answer score", "", *evidence_grid(rows, methods, "score"), ""]
     text = "\n".join(lines)

@@ -102,6 +102,27 @@ def test_summarize_runs_takes_one_method_of_a_run(tmp_path):
         summarize.load(f"x={tmp_path}")
 
 
+def test_summarize_runs_reads_kept_fusions_runs_and_pairs_what_compare_names(tmp_path, capsys):
+    """A kept ``fusions.json.gz`` of bench/eval_fusions.py loads like a results.json; ``--compare A,B`` pairs
+    exactly A against B; a folder with no run file refuses."""
+    import gzip
+    import json
+
+    rows = [
+        {"method": m, "task": "literal_niah", "length": 16, "depth": None, "sample": i, "base_seed": 100,
+         "evidence_recall": float(m == "a" or i == 0)}
+        for m in ("a", "b") for i in range(4)
+    ]  # fmt: skip
+    with gzip.open(tmp_path / "fusions.json.gz", "wt") as f:
+        json.dump({"rows": rows, "environment": {"git_commit": "y"}}, f)
+    summarize = _bench("summarize_runs")
+    assert summarize.main([str(tmp_path), "--compare", "a,b"]) == 0
+    out = capsys.readouterr().out
+    assert "| a vs b @16 | lexical | 3/1/0 | 4 | +0.750 |" in out and "commits: y" in out
+    with pytest.raises(SystemExit):
+        summarize.load(str(tmp_path / "missing"))
+
+
 def test_evidence_sentence_comes_from_the_middle_half():
     qe = _bench("query_map_evidence")
     import random
