@@ -37,7 +37,8 @@ class QuestionConfig:
     tiers while ``max_postings`` lasts. Off: whole lists only, as an index of format 2 is read."""
     query_map: str = ""
     """A query map file (``train.query_map``): with site query or both, the question's query vectors are
-    mapped into the key space before they are coded (empty: coded as they are, as in the paper)."""
+    mapped into the key space before they are coded (empty: coded as they are, as in the paper; release: the
+    query_map.safetensors of the index's own SAE release)."""
     coordination: float = 0.0
     """Coordination power: a touched token's score is multiplied by (share of the (layer, KV head) pairs
     with postings within ``coordination_window`` tokens) ** this; 0: off."""

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from s3attn.constants import BM25_DIR
+from s3attn.constants import BM25_DIR, QUERY_MAP_FILE, QUERY_MAP_OF_RELEASE
 from s3attn.errors import S3Error
 from s3attn.index_builder.schema import in_sorted
 from s3attn.models.precision import DTYPES
@@ -162,7 +162,7 @@ class Retriever:
         q = self.cfg.question
         key = (q.site, q.half_weights, q.query_map, tuple(q.query_heads))
         if key not in self._encoders:
-            qmap = QueryMap.load(Path(q.query_map)) if q.query_map else None
+            qmap = QueryMap.load(self._query_map_path(q.query_map)) if q.query_map else None
             self._encoders[key] = QuestionEncoder(
                 self.model,
                 self.saes,
@@ -173,6 +173,17 @@ class Retriever:
                 query_heads=q.query_heads,
             )
         return self._encoders[key]
+
+    def _query_map_path(self, option: str) -> Path:
+        """``--query-map``: a file, or ``release`` for the map shipped in the index's own SAE release."""
+        if option != QUERY_MAP_OF_RELEASE:
+            return Path(option)
+        path = Path(self.store.meta.sae_release_path or "") / QUERY_MAP_FILE
+        if not path.is_file():
+            raise S3Error(
+                f"--query-map {option}: the index's SAE release has no {path.name} ({path}); give a map file"
+            )
+        return path
 
     @property
     def bm25(self):

@@ -46,7 +46,8 @@ class StackOptions:
     """The SAE release and model a command loads (an index is read with the stack it was built with)."""
 
     sae: str | None = None
-    """SAE release folder; default: the published SmolLM2 release in checkpoints/."""
+    """SAE release folder, or a published release's name (a folder of checkpoints/); default: the published
+    SmolLM2 release smollm2-135m-k32."""
     model: str | None = None
     """Model; default: the release's model ('smollm2-135m' for the published release)."""
     layers: list[int] | None = None

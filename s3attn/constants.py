@@ -26,6 +26,7 @@ TENSOR_ENCODER_B = "encoder.bias"
 TENSOR_W_DEC = "W_dec"
 TENSOR_B_DEC = "b_dec"
 QUERY_MAP_FILE = "query_map.safetensors"  # layer.<L>.weight [H_q, D, D] (x @ W), layer.<L>.bias [H_q, D]
+QUERY_MAP_OF_RELEASE = "release"  # --query-map release: the QUERY_MAP_FILE of the index's own SAE release
 # The sites an SAE is trained on: attention key and query head vectors, pre-RoPE. These codes are what a
 # release's config.json / cfg.json "sites" hold (published releases: ["k", "q"]) and name the tap sites.
 SITE_KEY = "k"

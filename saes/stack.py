@@ -38,11 +38,19 @@ class Release(NamedTuple):
     layers: list[int]
 
 
+def published_releases() -> dict[str, Path]:
+    """The releases shipped in ``checkpoints/`` (``s3attn.checkpoints``), by folder name."""
+    root = Path(str(resources.files("s3attn.checkpoints")))
+    return {p.name: p for p in sorted(root.iterdir()) if (p / RELEASE_CONFIG).is_file()}
+
+
 def default_release() -> Path:
     """The published SmolLM2 release shipped in ``checkpoints/``."""
-    path = Path(str(resources.files("s3attn.checkpoints").joinpath(DEFAULT_RELEASE)))
-    if not (path / RELEASE_CONFIG).is_file():
-        raise S3Error(f"no published release at {path}; pass --sae RELEASE_DIR (train one with s3-train-sae)")
+    path = published_releases().get(DEFAULT_RELEASE)
+    if path is None:
+        raise S3Error(
+            f"no published release {DEFAULT_RELEASE}; pass --sae RELEASE_DIR (train one with s3-train-sae)"
+        )
     return path
 
 
@@ -56,10 +64,17 @@ def model_name_for(model_id: str) -> str:
 
 
 def resolve_release(sae: str | None, layers: list[int] | None) -> Release:
-    """The release folder (``sae`` or the published one), its config, and the layers to use."""
+    """The release folder (``sae``: a folder, or the name of a published release; else the default
+    published one), its config, and the layers to use."""
     release = Path(sae) if sae else default_release()
     if not release.is_dir():
-        raise S3Error(f"--sae {release}: no such folder; give an SAE release folder")
+        published = published_releases()
+        if sae not in published:
+            raise S3Error(
+                f"--sae {release}: no such folder; give an SAE release folder or a published release's name "
+                f"({', '.join(published)})"
+            )
+        release = published[sae]
     rel_cfg = read_release_config(release)
     available = [int(x) for x in rel_cfg["layers"]]
     chosen = sorted(set(layers)) if layers else available

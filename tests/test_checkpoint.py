@@ -193,3 +193,18 @@ def test_release_config_refusals(tmp_path, release):
         write_release(tmp_path / "r2", {0: make_sae()}, {0: meta(3)}, INFO)
     with pytest.raises(S3Error, match="head_dim=16"):
         save_sae(make_sae(), tmp_path / "x", meta(head_dim=16))
+
+
+def test_resolve_release_takes_a_folder_or_a_published_name(tmp_path, release, monkeypatch):
+    """``--sae`` names a folder, or a release shipped in ``checkpoints/`` by its folder name; anything else is
+    refused with the published names listed."""
+    from s3attn.saes import stack
+
+    monkeypatch.chdir(tmp_path)  # a relative name must not be found as a folder here
+    published = stack.published_releases()
+    assert stack.DEFAULT_RELEASE in published and stack.default_release() == published[stack.DEFAULT_RELEASE]
+    by_name = stack.resolve_release(stack.DEFAULT_RELEASE, None)
+    assert by_name.path == published[stack.DEFAULT_RELEASE] and by_name.layers == by_name.config["layers"]
+    assert stack.resolve_release(str(release), [5]).path == release
+    with pytest.raises(S3Error, match=f"no such folder.*{stack.DEFAULT_RELEASE}"):
+        stack.resolve_release("no-such-release", None)

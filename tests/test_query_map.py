@@ -124,3 +124,32 @@ def test_mapped_queries_are_what_gets_coded():
     want = saes[1].encode(bias[None]).top_indices[0].sort().values
     for idx, _ in out.values():
         assert (torch.from_numpy(idx).sort(-1).values == want).all()
+
+
+def test_query_map_release_takes_the_map_of_the_indexs_own_release(tmp_path):
+    """``--query-map release`` codes the question exactly as the release's map file named by path does; an
+    index whose release ships no map refuses it with one clear error."""
+    from s3attn.retrieval.config import QuestionConfig, RetrievalConfig
+    from s3attn.retrieval.retriever import Retriever
+    from tests.conftest import build_tiny_index, filler_words
+
+    index, _, release = build_tiny_index(tmp_path, {"a.txt": filler_words(300, 1)})
+    plain = Retriever(index)
+    stack = (plain.loaded, plain.saes, plain.geom)
+
+    def codes(query_map: str) -> dict:
+        cfg = RetrievalConfig(question=QuestionConfig(site="query", query_map=query_map))
+        ids = plain.tokenizer("where is the river", return_tensors="pt").input_ids[0]
+        return Retriever(index, cfg=cfg, stack=stack).encoder.codes(ids, (0, len(ids)))
+
+    with pytest.raises(S3Error, match="--query-map release: the index's SAE release has no query_map"):
+        codes("release")
+    gen = torch.Generator().manual_seed(3)
+    weight = {layer: torch.randn(4, 16, 16, generator=gen) for layer in (1, 3)}
+    QueryMap(weight, {layer: torch.randn(4, 16, generator=gen) for layer in (1, 3)}, {}).save(
+        release / "query_map.safetensors"
+    )
+    by_name, by_path, raw = codes("release"), codes(str(release / "query_map.safetensors")), codes("")
+    assert by_name.keys() == by_path.keys() == raw.keys()
+    assert all((by_name[k][0] == by_path[k][0]).all() for k in by_name)
+    assert any((by_name[k][0] != raw[k][0]).any() for k in by_name)  # the map was applied
