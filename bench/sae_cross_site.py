@@ -41,6 +41,7 @@ import torch
 from query_map_evidence import pair_rows, parse_guide
 from tqdm import tqdm
 
+from s3attn.constants import QUERY_MAP_FILE
 from s3attn.corpus import Corpus
 from s3attn.models.precision import resolve_dtype
 from s3attn.models.taps import tap_heads
@@ -156,6 +157,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows-cache", default="runs/sae_cross/rows.pt", help="harvested rows (reused)")
     ap.add_argument("--out", default="runs/sae_cross/release")
+    ap.add_argument(
+        "--query-map", default="", help=f"a query map file shipped in the release as {QUERY_MAP_FILE}"
+    )
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     rel = resolve_release(args.release, None)
@@ -187,11 +191,51 @@ def main() -> None:
         fit[layer] = {"before": before, "after": after}
         print(f"layer {layer} ({rows['cross'][layer][0].shape[0]} cross rows): "
               + ", ".join(f"{n} {before[n]:.3f} -> {after[n]:.3f}" for n in before), flush=True)  # fmt: skip
-    info = {k: v for k, v in read_release_config(rel.path).items() if k != "holdout"}  # stale figures
-    info["cross_site"] = {**vars(args), "fit": fit}
-    metas = {layer: replace(sae.meta, fvu=fit[layer]["after"]["fvu_keys"]) for layer, sae in saes.items()}
-    write_release(args.out, saes, metas, info)
+    write_cross_release(args, rel.path, saes, fit, rows["held_text"])
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
+
+
+@torch.no_grad()
+def dead_fraction(sae: TopKSAE, held_text: tuple) -> float:
+    """Share of latents that fire on none of the held-out keys and queries."""
+    fired = torch.bincount(
+        sae.encode(torch.cat(held_text)).top_indices.reshape(-1), minlength=sae.cfg.num_latents
+    )
+    return float((fired == 0).float().mean())
+
+
+def write_cross_release(args, base: Path, saes: dict, fit: dict, held_text: dict) -> None:
+    """The fine-tuned SAEs as a release: the base's config less its stale hold-out figures, plus
+    ``cross_site`` (options and fit); per layer the held-out FVU of keys and the dead fraction measured
+    here; ``--query-map`` shipped as the release's query map; a model-card section on how it was made."""
+    info = {k: v for k, v in read_release_config(base).items() if k != "holdout"}
+    info["cross_site"] = {**vars(args), "fit": fit}
+    metas = {
+        layer: replace(
+            sae.meta, fvu=fit[layer]["after"]["fvu_keys"], dead_fraction=dead_fraction(sae, held_text[layer])
+        )
+        for layer, sae in saes.items()
+    }
+    notes = [
+        "## Cross-site fine-tune",
+        "",
+        f"The SAEs of `{base.name}` trained further for the paper's query site (`bench/sae_cross_site.py`, objective "
+        f"`{args.objective}`, weight {args.cross}, {args.steps} steps of Adam, lr {args.lr}, batch {args.batch}): "
+        "reconstruction of keys and queries of the training text, plus a loss that makes a question token's "
+        "query code hold the latents of the evidence key the model's retrieval heads "
+        f"({args.guide}) attend to, on question / evidence pairs the model wrote from the training text. FVU "
+        "above: held-out keys after the fine-tune; dead fraction: on held-out keys and queries. config.json "
+        '"cross_site" holds every option and the held-out fit (code overlap, FVU, key latents kept).',
+        "",
+        *(f"- layer {layer}: " + ", ".join(f"{n} {f['before'][n]:.3f} -> {f['after'][n]:.3f}" for n in f["before"])
+          for layer, f in fit.items()),
+    ]  # fmt: skip
+    extra = {}
+    if args.query_map:
+        extra[QUERY_MAP_FILE] = Path(args.query_map)
+        notes += ["", f"`{QUERY_MAP_FILE}`: the query map to code questions with (`--query-map release`), "
+                  f"from `{args.query_map}`."]  # fmt: skip
+    write_release(args.out, saes, metas, info, card_notes="\n".join(notes), extra_files=extra)
 
 
 if __name__ == "__main__":

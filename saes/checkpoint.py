@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,8 +301,13 @@ def write_release(
     saes: Mapping[int, TopKSAE],
     metas: Mapping[int, SaeMeta],
     release_info: Mapping[str, Any],
+    *,
+    card_notes: str = "",
+    extra_files: Mapping[str, Path] | None = None,
 ) -> Path:
-    """Write a whole release into a temp folder next to ``out_dir``, then move it into place."""
+    """Write a whole release into a temp folder next to ``out_dir``, then move it into place. ``card_notes``:
+    markdown appended to the model card (how the release differs from a plain training run);
+    ``extra_files``: name -> file copied in beside config.json (e.g. ``QUERY_MAP_FILE``)."""
     out_dir = Path(out_dir)
     if not saes or set(saes) != set(metas):
         raise S3Error(
@@ -338,7 +344,10 @@ def write_release(
             save_sae(saes[layer], _layer_dir(tmp, layer), metas[layer])
             kill_point("release-layer")  # test-only hook (s3attn.paths.kill_point)
         atomic_write_json(tmp / RELEASE_CONFIG, config)
-        atomic_write_text(tmp / RELEASE_CARD, front_matter(config) + _model_card(config, saes, metas))
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        card = front_matter(config) + _model_card(config, saes, metas)
+        atomic_write_text(tmp / RELEASE_CARD, card + (f"\n{card_notes.strip()}\n" if card_notes else ""))
         kill_point("release-publish")
     return out_dir
 

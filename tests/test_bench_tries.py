@@ -213,3 +213,35 @@ def test_cross_site_fine_tune_moves_query_codes_onto_their_keys_codes(objective)
     assert got[1.0]["overlap"] > before["overlap"] + 0.2
     assert got[1.0]["overlap"] > got[0.0]["overlap"] + 0.2
     assert got[0.0]["fvu_keys"] < before["fvu_keys"]  # the reconstruction half trains the SAE
+
+
+def test_cross_site_release_says_how_it_was_made(tmp_path, tiny_model_dir):
+    """The fine-tuned SAEs are written as a release: the base's config less its stale hold-out figures, the
+    fit under ``cross_site``, FVU and dead fraction measured, the query map shipped, a model-card section."""
+    from types import SimpleNamespace
+
+    from conftest import make_tiny_release
+
+    from s3attn.saes.checkpoint import load_many, read_release_config
+    from s3attn.saes.query_map import QueryMap
+
+    cs = _bench("sae_cross_site")
+    base = make_tiny_release(tmp_path / "base", tiny_model_dir, layers=(1,))
+    saes = load_many(base)
+    qmap = tmp_path / "map.safetensors"
+    QueryMap({1: torch.randn(4, 16, 16)}, {1: torch.zeros(4, 16)}, {}).save(qmap)
+    fit = {1: {n: {"overlap": o, "fvu_keys": f} for n, o, f in (("before", 0.01, 0.2), ("after", 0.3, 0.1))}}
+    held = {1: (torch.randn(500, 16), torch.randn(500, 16))}
+    args = SimpleNamespace(
+        objective="contrast", cross=0.3, steps=5, lr=1e-4, batch=8, guide="3:1", query_map=str(qmap),
+        out=str(tmp_path / "out"),
+    )  # fmt: skip
+    cs.write_cross_release(args, base, saes, fit, held)
+    out = tmp_path / "out"
+    config = read_release_config(out)
+    assert "holdout" not in config and config["cross_site"]["fit"]["1"]["after"]["overlap"] == 0.3
+    meta = load_many(out)[1].meta
+    assert meta.fvu == 0.1 and meta.dead_fraction == cs.dead_fraction(saes[1], held[1])
+    card = (out / "README.md").read_text()
+    assert "## Cross-site fine-tune" in card and "- layer 1: overlap 0.010 -> 0.300" in card
+    assert torch.equal(QueryMap.load(out / "query_map.safetensors").weight[1], QueryMap.load(qmap).weight[1])
