@@ -38,7 +38,7 @@ from s3attn.retrieval.question import (
     score_tokens,
     top_features_near,
 )
-from s3attn.retrieval.spans import SOURCE_S3, Span, StepScores, bias_spans, fuse, peak_spans, smooth
+from s3attn.retrieval.spans import SOURCE_S3, Span, StepScores, bias_spans, fuse, peak_spans, smooth, split_at
 from s3attn.retrieval.sparse import SparseScores, from_dense, in_ranges
 from s3attn.saes.query_map import QueryMap
 
@@ -333,7 +333,8 @@ class Retriever:
         ]
 
     def _materialise(self, spans: list[Span]) -> list[RetrievedSpan]:
-        """Spans -> their documents and text (all decoded in one call)."""
+        """Spans, cut at document starts -> their documents and text (all decoded in one call)."""
+        spans = split_at(spans, self.doc_table.starts)
         texts = decode_many(self.tokenizer, [self.store.tokens(s.start, s.end).tolist() for s in spans])
         out = []
         for span, text in zip(spans, texts):

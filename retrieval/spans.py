@@ -369,6 +369,18 @@ def peak_spans(
     return grow_spans(smoothed, peaks, frac=frac, max_len=max_len, min_len=min_len, boundaries=boundaries)
 
 
+def split_at(spans: list[Span], boundaries: np.ndarray) -> list[Span]:
+    """Each span cut at the document starts inside it (a fused run may join the end of one document to the
+    start of the next); the pieces keep its score, source and ``why``."""
+    b_D = np.asarray(boundaries, dtype=np.int64)
+    out: list[Span] = []
+    for s in spans:
+        cuts = b_D[np.searchsorted(b_D, s.start, side="right") : np.searchsorted(b_D, s.end, side="left")]
+        edges = [s.start, *cuts.tolist(), s.end]
+        out += [s._replace(start=int(a), end=int(z)) for a, z in zip(edges[:-1], edges[1:], strict=True)]
+    return out
+
+
 def bm25_spans(hits: list[Hit]) -> list[Span]:
     """BM25 search hits as ``source="bm25"`` spans,
     ``why={"terms": [...], "bm25": score, "coverage": term coverage, "doc_id": id}``."""

@@ -59,6 +59,21 @@ def test_modes_respect_budget_and_order(retriever, mode):
         assert s.document in ("a.txt", "b.txt")
 
 
+def test_a_fused_run_across_two_documents_is_fed_as_two_spans(retriever):
+    """Fusion merges adjacent spans; where a run joins a.txt's end to b.txt's start, each piece is fed (and
+    named) as its own document's span, with the run's score and source."""
+    from s3attn.retrieval.spans import Span
+
+    table = retriever.doc_table
+    b = int(table.starts[1])
+    got = retriever._materialise([Span(b - 20, b + 30, 0.7, "s3+bm25", {"peaks": [b]})])
+    assert [(s.document, s.start, s.end) for s in got] == [("a.txt", b - 20, b), ("b.txt", b, b + 30)]
+    assert {(s.score, s.source) for s in got} == {(0.7, "s3+bm25")}
+    assert [s.text.split() for s in got] == [
+        retriever.tokenizer.decode(retriever.store.tokens(s.start, s.end).tolist()).split() for s in got
+    ]
+
+
 def test_bm25_finds_planted_words(retriever):
     spans = retriever.retrieve("paris queen", "bm25", 160)
     assert any("paris queen" in s.text for s in spans)

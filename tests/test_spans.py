@@ -13,6 +13,7 @@ from s3attn.retrieval.spans import (
     grow_spans,
     merge_why,
     smooth,
+    split_at,
 )
 
 
@@ -264,3 +265,15 @@ def test_merge_why_rules():
         "meta": {"f": [1, 2]},
         "new": 1,
     }
+
+
+def test_split_at_cuts_spans_at_document_starts():
+    spans = [
+        Span(10, 50, 0.5, "s3+bm25", {"x": 1}),
+        Span(60, 70, 0.2, "bm25", {}),
+        Span(100, 130, 0.1, "s3", {}),
+    ]
+    got = split_at(spans, np.array([0, 30, 40, 60, 100, 130]))
+    assert [(s.start, s.end) for s in got] == [(10, 30), (30, 40), (40, 50), (60, 70), (100, 130)]
+    assert {(s.score, s.source) for s in got[:3]} == {(0.5, "s3+bm25")} and got[0].why == {"x": 1}
+    assert split_at(spans, np.array([], dtype=np.int64)) == spans
