@@ -79,10 +79,14 @@ def text_rows(model, contexts: list[torch.Tensor], layers: list[int]) -> Rows:
     return {layer: (torch.cat(k), torch.cat(q)) for layer, (k, q) in acc.items()}
 
 
+@torch.no_grad()
+def latent_counts(sae: TopKSAE, x_ND: torch.Tensor) -> torch.Tensor:
+    """[latents]: how many of the rows' codes hold each latent."""
+    return torch.bincount(sae.encode(x_ND).top_indices.reshape(-1), minlength=sae.cfg.num_latents)
+
+
 def key_idf(sae: TopKSAE, keys_ND: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        df = torch.bincount(sae.encode(keys_ND).top_indices.reshape(-1), minlength=sae.cfg.num_latents)
-    return 1.0 / (torch.log1p(df.float()) + 1.0)
+    return 1.0 / (torch.log1p(latent_counts(sae, keys_ND).float()) + 1.0)
 
 
 def preacts(sae: TopKSAE, x_ND: torch.Tensor) -> torch.Tensor:
@@ -195,13 +199,9 @@ def main() -> None:
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
 
 
-@torch.no_grad()
 def dead_fraction(sae: TopKSAE, held_text: tuple) -> float:
     """Share of latents that fire on none of the held-out keys and queries."""
-    fired = torch.bincount(
-        sae.encode(torch.cat(held_text)).top_indices.reshape(-1), minlength=sae.cfg.num_latents
-    )
-    return float((fired == 0).float().mean())
+    return float((latent_counts(sae, torch.cat(held_text)) == 0).float().mean())
 
 
 def write_cross_release(args, base: Path, saes: dict, fit: dict, held_text: dict) -> None:
